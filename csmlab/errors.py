@@ -1,0 +1,33 @@
+"""The one exception hierarchy of csmlab.
+
+Every error a learner can trigger is a `CsmlabError`, and its message says what went wrong
+*and what to do about it*. Catch `CsmlabError` to handle them all.
+"""
+
+
+class CsmlabError(Exception):
+    """Base class of every error csmlab raises on purpose."""
+
+
+class AudioFormatError(CsmlabError, ValueError):
+    """Audio that cannot be used as given: NaN, empty, too many dims, bad sample rate, ..."""
+
+
+class CodesError(CsmlabError, ValueError):
+    """Codec codes that are malformed: wrong codebook count, out of range, float dtype, ..."""
+
+
+class StreamClosedError(CsmlabError, RuntimeError):
+    """A streaming session was used after `close()`."""
+
+
+class WeightsNotFoundError(CsmlabError, FileNotFoundError):
+    """A checkpoint was asked for at a path or in a place where it does not exist."""
+
+
+class PromptTooLongError(CsmlabError, ValueError):
+    """A prompt or conversation context does not fit the model's context window."""
+
+
+class ComponentError(CsmlabError, RuntimeError):
+    """A pipeline component crashed or stalled; the message names it and what was kept."""
