@@ -1,0 +1,436 @@
+"""Train a small Mimi on synthetic speech, on a CPU, in minutes (issue 7).
+
+The model is Kyutai's Mimi architecture itself, built by `moshi.models.loaders.get_mimi` from a
+smaller config (`SMALL_MIMI_CONFIG`): causal SEANet encoder/decoder, a causal transformer on each
+side, and a split residual vector quantizer (1 "semantic" + 7 acoustic codebooks) at 12.5 Hz.
+Only the sizes are shrunk, so the checkpoint is read by the same loaders as the real one.
+
+Recipe (Défossez et al. 2024, "Moshi", arXiv:2410.00037, section 3.3 and its EnCodec ancestry),
+reduced to what a CPU can train in an hour:
+- reconstruction: multi-scale log-mel L1, linear mel L1 and a multi-resolution STFT loss;
+- the quantizer's commitment penalty; codebooks are EMA k-means whose dead codes moshi restarts
+  from the batch (`EuclideanCodebook._check_expired_codes`), we monitor their usage (perplexity);
+- quantizer dropout, so that 1, 2, 4 ... codebooks each give usable audio;
+- AdamW with warm-up and a cosine schedule over a *time* budget, checkpointed so a run can resume.
+Real Mimi adds adversarial losses and WavLM distillation into codebook 0; see notebook 01b.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import random
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import librosa
+import numpy as np
+import torch
+import torch.nn.functional as F
+from moshi.models.compression import MimiModel
+from moshi.models.loaders import get_mimi
+from safetensors.torch import save_file
+
+from csmlab import corpus
+from csmlab.errors import CsmlabError
+
+SAMPLE_RATE = 24_000
+FRAME = 1920  # samples per 80 ms Mimi frame
+ASSET_DIR = Path(__file__).resolve().parent / "assets" / "mimi_small"
+
+_SEANET = {"channels": 1, "dimension": 128, "causal": True, "n_filters": 16, "n_residual_layers": 1,
+           "activation": "ELU", "compress": 2, "dilation_base": 2, "disable_norm_outer_blocks": 0,
+           "kernel_size": 7, "residual_kernel_size": 3, "last_kernel_size": 3, "norm": "none",
+           "pad_mode": "constant", "ratios": [8, 6, 5, 4], "true_skip": True}
+SMALL_MIMI_CONFIG = {
+    "sample_rate": SAMPLE_RATE, "channels": 1, "frame_rate": 12.5, "seanet": _SEANET,
+    "quantizer": {"dimension": 64, "n_q": 8, "bins": 1024, "input_dimension": 128, "output_dimension": 128},
+    # context 32 steps of 40 ms = 1.28 s, the training crop: inference never sees a longer attention span.
+    "transformer": {"d_model": 128, "num_heads": 4, "num_layers": 2, "causal": True, "layer_scale": 0.01,
+                    "context": 32, "conv_layout": True, "max_period": 10000, "gating": "none",
+                    "norm": "layer_norm", "positional_embedding": "rope", "dim_feedforward": 512,
+                    "input_dimension": 128, "output_dimensions": [128]},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; recorded next to the checkpoint."""
+
+    minutes: float = 45.0
+    batch: int = 8
+    segment_frames: int = 16  # 16 x 80 ms = 1.28 s crops
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    weight_decay: float = 1e-2
+    commit_weight: float = 1.0
+    full_codebook_prob: float = 0.5  # otherwise train with 1..7 codebooks (quantizer dropout)
+    seed: int = 0
+    threads: int = 1
+    save_every_s: float = 120.0
+    log_every: int = 25
+
+
+# ----------------------------------------------------------------------------- model and weights
+
+def build_small_mimi(seed: int = 0) -> MimiModel:
+    """A fresh, untrained small Mimi (moshi's own classes), in train mode, all 8 codebooks active."""
+    torch.manual_seed(seed)
+    model = get_mimi(None, mimi_config=SMALL_MIMI_CONFIG, num_codebooks=8)
+    return model.train()
+
+
+def checkpoint_state_dict(model: MimiModel) -> dict[str, torch.Tensor]:
+    """The model's weights named as in Kyutai's released Mimi safetensors.
+
+    moshi modules store attention projections as `in_projs.0.weight` / `out_projs.0.weight`, while
+    released checkpoints (read by moshi's load hook *and* by rustymimi) say `in_proj_weight` /
+    `out_proj.weight`; moshi's non-persistent caches are not saved.
+    """
+    out = {}
+    for name, tensor in model.state_dict().items():
+        name = name.replace(".in_projs.0.weight", ".in_proj_weight").replace(".out_projs.0.weight", ".out_proj.weight")
+        out[name] = tensor.detach().contiguous().clone()
+    return out
+
+
+def save_checkpoint(model: MimiModel, path: Path, config: dict | None = None,
+                    dtype: torch.dtype = torch.float32) -> Path:
+    """Write `model` as a released-format Mimi safetensors, with its `config.json` beside it.
+
+    float32 (the default) round-trips exactly. `dtype=torch.float16` halves the file (the small
+    Mimi ships so, to stay under 10 MB); loaders cast back to float32. For fp16 the codebook EMA
+    buffers are rescaled first to keep their ratio, the centroids, precise: only
+    `embedding_sum / cluster_usage` matters.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = checkpoint_state_dict(model)
+    rescale = [n for n in state if n.endswith("_codebook.cluster_usage")] if dtype != torch.float32 else []
+    for name in rescale:
+        scale = state[name].mean().clamp(min=1e-12)
+        state[name] = state[name] / scale
+        state[name.replace("cluster_usage", "embedding_sum")] /= scale
+    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, str(path))
+    (path.parent / "config.json").write_text(json.dumps(config or SMALL_MIMI_CONFIG, indent=1))
+    return path
+
+
+def load_small_mimi(directory: Path = ASSET_DIR, num_codebooks: int = 8) -> MimiModel:
+    """The shipped (or any saved) small Mimi, through moshi's own loader, in eval mode."""
+    weights = Path(directory) / "model.safetensors"
+    if not weights.exists():
+        raise CsmlabError(f"No small Mimi checkpoint at {weights}: train one with `csmlab train-codec`.")
+    config = json.loads((Path(directory) / "config.json").read_text())
+    return get_mimi(weights, mimi_config=config, num_codebooks=num_codebooks).eval()
+
+
+# ----------------------------------------------------------------------------- losses
+
+@lru_cache(maxsize=None)
+def _mel_basis(n_fft: int, n_mels: int) -> torch.Tensor:
+    return torch.from_numpy(librosa.filters.mel(sr=SAMPLE_RATE, n_fft=n_fft, n_mels=n_mels)).float()
+
+
+def _magnitude(x: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """|STFT| of `x` [B, T] with hop n_fft/4, as [B, F, frames]."""
+    window = torch.hann_window(n_fft, device=x.device)
+    return torch.stft(x, n_fft, hop_length=n_fft // 4, window=window, return_complex=True).abs()
+
+
+def mel_losses(ref: torch.Tensor, est: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Reconstruction losses between waveforms [B, T]: why three of them.
+
+    - `log_mel`: L1 between log-mel spectrograms at 5 scales (n_fft 128..2048): hears quiet detail,
+      as the ear does, at several time/frequency trade-offs;
+    - `mel`: L1 between linear mel spectrograms (n_fft 1024): weighs the loud parts, keeps levels right;
+    - `stft`: multi-resolution STFT loss (spectral convergence + log-magnitude L1 on linear bins),
+      which also sees the high frequencies that mel filters blur.
+    """
+    log_mel, lin_mel = 0.0, 0.0
+    scales = [128, 256, 512, 1024, 2048]
+    for n_fft in scales:
+        basis = _mel_basis(n_fft, min(80, n_fft // 4))
+        m_ref, m_est = basis @ _magnitude(ref, n_fft), basis @ _magnitude(est, n_fft)
+        log_mel = log_mel + F.l1_loss(torch.log(m_est.clamp(min=1e-5)), torch.log(m_ref.clamp(min=1e-5)))
+        if n_fft == 1024:  # relative, so that quiet and loud crops weigh the same
+            lin_mel = F.l1_loss(m_est, m_ref) / m_ref.mean().clamp(min=1e-5)
+    stft = 0.0
+    for n_fft in (512, 1024, 2048):
+        s_ref, s_est = _magnitude(ref, n_fft), _magnitude(est, n_fft)
+        convergence = torch.linalg.norm(s_ref - s_est) / torch.linalg.norm(s_ref).clamp(min=1e-5)
+        stft = stft + convergence + F.l1_loss(torch.log(s_est.clamp(min=1e-5)), torch.log(s_ref.clamp(min=1e-5)))
+    return {"log_mel": log_mel / len(scales), "mel": lin_mel, "stft": stft / 3}
+
+
+# ----------------------------------------------------------------------------- data
+
+class SpeechCrops:
+    """Random augmented crops of the training corpus, as [B, 1, T] batches.
+
+    Augmentation, drawn per crop: level between -35 and -12 dBFS RMS; light white noise at 15-40 dB
+    SNR (half the crops); band-limiting to 4 or 8 kHz (telephone and 16 kHz recordings, like the
+    real sample in data/real). The codec learns to reproduce its input, noise included.
+    """
+
+    def __init__(self, waves: list[np.ndarray], segment: int, seed: int):
+        self.waves = [w for w in waves if len(w) > segment]
+        if not self.waves:
+            raise CsmlabError("The corpus has no utterance longer than one training crop.")
+        self.segment = segment
+        self.rng = np.random.default_rng(seed)
+
+    def _crop(self) -> np.ndarray:
+        wave = self.waves[self.rng.integers(len(self.waves))]
+        start = self.rng.integers(len(wave) - self.segment)
+        x = wave[start:start + self.segment].astype(np.float64)
+        x = x - x.mean()
+        x *= 10 ** (self.rng.uniform(-35, -12) / 20) / max(np.sqrt(np.mean(x ** 2)), 1e-4)
+        if self.rng.random() < 0.5:
+            x += self.rng.standard_normal(len(x)) * np.sqrt(np.mean(x ** 2)) * 10 ** (-self.rng.uniform(15, 40) / 20)
+        cutoff = self.rng.choice([None, None, None, 8000, 4000])
+        if cutoff is not None:
+            spec = np.fft.rfft(x)
+            spec[int(cutoff * len(x) / SAMPLE_RATE):] = 0
+            x = np.fft.irfft(spec, len(x))
+        return np.clip(x, -1, 1).astype(np.float32)
+
+    def batch(self, size: int) -> torch.Tensor:
+        return torch.from_numpy(np.stack([self._crop() for _ in range(size)]))[:, None]
+
+
+# ----------------------------------------------------------------------------- training
+
+def lr_at(progress: float, step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine decay to 5% as the time budget runs out."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps)
+    return cfg.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def train_step(model: MimiModel, opt: torch.optim.Optimizer, x: torch.Tensor, cfg: TrainConfig,
+               n_q: int) -> dict[str, float]:
+    """One optimisation step on batch `x` [B, 1, T] with `n_q` active codebooks; returns the losses."""
+    model.train()
+    model.set_num_codebooks(n_q)
+    result = model(x)
+    losses = mel_losses(x[:, 0], result.x[:, 0])
+    total = losses["log_mel"] + losses["mel"] + losses["stft"] + cfg.commit_weight * result.penalty
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    opt.step()
+    model.set_num_codebooks(8)
+    out = {k: float(v.detach()) for k, v in losses.items()}
+    out.update(total=float(total.detach()), commit=float(result.penalty.detach()), n_q=n_q,
+               expired=float(result.metrics.get("rvq_expired", 0.0)))
+    return out
+
+
+def make_optimizer(model: MimiModel, cfg: TrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.8, 0.99), weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class RunState:
+    """What a run has done so far; saved with the weights so that a killed run resumes."""
+
+    step: int = 0
+    elapsed_s: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+
+def train(cfg: TrainConfig, out_dir: Path, waves: list[np.ndarray] | None = None, resume: bool = True,
+          progress=None) -> tuple[MimiModel, RunState]:
+    """Train for `cfg.minutes` of wall time, saving `out_dir/train_state.pt` every `save_every_s`.
+
+    `progress`, if given, is called as `progress(state, losses)` after every step (the notebook
+    uses it for its tqdm bar and loss plot). Returns the model in eval mode and the run state.
+    """
+    torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, state = build_small_mimi(cfg.seed), RunState()
+    opt = make_optimizer(model, cfg)
+    state_path = out_dir / "train_state.pt"
+    if resume and state_path.exists():
+        saved = torch.load(state_path, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        state = RunState(**saved["state"])
+        random.setstate(saved["py_rng"])
+    data = SpeechCrops(waves if waves is not None else corpus.load_split("train"),
+                       cfg.segment_frames * FRAME, cfg.seed + state.step)
+    budget, last_save, t0 = cfg.minutes * 60, time.monotonic(), time.monotonic() - state.elapsed_s
+    while state.elapsed_s < budget:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(state.elapsed_s / budget, state.step, cfg)
+        n_q = 8 if random.random() < cfg.full_codebook_prob else random.randint(1, 7)
+        losses = train_step(model, opt, data.batch(cfg.batch), cfg, n_q)
+        state.step += 1
+        state.elapsed_s = time.monotonic() - t0
+        losses.update(step=state.step, minutes=state.elapsed_s / 60, lr=opt.param_groups[0]["lr"])
+        if state.step % cfg.log_every == 0 or state.step == 1:
+            losses["perplexity"] = codebook_perplexity(model)
+            state.history.append(losses)
+        if progress is not None:
+            progress(state, losses)
+        if time.monotonic() - last_save > cfg.save_every_s:
+            _save_state(state_path, model, opt, state)
+            last_save = time.monotonic()
+    _save_state(state_path, model, opt, state)
+    model.set_num_codebooks(8)
+    return model.eval(), state
+
+
+def _save_state(path: Path, model: MimiModel, opt: torch.optim.Optimizer, state: RunState) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": asdict(state),
+                "py_rng": random.getstate()}, tmp)
+    tmp.replace(path)  # atomic: a run killed mid-save keeps its previous state
+
+
+def codebook_perplexity(model: MimiModel) -> list[float]:
+    """exp(entropy) of each codebook's EMA usage: 1 = one code used, 1024 = all used equally."""
+    layers = [*model.quantizer.rvq_first.vq.layers, *model.quantizer.rvq_rest.vq.layers]
+    out = []
+    for layer in layers:
+        p = layer._codebook.cluster_usage / layer._codebook.cluster_usage.sum()
+        out.append(round(float(torch.exp(-(p * torch.log(p.clamp(min=1e-12))).sum())), 1))
+    return out
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
+    """Scale-invariant SDR in dB (Le Roux et al. 2019): how much of `est` is `ref`, up to a gain."""
+    ref, est = ref - ref.mean(), est - est.mean()
+    target = (est @ ref) / max(ref @ ref, 1e-12) * ref
+    return float(10 * np.log10(max(target @ target, 1e-12) / max((est - target) @ (est - target), 1e-12)))
+
+
+def log_mel_distance(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> float:
+    """Mean |log mel(ref) - log mel(est)| (natural log, 80 mels, 1024-point FFT): 0 is identical."""
+    def logmel(x):
+        return np.log(np.maximum(librosa.feature.melspectrogram(
+            y=x, sr=sample_rate, n_fft=1024, hop_length=256, n_mels=80), 1e-5))
+    return float(np.mean(np.abs(logmel(ref) - logmel(est))))
+
+
+@torch.no_grad()
+def reconstruct(model: MimiModel, wave: np.ndarray, num_codebooks: int) -> tuple[np.ndarray, torch.Tensor]:
+    """Encode then decode a 24 kHz waveform with `num_codebooks`; returns (audio, codes [1, K, T])."""
+    model.eval()
+    model.set_num_codebooks(num_codebooks)
+    x = torch.from_numpy(np.pad(wave, (0, -len(wave) % FRAME)).astype(np.float32))[None, None]
+    codes = model.encode(x)
+    audio = model.decode(codes)[0, 0, :len(wave)].numpy()
+    model.set_num_codebooks(8)
+    return audio, codes
+
+
+def real_recording() -> np.ndarray:
+    """data/real/sample.wav (30 s, 16 kHz telephone speech), resampled to 24 kHz."""
+    path = Path(__file__).resolve().parent.parent / "data" / "real" / "sample.wav"
+    if not path.exists():
+        raise CsmlabError(f"{path} is missing: run `python data/fetch.py` first.")
+    return librosa.load(path, sr=SAMPLE_RATE)[0]
+
+
+def heldout_clips(n: int, seed: int = 0) -> list[np.ndarray]:
+    """The first `n` held-out utterances (unseen texts and voices), synthesised afresh with espeak-ng.
+
+    Same plan as the corpus' held-out split, so tests can re-make them without the corpus.
+    """
+    plan = corpus.plan_split(n, seed + 1, corpus.HELDOUT_ACCENTS, corpus.HELDOUT_VARIANTS,
+                             corpus.HELDOUT_NOUNS, "heldout")
+    return [corpus.synthesize(text, voice, speed, pitch) for _, voice, speed, pitch, text in plan]
+
+
+def evaluate(model: MimiModel, waves: list[np.ndarray], codebooks=(1, 2, 4, 8)) -> dict:
+    """Mean SI-SDR (dB) and log-mel distance per codebook count, and held-out code perplexity."""
+    out, codes8 = {}, []
+    for k in codebooks:
+        scores = []
+        for wave in waves:
+            audio, codes = reconstruct(model, wave, k)
+            scores.append((si_sdr(wave, audio), log_mel_distance(wave, audio, SAMPLE_RATE)))
+            if k == 8:
+                codes8.append(codes[0])
+        out[k] = {"si_sdr": round(float(np.mean([s for s, _ in scores])), 2),
+                  "log_mel": round(float(np.mean([m for _, m in scores])), 3)}
+    flat = torch.cat(codes8, dim=-1) if codes8 else None
+    perplexity = [] if flat is None else [
+        round(float(torch.exp(-(p * torch.log(p.clamp(min=1e-12))).sum())), 1)
+        for p in (torch.bincount(row, minlength=1024).float() / row.numel() for row in flat)]
+    return {"by_codebooks": out, "perplexity": perplexity}
+
+
+# ----------------------------------------------------------------------------- command line
+
+GUARD_CLIPS = 8  # held-out clips re-made by tests/test_train.py for the SI-SDR regression guard
+
+
+def train_codec_cli(argv: list[str] | None = None) -> int:
+    """`csmlab train-codec`: train the small Mimi, save it in release format, record its metrics."""
+    parser = argparse.ArgumentParser(prog="csmlab train-codec", description=train_codec_cli.__doc__)
+    parser.add_argument("--minutes", type=float, default=TrainConfig.minutes, help="wall-clock training budget")
+    parser.add_argument("--out", type=Path, default=ASSET_DIR, help="folder for model.safetensors, config.json, metrics.json")
+    parser.add_argument("--state-dir", type=Path, default=Path("out/train_codec"), help="resumable run state")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-resume", action="store_true", help="start afresh even if a run state exists")
+    args = parser.parse_args(argv)
+    cfg = TrainConfig(minutes=args.minutes, threads=args.threads, seed=args.seed)
+    print("Training a SMALL Mimi locally on synthetic espeak-ng speech (not Kyutai's Mimi).")
+    model, state = train(cfg, args.state_dir, resume=not args.no_resume, progress=_print_progress)
+    save_checkpoint(model, args.out / "model.safetensors", dtype=torch.float16)
+    shipped = load_small_mimi(args.out)  # evaluate what was written, fp16 rounding included
+    invoked = ["csmlab", "train-codec", *argv] if argv is not None else ["python", "-m", "csmlab.train", *sys.argv[1:]]
+    metrics = record_metrics(shipped, cfg, state, shlex.join(invoked))
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(json.dumps({k: metrics[k] for k in ("heldout_espeak", "real_recording")}, indent=1))
+    return 0
+
+
+def _print_progress(state: RunState, losses: dict) -> None:
+    if state.step % 100 == 0:
+        print(f"step {state.step:5d}  {state.elapsed_s / 60:5.1f} min  loss {losses['total']:.3f}  "
+              f"log-mel {losses['log_mel']:.3f}  lr {losses['lr']:.2e}", flush=True)
+
+
+def record_metrics(model: MimiModel, cfg: TrainConfig, state: RunState, command: str) -> dict:
+    """Held-out figures for `model` and for an untrained twin, with everything needed to redo the run."""
+    torch.set_num_threads(cfg.threads)
+    manifest = json.loads((corpus.DEFAULT_ROOT / "manifest.json").read_text())
+    heldout, real = corpus.load_split("heldout"), [real_recording()]
+    untrained = build_small_mimi(cfg.seed).eval()
+    guard = evaluate(model, heldout_clips(GUARD_CLIPS, manifest["seed"]), codebooks=(8,))["by_codebooks"][8]["si_sdr"]
+    return {
+        "warning": "A SMALL Mimi trained locally on synthetic espeak-ng speech; NOT Kyutai's Mimi.",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "command": command,
+        "train_config": asdict(cfg),
+        "data": {"seed": manifest["seed"], "generator": "python data/make_corpus.py",
+                 **{f"{name}_utterances": len(items) for name, items in manifest["splits"].items()},
+                 "train_hours": round(sum(u["seconds"] for u in manifest["splits"]["train"]) / 3600, 2),
+                 "train_voices": len({u["voice"] for u in manifest["splits"]["train"]}),
+                 "heldout_voices": len({u["voice"] for u in manifest["splits"]["heldout"]})},
+        "training": {"steps": state.step, "minutes": round(state.elapsed_s / 60, 1)},
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s), no GPU ({platform.platform()})",
+        "heldout_espeak": evaluate(model, heldout),
+        "real_recording": evaluate(model, real),
+        "untrained": {"heldout_espeak": evaluate(untrained, heldout), "real_recording": evaluate(untrained, real)},
+        "guard": {"clips": GUARD_CLIPS, "si_sdr_8": guard, "threshold": round(guard - 1.5, 2)},
+        "loss_curve": [[h["step"], round(h["minutes"], 2), round(h["total"], 4), round(h["log_mel"], 4)]
+                       for h in state.history],
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(train_codec_cli())

@@ -1,0 +1,100 @@
+"""The small offline Mimi: its training step, its checkpoint format, and the shipped checkpoint."""
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from moshi.models.loaders import get_mimi
+from safetensors import safe_open
+
+from csmlab import corpus, train
+
+SHIPPED = train.ASSET_DIR / "model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    torch.set_num_threads(1)
+    return train.load_small_mimi()
+
+
+def tones(batch: int, frames: int, seed: int = 0) -> torch.Tensor:
+    """Harmonic tones with a vibrato, speech-like enough for a loss to move: [B, 1, T]."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(frames * train.FRAME) / train.SAMPLE_RATE
+    waves = []
+    for _ in range(batch):
+        f0 = rng.uniform(90, 250) * (1 + 0.05 * np.sin(2 * np.pi * rng.uniform(2, 6) * t))
+        phase = 2 * np.pi * np.cumsum(f0) / train.SAMPLE_RATE
+        waves.append(sum(np.sin(h * phase) / h for h in range(1, 8)) * 0.05)
+    return torch.tensor(np.stack(waves), dtype=torch.float32)[:, None]
+
+
+def test_a_training_step_decreases_the_loss_on_a_tiny_batch():
+    torch.set_num_threads(1)
+    random.seed(0)
+    model, cfg = train.build_small_mimi(seed=0), train.TrainConfig(lr=3e-3)
+    opt = train.make_optimizer(model, cfg)
+    x = tones(2, 4)
+    first = train.train_step(model, opt, x, cfg, n_q=8)["log_mel"]
+    for _ in range(8):
+        last = train.train_step(model, opt, x, cfg, n_q=8)["log_mel"]
+    assert last < first - 0.1, (first, last)
+
+
+def test_save_checkpoint_writes_the_released_key_names_and_round_trips(tmp_path):
+    model = train.build_small_mimi(seed=1)
+    model(tones(2, 2))  # initialise the codebooks (k-means on this batch)
+    model.eval()
+    path = train.save_checkpoint(model, tmp_path / "model.safetensors")
+    with safe_open(str(path), "pt") as f:
+        keys = list(f.keys())
+    assert any(k.endswith("self_attn.in_proj_weight") for k in keys)
+    assert any(k.endswith("self_attn.out_proj.weight") for k in keys)
+    assert not any("in_projs" in k or "out_projs" in k for k in keys)
+    loaded = get_mimi(path, mimi_config=json.loads((tmp_path / "config.json").read_text()), num_codebooks=8)
+    x = tones(1, 3, seed=2)
+    with torch.no_grad():
+        assert torch.equal(model.encode(x), loaded.encode(x))
+
+
+def test_heldout_split_shares_no_voice_and_no_noun_with_training():
+    train_plan = corpus.plan_split(300, 0, corpus.TRAIN_ACCENTS, corpus.TRAIN_VARIANTS, corpus.TRAIN_NOUNS, "t")
+    held_plan = corpus.plan_split(50, 1, corpus.HELDOUT_ACCENTS, corpus.HELDOUT_VARIANTS, corpus.HELDOUT_NOUNS, "h")
+    train_accents = {v.split("+")[0] for _, v, *_ in train_plan}
+    train_variants = {v.split("+")[1] for _, v, *_ in train_plan}
+    for _, voice, _, _, text in held_plan:
+        accent, variant = voice.split("+")
+        assert accent not in train_accents and variant not in train_variants
+        assert not any(noun in text.lower().split() for noun in corpus.TRAIN_NOUNS), text
+
+
+def test_shipped_checkpoint_loads_through_moshis_loader_with_its_config():
+    assert SHIPPED.stat().st_size <= 10 * 2**20
+    config = json.loads((train.ASSET_DIR / "config.json").read_text())
+    model = get_mimi(SHIPPED, mimi_config=config, num_codebooks=8)
+    assert model.num_codebooks == 8 and model.frame_size == train.FRAME
+    with safe_open(str(SHIPPED), "pt") as f:
+        assert not any("in_projs" in k for k in f.keys())
+    metrics = json.loads((train.ASSET_DIR / "metrics.json").read_text())
+    assert "NOT Kyutai's Mimi" in metrics["warning"]
+
+
+def test_shipped_checkpoint_streams_the_same_codes_as_batch(shipped):
+    wave = train.heldout_clips(1)[0]
+    x = torch.from_numpy(np.pad(wave, (0, -len(wave) % train.FRAME)))[None, None]
+    with torch.no_grad():
+        batch = shipped.encode(x)
+        with shipped.streaming(1):
+            stream = torch.cat([shipped.encode(chunk) for chunk in x.split(train.FRAME, dim=-1)], dim=-1)
+    assert stream.shape == batch.shape
+    assert torch.equal(stream[:, 0], batch[:, 0])
+    assert (stream == batch).float().mean() >= 0.99
+
+
+def test_shipped_checkpoint_keeps_its_recorded_heldout_quality(shipped):
+    guard = json.loads((train.ASSET_DIR / "metrics.json").read_text())["guard"]
+    clips = train.heldout_clips(guard["clips"])
+    si_sdr = train.evaluate(shipped, clips, codebooks=(8,))["by_codebooks"][8]["si_sdr"]
+    assert si_sdr >= guard["threshold"], (si_sdr, guard)
