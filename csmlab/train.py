@@ -305,6 +305,47 @@ def codebook_perplexity(model: MimiModel) -> list[float]:
     return out
 
 
+class NotebookProgress:
+    """A `train(progress=...)` callback for notebooks: a tqdm bar over the time budget and a loss
+    plot redrawn in place every `every` steps, so the learner watches the loss fall live."""
+
+    def __init__(self, minutes: float, every: int = 10):
+        from IPython.display import display
+        from tqdm.auto import tqdm
+        import matplotlib.pyplot as plt
+
+        self.bar = tqdm(total=round(minutes * 60), unit="s", desc="training (wall-clock budget)")
+        self.every, self.steps, self.losses = every, [], []
+        self.fig, self.ax = plt.subplots(figsize=(6, 2.8))
+        plt.close(self.fig)
+        self.handle = display(self.fig, display_id=True)
+
+    def __call__(self, state: RunState, losses: dict) -> None:
+        self.steps.append(state.step)
+        self.losses.append(losses["total"])
+        self.bar.n = min(round(state.elapsed_s), self.bar.total)
+        self.bar.set_postfix(step=state.step, loss=f"{losses['total']:.2f}")
+        if state.step % self.every == 0:
+            plot_loss(self.ax, self.steps, self.losses)
+            self.handle.update(self.fig)
+
+    def close(self) -> None:
+        plot_loss(self.ax, self.steps, self.losses)
+        self.handle.update(self.fig)
+        self.bar.close()
+
+
+def plot_loss(ax, steps: list[int], losses: list[float]) -> None:
+    """Training loss per step, with a 20-step moving average on top of the raw, noisy values."""
+    ax.clear()
+    ax.plot(steps, losses, color="0.75", lw=0.8, label="per step")
+    if len(losses) >= 20:
+        ax.plot(steps[19:], np.convolve(losses, np.ones(20) / 20, mode="valid"), color="C0", label="20-step mean")
+    ax.set(xlabel="step", ylabel="total loss", title="small Mimi training loss")
+    ax.legend(loc="upper right")
+    ax.figure.tight_layout()
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 def si_sdr(ref: np.ndarray, est: np.ndarray) -> float:

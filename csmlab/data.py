@@ -1,0 +1,88 @@
+"""The course's real audio: the two-party telephone recording and the espeak-ng utterances.
+
+`data/fetch.py` prepares the files (scripts/install.sh runs it); this module reads them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from csmlab.errors import CsmlabError
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One stretch of speech by one speaker, in seconds from the start of the recording."""
+
+    speaker: str
+    start: float
+    end: float
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A mono recording with who spoke when (RTTM) and what they said (STM)."""
+
+    audio: np.ndarray  # [T] float32
+    sample_rate: int
+    turns: list[Turn]  # from the RTTM: speaker turns, no text
+    transcript: list[Turn]  # from the STM: utterances with text
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        raise CsmlabError(f"{path} is missing. Run `python data/fetch.py` (or `make install`) to prepare data/.")
+    return path
+
+
+def load_wav(path: str | Path, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Read a wav as float32 mono; resample with soxr when `sample_rate` is given."""
+    audio, sr = sf.read(str(_require(Path(path))), dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    if sample_rate is not None and sample_rate != sr:
+        audio, sr = soxr.resample(audio, sr, sample_rate).astype(np.float32), sample_rate
+    return audio, sr
+
+
+def _read_rttm(path: Path) -> list[Turn]:
+    turns = []
+    for line in path.read_text().splitlines():
+        fields = line.split()
+        start, duration = float(fields[3]), float(fields[4])
+        turns.append(Turn(fields[7], start, start + duration))
+    return turns
+
+
+def _read_stm(path: Path) -> list[Turn]:
+    turns = []
+    for line in path.read_text().splitlines():
+        _, _, speaker, start, end, *words = line.split()
+        turns.append(Turn(speaker, float(start), float(end), " ".join(words)))
+    return turns
+
+
+def real_recording(sample_rate: int | None = None) -> Recording:
+    """The 30 s two-party telephone call shipped with pyannote.audio (16 kHz unless resampled)."""
+    real = DATA_DIR / "real"
+    audio, sr = load_wav(real / "sample.wav", sample_rate)
+    return Recording(audio, sr, _read_rttm(_require(real / "sample.rttm")), _read_stm(_require(real / "sample.stm")))
+
+
+def speech_utterances() -> dict[str, tuple[np.ndarray, int, str]]:
+    """The espeak-ng utterances of data/speech at their native rates: name -> (audio, rate, text)."""
+    out = {}
+    for wav in sorted(_require(DATA_DIR / "speech").glob("*.wav")):
+        audio, sr = load_wav(wav)
+        out[wav.stem] = (audio, sr, wav.with_suffix(".txt").read_text().strip())
+    return out

@@ -1,0 +1,223 @@
+"""Where every model comes from, and an honest answer about which weights are in use.
+
+Each model is resolved in this order, and the answer says which source won and why:
+
+1. an explicit path (argument, or the env var `CSMLAB_MIMI` / `CSMLAB_MOSHI` / `CSMLAB_CSM`);
+2. the Hugging Face cache, then the hub itself (with its progress bar), unless offline is forced
+   with `CSMLAB_OFFLINE=1` (CI sets it) or `HF_HUB_OFFLINE=1`;
+3. an **offline checkpoint in the real file format**, built locally once and cached under
+   `CSMLAB_CACHE` (default `~/.cache/csmlab`). Its weights are random or locally calibrated: timings
+   and memory on it are real figures, its audio and text are not the real model's.
+
+| name    | real source                                   | what `path` is                           |
+|---------|-----------------------------------------------|------------------------------------------|
+| `mimi`  | kyutai/moshiko-pytorch-bf16, Mimi checkpoint  | moshi-format Mimi `.safetensors` file    |
+| `moshi` | kyutai/moshiko-pytorch-bf16                   | folder: LM, Mimi, tokenizer (+config)    |
+| `csm`   | sesame/csm-1b (gated: accept its licence)     | transformers folder for `from_pretrained`|
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import os
+import socket
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from filelock import FileLock
+
+from csmlab.errors import WeightsNotFoundError
+
+MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
+MOSHI_FILE = "model.safetensors"
+MOSHI_TOKENIZER = "tokenizer_spm_32k_3.model"
+HUB_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Which checkpoint a model will load, where it lies, and why that one."""
+
+    model: str
+    kind: str  # "local", "hub" or "offline"
+    path: Path
+    why: str
+
+    @property
+    def is_real(self) -> bool:
+        """True for released weights; False for the offline random-weight stand-ins."""
+        return self.kind != "offline"
+
+    def __str__(self) -> str:
+        label = "REAL weights" if self.is_real else "OFFLINE stand-in (random weights, NOT the real model)"
+        return f"{self.model}: {label} [{self.kind}] {self.path} -- {self.why}"
+
+    def banner(self) -> str:
+        """A loud multi-line notice for notebooks and CLI output."""
+        if self.is_real:
+            return f"✅ {self.model}: real weights from {self.kind}: {self.path}"
+        bar = "!" * 78
+        return (
+            f"{bar}\n!! {self.model.upper()}: OFFLINE weights in the real file format, NOT the released model.\n"
+            f"!! Compute, memory and timing are real; its audio/text/codes are not what\n"
+            f"!! the real model would produce. Why: {self.why}\n"
+            f"!! Get the real weights: run online (unset CSMLAB_OFFLINE) or set {_env_var(self.model)}.\n{bar}"
+        )
+
+    def checkpoint_info(self):
+        """moshi's `CheckpointInfo` for a `moshi` source, so it loads through moshi's own loader."""
+        from moshi.models.loaders import CheckpointInfo
+
+        if self.model != "moshi":
+            raise ValueError("checkpoint_info() is for the 'moshi' source")
+        config = self.path / "config.json"
+        return CheckpointInfo.from_hf_repo(
+            "kyutai/moshiko-pytorch-bf16",
+            moshi_weights=self.path / MOSHI_FILE,
+            mimi_weights=self.path / MIMI_FILE,
+            tokenizer=self.path / MOSHI_TOKENIZER,
+            config_path=config if config.exists() else None,
+        )
+
+
+@dataclass(frozen=True)
+class _Spec:
+    repo: str
+    files: tuple[str, ...]  # () means the whole repository snapshot
+    build: Callable[[Path], Path]  # offline builder: cache folder -> checkpoint path
+
+
+def _env_var(model: str) -> str:
+    return f"CSMLAB_{model.upper()}"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CSMLAB_CACHE", Path.home() / ".cache" / "csmlab"))
+
+
+def offline_forced() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("CSMLAB_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def _build_mimi(folder: Path) -> Path:
+    from csmlab.data import real_recording, speech_utterances
+    from csmlab.offline import mimi
+    import numpy as np
+    import soxr
+
+    clips = [real_recording(24000).audio]
+    clips += [soxr.resample(a, sr, 24000) for a, sr, _ in speech_utterances().values()]
+    return mimi.build(folder / MIMI_FILE, np.concatenate(clips).astype("float32"))
+
+
+def _build_moshi(folder: Path) -> Path:
+    from csmlab.offline import moshi
+
+    moshi.build(folder, mimi_path=resolve_offline("mimi").path)
+    return folder
+
+
+def _build_csm(folder: Path) -> Path:
+    from csmlab.offline import csm
+
+    csm.build(folder, mimi_path=resolve_offline("mimi").path)
+    return folder
+
+
+SPECS = {
+    "mimi": _Spec("kyutai/moshiko-pytorch-bf16", (MIMI_FILE,), _build_mimi),
+    "moshi": _Spec("kyutai/moshiko-pytorch-bf16", (MOSHI_FILE, MIMI_FILE, MOSHI_TOKENIZER), _build_moshi),
+    "csm": _Spec("sesame/csm-1b", (), _build_csm),
+}
+
+
+def _spec(model: str) -> _Spec:
+    if model not in SPECS:
+        raise ValueError(f"unknown model {model!r}; choose one of {sorted(SPECS)}")
+    return SPECS[model]
+
+
+def _from_cache(spec: _Spec) -> Path | None:
+    """The checkpoint from the local Hugging Face cache, without touching the network."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(spec.repo, allow_patterns=list(spec.files) or None, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any failure means "not cached"
+        return None
+    if not all((folder / f).exists() for f in spec.files):
+        return None
+    return folder / spec.files[0] if len(spec.files) == 1 else folder
+
+
+def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
+    """A TCP connect to the hub, so an unreachable hub costs seconds instead of minutes of retries."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urllib.parse.urlparse(endpoint).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _from_hub(spec: _Spec) -> Path:
+    """Download (with huggingface_hub's progress bar) and return the checkpoint path."""
+    from huggingface_hub import snapshot_download
+
+    folder = Path(snapshot_download(spec.repo, allow_patterns=list(spec.files) or None))
+    return folder / spec.files[0] if len(spec.files) == 1 else folder
+
+
+def _explicit(model: str, path: str | Path | None) -> WeightsSource | None:
+    given, origin = (path, "argument") if path is not None else (os.environ.get(_env_var(model)), _env_var(model))
+    if not given:
+        return None
+    given = Path(given).expanduser()
+    if not given.exists():
+        raise WeightsNotFoundError(
+            f"{model}: {origin} points to {given}, which does not exist. Fix the path, or unset "
+            f"{_env_var(model)} to let csmlab use the Hugging Face cache/hub or its offline checkpoint."
+        )
+    return WeightsSource(model, "local", given, f"explicit path from {origin}")
+
+
+def _builder_version(model: str) -> str:
+    """A hash of the offline builder's source: editing a builder rebuilds its cached checkpoint."""
+    source = inspect.getsource(importlib.import_module(f"csmlab.offline.{model}"))
+    return hashlib.sha256(source.encode()).hexdigest()[:10]
+
+
+def resolve_offline(model: str, why: str = "offline requested") -> WeightsSource:
+    """The offline stand-in for `model`, built on first use (under a file lock) and cached."""
+    spec = _spec(model)
+    folder = cache_dir() / "offline" / f"{model}-{_builder_version(model)}"
+    done = folder / ".complete"
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not done.exists():
+            print(f"[csmlab] building the offline {model} checkpoint in {folder} (once) ...", flush=True)
+            done.write_text(str(spec.build(folder)))
+    return WeightsSource(model, "offline", Path(done.read_text()), why)
+
+
+def resolve(model: str, path: str | Path | None = None) -> WeightsSource:
+    """Find the checkpoint for `model` ("mimi", "moshi", "csm"): explicit path, HF cache/hub, offline."""
+    spec = _spec(model)
+    explicit = _explicit(model, path)
+    if explicit is not None:
+        return explicit
+    if offline_forced():
+        return resolve_offline(model, "offline forced by CSMLAB_OFFLINE/HF_HUB_OFFLINE")
+    cached = _from_cache(spec)
+    if cached is not None:
+        return WeightsSource(model, "hub", cached, f"found {spec.repo} in the Hugging Face cache")
+    if not hub_reachable():
+        return resolve_offline(model, f"the Hugging Face hub is unreachable (no {spec.repo} in the cache)")
+    try:
+        return WeightsSource(model, "hub", _from_hub(spec), f"downloaded {spec.repo}")
+    except Exception as err:  # noqa: BLE001 - gated repo, auth, network: all fall back, and say why
+        return resolve_offline(model, f"download of {spec.repo} failed ({type(err).__name__}: {err})")
