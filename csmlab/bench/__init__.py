@@ -1,0 +1,30 @@
+"""Measurements that answer the course's questions with numbers: `csmlab bench <what>`.
+
+Each submodule (`codec`, `moshi`, `csm`) exposes `add_arguments(parser)` and `run(args) -> dict`.
+`run` prints a table as it goes and returns the figures; the CLI writes them as JSON with
+`--json PATH`, together with `machine()`, because absolute timings mean little without it.
+Benchmarks compare implementations side by side in one run: ratios travel, milliseconds don't.
+"""
+from __future__ import annotations
+
+import os
+import platform
+
+import psutil
+import torch
+
+BENCHES = ("codec", "moshi", "csm")
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpu": gpu,
+        "torch": torch.__version__,
+    }
