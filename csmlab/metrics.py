@@ -1,0 +1,100 @@
+"""How good and how fast a codec is, in numbers: SI-SDR, log-mel distance, bitrate, frame arithmetic.
+
+- **SI-SDR** (Le Roux et al., "SDR - half-baked or well done?", ICASSP 2019): the energy ratio of the
+  part of `est` that is a scaled copy of `ref` to everything else, in dB. Scale-invariant, so a codec
+  that plays back a little louder is not punished; sensitive to phase, so a neural codec that keeps
+  the sound but not the waveform scores low. That is why we also report
+- **log-mel distance**: the mean absolute difference of log mel spectrograms (librosa), close to what
+  codec papers (EnCodec, Mimi) use as a perceptual proxy.
+- **bitrate**: `K` codebooks of `N` entries at `frame_rate` Hz carry `K * log2(N) * frame_rate` bit/s.
+- **frames and latency**: Mimi cuts 24 kHz audio into 1920-sample frames (80 ms, 12.5 Hz); a sample
+  waits for the rest of its frame before it can be encoded, which is the codec's algorithmic latency.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SAMPLE_RATE = 24_000  # Mimi's audio rate
+FRAME_SIZE = 1920  # samples per frame at 24 kHz
+FRAME_RATE = SAMPLE_RATE / FRAME_SIZE  # 12.5 Hz
+CODEBOOK_SIZE = 2048  # entries per codebook: 11 bits
+EPS = 1e-10
+
+
+def _pair(ref, est) -> tuple[np.ndarray, np.ndarray]:
+    """Both signals as float64 1-D arrays cut to the same length (codecs pad the last frame)."""
+    ref = np.asarray(ref, dtype=np.float64).reshape(-1)
+    est = np.asarray(est, dtype=np.float64).reshape(-1)
+    n = min(len(ref), len(est))
+    if n == 0:
+        raise ValueError("si_sdr/log_mel_distance need non-empty signals")
+    return ref[:n], est[:n]
+
+
+def si_sdr(ref, est) -> float:
+    """Scale-invariant signal-to-distortion ratio of `est` against `ref`, in dB (higher is better).
+
+    Both are mono signals at the same rate (numpy or torch, any float dtype); the longer one is cut.
+    """
+    ref, est = _pair(ref, est)
+    ref = ref - ref.mean()
+    est = est - est.mean()
+    target = (est @ ref) / (ref @ ref + EPS) * ref  # the part of est explained by ref
+    noise = est - target
+    return float(10 * np.log10((target @ target + EPS) / (noise @ noise + EPS)))
+
+
+def snr(ref, est) -> float:
+    """Plain signal-to-noise ratio of `est` against `ref` in dB: how closely two decoders agree."""
+    ref, est = _pair(ref, est)
+    noise = est - ref
+    return float(10 * np.log10((ref @ ref + EPS) / (noise @ noise + EPS)))
+
+
+def log_mel_distance(ref, est, sample_rate: int, n_mels: int = 64, n_fft: int = 1024) -> float:
+    """Mean absolute difference of natural-log mel spectrograms (lower is better; 0 means identical)."""
+    import librosa
+
+    ref, est = _pair(ref, est)
+    mel = dict(sr=sample_rate, n_fft=n_fft, hop_length=n_fft // 4, n_mels=n_mels, power=1.0)
+    ref_mel = librosa.feature.melspectrogram(y=ref, **mel)
+    est_mel = librosa.feature.melspectrogram(y=est, **mel)
+    return float(np.mean(np.abs(np.log(ref_mel + 1e-5) - np.log(est_mel + 1e-5))))
+
+
+def bitrate(num_codebooks: int, codebook_size: int = CODEBOOK_SIZE, frame_rate: float = FRAME_RATE) -> float:
+    """Bits per second carried by `num_codebooks` codes per frame: 8 Mimi codebooks give 1100 bit/s."""
+    return num_codebooks * math.log2(codebook_size) * frame_rate
+
+
+def raw_bitrate(sample_rate: int = SAMPLE_RATE, bits_per_sample: int = 16, channels: int = 1) -> float:
+    """Bits per second of uncompressed PCM, for comparison with `bitrate`."""
+    return sample_rate * bits_per_sample * channels
+
+
+def num_frames(num_samples: int, frame_size: int = FRAME_SIZE) -> int:
+    """Frames a batch encode emits for `num_samples` at 24 kHz: the last partial frame is padded."""
+    return math.ceil(num_samples / frame_size)
+
+
+def complete_frames(num_samples: int, frame_size: int = FRAME_SIZE) -> int:
+    """Frames a streaming encoder can emit once it has seen `num_samples`: only the complete ones."""
+    return num_samples // frame_size
+
+
+def frame_ms(frame_size: int = FRAME_SIZE, sample_rate: int = SAMPLE_RATE) -> float:
+    """Duration of one frame in milliseconds: 80 ms for Mimi."""
+    return 1000.0 * frame_size / sample_rate
+
+
+def real_time_factor(compute_s: float, audio_s: float) -> float:
+    """Compute time over audio time: below 1 keeps up with real time."""
+    return compute_s / audio_s
+
+
+def percentiles(samples_ms, qs=(50, 95, 100)) -> dict[str, float]:
+    """Median, p95 and max of a latency sample, keyed `p50`, `p95`, `max`."""
+    values = np.percentile(np.asarray(samples_ms, dtype=np.float64), qs)
+    return {("max" if q == 100 else f"p{q}"): float(v) for q, v in zip(qs, values)}
