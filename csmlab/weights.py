@@ -21,6 +21,7 @@ import hashlib
 import importlib
 import inspect
 import os
+import shutil
 import socket
 import urllib.parse
 from dataclasses import dataclass
@@ -186,37 +187,73 @@ def _explicit(model: str, path: str | Path | None) -> WeightsSource | None:
 
 
 def _builder_version(model: str) -> str:
-    """A hash of the offline builder's source: editing a builder rebuilds its cached checkpoint."""
-    source = inspect.getsource(importlib.import_module(f"csmlab.offline.{model}"))
+    """A hash of the offline builders' source: editing one rebuilds the cached checkpoints.
+
+    Moshi and CSM embed the offline Mimi, so Mimi's builder is part of every hash.
+    """
+    names = dict.fromkeys(["mimi", model])
+    source = "".join(inspect.getsource(importlib.import_module(f"csmlab.offline.{n}")) for n in names)
     return hashlib.sha256(source.encode()).hexdigest()[:10]
+
+
+def _offline_folder(model: str) -> Path:
+    return cache_dir() / "offline" / f"{model}-{_builder_version(model)}"
+
+
+def _remove_stale(current: Path) -> None:
+    """Delete offline checkpoints of older builder versions of the same model (hundreds of MB each)."""
+    model = current.name.rsplit("-", 1)[0]
+    for old in current.parent.glob(f"{model}-*"):
+        if old.is_dir() and old != current:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def resolve_offline(model: str, why: str = "offline requested") -> WeightsSource:
     """The offline stand-in for `model`, built on first use (under a file lock) and cached."""
     spec = _spec(model)
-    folder = cache_dir() / "offline" / f"{model}-{_builder_version(model)}"
+    folder = _offline_folder(model)
     done = folder / ".complete"
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if not done.exists():
             print(f"[csmlab] building the offline {model} checkpoint in {folder} (once) ...", flush=True)
             done.write_text(str(spec.build(folder)))
+            _remove_stale(folder)
     return WeightsSource(model, "offline", Path(done.read_text()), why)
 
 
-def resolve(model: str, path: str | Path | None = None) -> WeightsSource:
-    """Find the checkpoint for `model` ("mimi", "moshi", "csm"): explicit path, HF cache/hub, offline."""
+def locate(model: str, path: str | Path | None = None) -> WeightsSource:
+    """Which source `resolve` would use, without downloading or building anything.
+
+    A hub source not yet downloaded has the path `hf://<repo>`; an offline checkpoint not yet
+    built has its future cache folder as path. `csmlab doctor` uses this to report cheaply.
+    """
     spec = _spec(model)
     explicit = _explicit(model, path)
     if explicit is not None:
         return explicit
     if offline_forced():
-        return resolve_offline(model, "offline forced by CSMLAB_OFFLINE/HF_HUB_OFFLINE")
+        return WeightsSource(model, "offline", _offline_folder(model), "offline forced by CSMLAB_OFFLINE/HF_HUB_OFFLINE")
     cached = _from_cache(spec)
     if cached is not None:
         return WeightsSource(model, "hub", cached, f"found {spec.repo} in the Hugging Face cache")
     if not hub_reachable():
-        return resolve_offline(model, f"the Hugging Face hub is unreachable (no {spec.repo} in the cache)")
+        why = f"the Hugging Face hub is unreachable (no {spec.repo} in the cache)"
+        return WeightsSource(model, "offline", _offline_folder(model), why)
+    return WeightsSource(model, "hub", Path(f"hf://{spec.repo}"), f"{spec.repo} will be downloaded on first use")
+
+
+def resolve(model: str, path: str | Path | None = None) -> WeightsSource:
+    """Find the checkpoint for `model` ("mimi", "moshi", "csm"): explicit path, HF cache/hub, offline.
+
+    Unlike `locate`, this downloads or builds what is missing, so `path` is ready to load.
+    """
+    plan = locate(model, path)
+    if plan.kind == "offline":
+        return resolve_offline(model, plan.why)
+    if plan.kind == "local" or plan.path.exists():
+        return plan
+    spec = _spec(model)
     try:
         return WeightsSource(model, "hub", _from_hub(spec), f"downloaded {spec.repo}")
     except Exception as err:  # noqa: BLE001 - gated repo, auth, network: all fall back, and say why
