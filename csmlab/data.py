@@ -86,3 +86,21 @@ def speech_utterances() -> dict[str, tuple[np.ndarray, int, str]]:
         audio, sr = load_wav(wav)
         out[wav.stem] = (audio, sr, wav.with_suffix(".txt").read_text().strip())
     return out
+
+
+def speaking_time(turns: list[Turn]) -> dict[str, float]:
+    """Seconds each speaker talks, summed over their turns."""
+    totals: dict[str, float] = {}
+    for turn in turns:
+        totals[turn.speaker] = totals.get(turn.speaker, 0.0) + turn.end - turn.start
+    return totals
+
+
+def overlap_seconds(turns: list[Turn]) -> float:
+    """Seconds during which two different speakers talk at once: what full duplex must handle."""
+    total = 0.0
+    for i, a in enumerate(turns):
+        for b in turns[i + 1:]:
+            if a.speaker != b.speaker:
+                total += max(0.0, min(a.end, b.end) - max(a.start, b.start))
+    return total
