@@ -1,4 +1,8 @@
-"""The `csmlab` command: `doctor`, `bench codec|moshi|csm`, `train-codec`."""
+"""The `csmlab` command: `doctor`, `bench codec|moshi|csm`, `train-codec`.
+
+Subcommands import their module only when chosen, so `csmlab doctor` starts fast and each
+benchmark owns its options (`csmlab bench codec --help`).
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,13 +14,22 @@ from pathlib import Path
 from csmlab.bench import BENCHES, machine
 
 
+def _sub_parser(module, prog: str) -> argparse.ArgumentParser:
+    doc = (module.__doc__ or "").strip()
+    return argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0] if doc else None)
+
+
 def _bench(args: argparse.Namespace) -> int:
     module = importlib.import_module(f"csmlab.bench.{args.what}")
-    figures = module.run(args)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"machine": machine(), **figures}, indent=2, default=str))
-        print(f"wrote {args.json}")
+    parser = _sub_parser(module, f"csmlab bench {args.what}")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures and the machine description as JSON")
+    module.add_arguments(parser)
+    opts = parser.parse_args(args.rest)
+    figures = module.run(opts)
+    if opts.json:
+        Path(opts.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(opts.json).write_text(json.dumps({"machine": machine(), **figures}, indent=2, default=str))
+        print(f"wrote {opts.json}")
     return 0
 
 
@@ -28,26 +41,23 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _train_codec(args: argparse.Namespace) -> int:
-    from csmlab.train import train_codec_cli
-
-    return train_codec_cli(args) or 0
+    module = importlib.import_module("csmlab.train")
+    parser = _sub_parser(module, "csmlab train-codec")
+    module.add_arguments(parser)
+    return module.train_codec_cli(parser.parse_args(args.rest)) or 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="csmlab", description=__doc__)
+    parser = argparse.ArgumentParser(prog="csmlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("doctor", help="platform, hardware, versions and which weights each model will use").set_defaults(
-        func=_doctor
-    )
-    bench = sub.add_parser("bench", help="measure latency and throughput").add_subparsers(dest="what", required=True)
-    for what in BENCHES:
-        module = importlib.import_module(f"csmlab.bench.{what}")
-        p = bench.add_parser(what, help=(module.__doc__ or "").strip().splitlines()[0])
-        p.add_argument("--json", metavar="PATH", help="also write the figures and the machine description as JSON")
-        module.add_arguments(p)
-        p.set_defaults(func=_bench)
-    train = sub.add_parser("train-codec", help="train the small offline Mimi on synthetic speech")
-    importlib.import_module("csmlab.train").add_arguments(train)
+    doctor = sub.add_parser("doctor", help="platform, hardware, versions and which weights each model will use")
+    doctor.set_defaults(func=_doctor)
+    bench = sub.add_parser("bench", help="measure latency and throughput (csmlab bench WHAT --help)")
+    bench.add_argument("what", choices=BENCHES)
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
+    bench.set_defaults(func=_bench)
+    train = sub.add_parser("train-codec", help="train the small offline Mimi (csmlab train-codec --help)")
+    train.add_argument("rest", nargs=argparse.REMAINDER, help="options of the training run")
     train.set_defaults(func=_train_codec)
     return parser
 

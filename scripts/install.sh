@@ -35,7 +35,7 @@ python_packages() {
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
     local pip="$VENV/bin/python -m pip"
     local hash
-    hash=$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)
+    hash=$(cat pyproject.toml scripts/install.sh | "$VENV/bin/python" -c "import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])")
     if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$hash" ]; then
         return 0
     fi

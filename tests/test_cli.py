@@ -1,0 +1,25 @@
+"""The `csmlab` command as a user runs it, in a subprocess."""
+import os
+import subprocess
+import sys
+
+
+def _csmlab(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CSMLAB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "csmlab.cli", *args], capture_output=True, text=True, env=env)
+
+
+def test_doctor_reports_machine_versions_and_offline_weights():
+    done = _csmlab("doctor")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    for fact in ("cpu cores", "torch", "moshi", "transformers"):
+        assert fact in out
+    for model in ("mimi", "moshi", "csm"):
+        assert f"{model}: OFFLINE stand-in" in out
+    assert out.count("NOT the released model") == 3
+
+
+def test_unknown_command_fails_with_usage():
+    done = _csmlab("teleport")
+    assert done.returncode != 0 and "usage" in done.stderr
