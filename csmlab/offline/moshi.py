@@ -1,0 +1,129 @@
+"""A small Moshi with the real structure, saved exactly like `kyutai/moshiko-pytorch-bf16`.
+
+The released repository holds four files: the LM (`model.safetensors`), Mimi
+(`tokenizer-e351c8d8-checkpoint125.safetensors`), a 32k sentencepiece text tokenizer
+(`tokenizer_spm_32k_3.model`) and, in newer repos, a `config.json` with the LM's keyword arguments.
+We write the same four files, so the offline model loads through moshi's own
+`CheckpointInfo.from_hf_repo(...).get_moshi()` path and every line of csmlab that runs on it runs
+unchanged on the real weights.
+
+What is the same as the real model: the classes, the 17 streams (1 text + 8 Moshi audio + 8 user
+audio), the acoustic delays, the depformer with one set of weights per codebook, SiLU gating,
+RMS norms, RoPE, the 2048-entry audio vocabulary, the special text tokens (0 = end of padding,
+3 = padding, `text_card` = start of sequence). What is smaller: the widths and depths (`SMALL`),
+and the text vocabulary, which a sentencepiece model trained here in seconds on `data/` sizes.
+The weights are random: what it says is noise, what it costs per layer is real.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import sentencepiece as spm
+import torch
+from moshi.models import loaders
+from moshi.models.lm import LMModel
+
+from moshi.modules.transformer import StreamingMultiheadAttention
+from safetensors.torch import save_file
+
+from csmlab.data import DATA_DIR, real_recording
+
+SEED = 1234
+VOCAB_SIZE = 1000  # an upper bound: the tiny corpus decides the final size (hard_vocab_limit=False)
+
+# Moshi's special text tokens, as its released tokenizer and `LMModel` defaults number them.
+END_OF_PADDING_ID = 0  # spm's <unk> slot; Moshi uses it to mark the last padding step before a word
+PADDING_ID = 3  # spm's <pad>; Moshi's `existing_text_padding_id`
+
+# The real config (`moshi.models.loaders._lm_kwargs`) with small widths and depths; everything
+# that shapes the *stream layout* (n_q, dep_q, card, delays) is left as released.
+SMALL = {
+    "dim": 256,
+    "num_heads": 4,
+    "num_layers": 4,
+    "depformer_dim": 128,
+    "depformer_dim_feedforward": int(4.125 * 128),
+    "depformer_num_heads": 4,
+    "depformer_num_layers": 2,
+}
+
+
+def corpus_lines() -> list[str]:
+    """The text the offline tokenizer learns from: the course's dialogue corpus and the call's transcript."""
+    corpus = DATA_DIR / "text_corpus.txt"
+    lines = corpus.read_text().splitlines() if corpus.exists() else []
+    lines += [turn.text for turn in real_recording().transcript]
+    return [line.strip() for line in lines if line.strip()]
+
+
+def train_tokenizer(path: Path) -> spm.SentencePieceProcessor:
+    """Train a unigram sentencepiece model at `path` with Moshi's special-token ids (seconds)."""
+    model = path.with_suffix("")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus_lines()),
+        model_prefix=str(model),
+        vocab_size=VOCAB_SIZE,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        character_coverage=1.0,
+        unk_id=END_OF_PADDING_ID,
+        bos_id=1,
+        eos_id=2,
+        pad_id=PADDING_ID,
+        num_threads=1,
+        minloglevel=2,
+    )
+    model.with_suffix(".vocab").unlink(missing_ok=True)
+    return spm.SentencePieceProcessor(model_file=str(path))
+
+
+def small_config(text_card: int) -> dict:
+    """The LM keyword arguments of the offline model, in the `config.json` format moshi reads."""
+    config = dict(loaders._lm_kwargs) | SMALL | {"text_card": text_card}
+    return config | {
+        "moshi_name": loaders.MOSHI_NAME,
+        "mimi_name": loaders.MIMI_NAME,
+        "tokenizer_name": loaders.TEXT_TOKENIZER_NAME,
+        "model_type": "moshi",
+    }
+
+
+def released_state(lm: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`checkpoint_state(lm)`, with the depformer's per-codebook projections stacked as released.
+
+    With `weights_per_step`, each depformer attention has 8 `in_projs.{i}` (one per codebook); the
+    released file stores them concatenated as one `in_proj_weight`, and moshi's load hook splits it
+    back. `checkpoint_state` renames only `in_projs.0`, which is right for Mimi (one projection) but
+    would lose the stacking here.
+    """
+    state = {k: v.detach().contiguous() for k, v in lm.state_dict().items()}
+    for name, attn in lm.named_modules():
+        if isinstance(attn, StreamingMultiheadAttention):
+            for projs, released in (("in_projs", "in_proj_weight"), ("out_projs", "out_proj.weight")):
+                parts = [state.pop(f"{name}.{projs}.{i}.weight") for i in range(len(getattr(attn, projs)))]
+                state[f"{name}.{released}"] = torch.cat(parts).contiguous()
+    return state
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system: copy instead
+        dst.write_bytes(src.read_bytes())
+
+
+def build(folder: Path, mimi_path: Path) -> None:
+    """Write the four files of a Moshi repository into `folder`, around the offline Mimi at `mimi_path`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(folder / loaders.TEXT_TOKENIZER_NAME)
+    config = small_config(text_card=tokenizer.vocab_size())
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    torch.manual_seed(SEED)
+    lm_kwargs = {k: v for k, v in config.items() if not k.endswith("_name") and k != "model_type"}
+    lm = LMModel(**lm_kwargs).to(torch.bfloat16)  # the released checkpoint is bf16
+    save_file(released_state(lm), str(folder / loaders.MOSHI_NAME))
+    _link_or_copy(Path(mimi_path), folder / loaders.MIMI_NAME)
