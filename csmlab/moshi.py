@@ -17,7 +17,6 @@ notebook 02 use them.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -29,8 +28,8 @@ from moshi.models.lm import LMModel
 from moshi.models.lm_utils import _delay_sequence
 from moshi.utils.compile import no_compile
 
-from csmlab.errors import CodesError
-from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE, frame_ms, percentiles
+from csmlab.errors import CodesError, StreamClosedError
+from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE, frame_ms
 from csmlab.weights import WeightsSource, resolve
 
 log = logging.getLogger(__name__)
@@ -152,7 +151,7 @@ class Moshi:
     def silence_codes(self) -> torch.Tensor:
         """Mimi's codes for one 80 ms frame of silence, `[1, K, 1]`: what a dropped user frame becomes."""
         if self._silence is None:
-            with torch.no_grad(), _eager(self.model.lm.device):
+            with torch.no_grad(), _eager(self.lm.device):
                 zeros = torch.zeros(1, 1, FRAME_SIZE, device=self.lm.device)
                 self._silence = self.mimi.encode(zeros)[:, : self.num_user_codebooks]  # [1, K, 1]
         return self._silence
@@ -224,18 +223,36 @@ class MoshiStream:
         self.model = model
         self.seed = seed
         self.gen = LMGen(model.lm, **sampling)
-        self.gen.streaming_forever(1)
+        self._session = self.gen.streaming(1)  # holds LMGen's and the LM's caches until close()
         self.dropped = 0
         self.reset()
 
     def reset(self) -> None:
         """Start a new conversation: empty caches, step 0, the same seed."""
+        self._require_open()
         self.gen.reset_streaming()
         self.index = 0
         self._rng_state = None  # seeded from `seed` on the first step
 
+    def close(self) -> None:
+        """Free the caches and give the model back (its non-streaming `forward` works again)."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def __enter__(self) -> "MoshiStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _require_open(self) -> None:
+        if self._session is None:
+            raise StreamClosedError("this MoshiStream was closed; open a new one with MoshiStream(model)")
+
     def step(self, user_codes=None) -> Step:
         """Advance 80 ms with one frame of user codes, or `None` for a frame lost on the way."""
+        self._require_open()
         dropped = user_codes is None
         if dropped:
             self.dropped += 1
@@ -326,8 +343,8 @@ class Dialogue:
 def converse(model: Moshi, user_audio_24k: np.ndarray, seed: int = 0, drop: tuple[int, ...] = (), **sampling) -> Dialogue:
     """Stream `user_audio_24k` through Moshi one 80 ms frame at a time (frames in `drop` are lost)."""
     user_codes = encode_user(model, user_audio_24k)[0]  # [K, T]
-    stream = MoshiStream(model, seed=seed, **sampling)
-    steps = [stream.step(None if t in drop else user_codes[:, t]) for t in range(user_codes.shape[1])]
+    with MoshiStream(model, seed=seed, **sampling) as stream:
+        steps = [stream.step(None if t in drop else user_codes[:, t]) for t in range(user_codes.shape[1])]
     system = torch.stack([s.audio for s in steps if not s.warming_up], dim=1)  # [K, T']
     with _eager(model.lm.device):
         audio = model.mimi.decode(system[None].to(model.lm.device))[0, 0].float().cpu().numpy()
