@@ -1,0 +1,113 @@
+"""Mimi behind one adapter: any audio in, codes out, in batch or streaming, on three implementations.
+
+    codec = load_codec(num_codebooks=8, backend="moshi")   # or "rustymimi", "transformers"
+    codes = codec.encode(audio, sample_rate)   # [K, T] int64, batch (offline) mode
+    audio24k = codec.decode(codes)             # [T * 1920] float32 mono at 24 kHz
+    with codec.stream() as s:                  # one session per audio stream
+        new_codes = s.encode(chunk, sample_rate)  # chunks of any length -> [K, n] for frames now complete
+        pcm = s.decode(new_codes)                 # 1920 samples per frame
+        tail = s.flush()                          # zero-pads and encodes what is still buffered
+
+Mimi (Défossez et al., "Moshi: a speech-text foundation model for real-time dialogue", 2024) turns
+24 kHz mono audio into 12.5 frames per second, each frame `K` codes of 11 bits (2048 entries).
+`audio` may be numpy or torch, float32/float64/int16, mono or stereo, `[T]`, `[C, T]` or `[T, C]`,
+at any sample rate (see `csmlab.audio`). The batch path pads the end with zeros to a whole frame,
+exactly as a session's `flush()` does, so batch and streaming see the same samples.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from csmlab.audio import MIMI_RATE, to_mimi
+from csmlab.codec.backends import BACKENDS
+from csmlab.codec.stream import FRAME_SIZE, CodecSession
+from csmlab.errors import CodesError
+from csmlab.weights import WeightsSource, resolve
+
+CODEBOOK_SIZE = 2048
+MAX_CODEBOOKS = 32
+
+__all__ = ["Codec", "CodecSession", "load_codec", "FRAME_SIZE", "CODEBOOK_SIZE"]
+
+
+class Codec:
+    """A loaded Mimi: batch `encode`/`decode`, and `stream()` for sessions."""
+
+    sample_rate = MIMI_RATE
+    frame_size = FRAME_SIZE
+    frame_rate = MIMI_RATE / FRAME_SIZE  # 12.5 Hz
+    codebook_size = CODEBOOK_SIZE
+
+    def __init__(self, backend, weights: WeightsSource):
+        self.backend, self.weights = backend, weights
+        self.num_codebooks: int = backend.num_codebooks
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    def __repr__(self) -> str:
+        return f"Codec(backend={self.name!r}, num_codebooks={self.num_codebooks}, weights={self.weights.kind})"
+
+    def encode(self, audio, sample_rate, layout: str = "auto") -> np.ndarray:
+        """Encode a whole clip: `[K, ceil(T24 / 1920)]` int64 codes (`T24` samples after resampling)."""
+        x = to_mimi(audio, sample_rate, layout)  # [T24]
+        padded = np.zeros(-(-len(x) // FRAME_SIZE) * FRAME_SIZE, dtype=np.float32)
+        padded[: len(x)] = x
+        return self.backend.encode(padded)
+
+    def decode(self, codes) -> np.ndarray:
+        """Decode `[K, n]` codes to `n * 1920` float32 samples at 24 kHz."""
+        codes = self.check_codes(codes)
+        if codes.shape[1] == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self.backend.decode(codes)
+
+    def stream(self) -> CodecSession:
+        """A new streaming session; several can run side by side on one codec."""
+        return CodecSession(self)
+
+    def check_codes(self, codes) -> np.ndarray:
+        """`codes` as `[K, n]` int64 numpy, or a `CodesError` that says what is wrong with them."""
+        if hasattr(codes, "detach"):
+            codes = codes.detach().cpu().numpy()
+        codes = np.asarray(codes)
+        if not np.issubdtype(codes.dtype, np.integer):
+            raise CodesError(
+                f"codes must be integers, not {codes.dtype}: use the codes encode() returned, or codes.astype(np.int64)"
+            )
+        if codes.ndim != 2:
+            raise CodesError(f"codes must be [K, n] (codebooks, frames), not shape {codes.shape}; drop any batch axis")
+        if codes.shape[0] != self.num_codebooks:
+            raise CodesError(
+                f"this codec uses {self.num_codebooks} codebooks but the codes have {codes.shape[0]}: "
+                f"load_codec(num_codebooks={codes.shape[0]}) or slice codes[:{self.num_codebooks}]"
+            )
+        if codes.size and (codes.min() < 0 or codes.max() >= CODEBOOK_SIZE):
+            raise CodesError(
+                f"codes must lie in [0, {CODEBOOK_SIZE}); got values from {codes.min()} to {codes.max()}"
+            )
+        return np.ascontiguousarray(codes, dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=8)
+def _backend(name: str, path: Path, num_codebooks: int):
+    return BACKENDS[name](path, num_codebooks)
+
+
+def load_codec(num_codebooks: int = 8, backend: str = "moshi", weights: str | Path | WeightsSource | None = None) -> Codec:
+    """Load Mimi with `num_codebooks` (1..32; Moshi uses 8) on one of `"moshi"`, `"rustymimi"`, `"transformers"`.
+
+    `weights` is a moshi-format checkpoint path or a `WeightsSource`; by default `resolve("mimi")`
+    (real weights when available, else the offline stand-in: print `codec.weights.banner()`).
+    Loaded models are cached, so loading the same codec twice is free.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+    if isinstance(num_codebooks, bool) or not isinstance(num_codebooks, int) or not 1 <= num_codebooks <= MAX_CODEBOOKS:
+        raise CodesError(f"num_codebooks must be an int in 1..{MAX_CODEBOOKS} (Moshi uses 8), not {num_codebooks!r}")
+    source = weights if isinstance(weights, WeightsSource) else resolve("mimi", weights)
+    return Codec(_backend(backend, Path(source.path), num_codebooks), source)

@@ -1,0 +1,220 @@
+"""Three implementations of Mimi behind one small interface: moshi (torch), rustymimi, transformers.
+
+A backend sees only clean input: `[T]` float32 mono at 24 kHz with `T` a multiple of 1920, and
+`[K, n]` int64 codes already checked. The session (`csmlab.codec.stream`) and `Codec` do the
+validation, resampling and buffering, once for all three.
+
+    batch:      encode(x [T]) -> codes [K, T/1920]       decode(codes [K, n]) -> audio [n*1920]
+    streaming:  s = open_stream(); s.encode(x) / s.decode(codes) / s.reset() / s.close()
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from csmlab.errors import CodesError
+
+FRAME_SIZE = 1920
+
+
+def _codes(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.reshape(tensor.shape[-2], tensor.shape[-1]).to(torch.int64).numpy()  # [K, n]
+
+
+def _audio(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.reshape(-1).float().numpy()  # [T]
+
+
+def _wave(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(x)[None, None]  # [1, 1, T]
+
+
+class MoshiBackend:
+    """Kyutai's PyTorch Mimi (`moshi.models.loaders.get_mimi`), the reference implementation."""
+
+    name = "moshi"
+
+    def __init__(self, path: Path, num_codebooks: int):
+        from moshi.models.loaders import get_mimi
+
+        self.model = get_mimi(str(path), num_codebooks=num_codebooks, device="cpu").eval()
+        self.num_codebooks = num_codebooks
+
+    @torch.inference_mode()
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        return _codes(self.model.encode(_wave(x)))
+
+    @torch.inference_mode()
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        return _audio(self.model.decode(torch.from_numpy(codes)[None]))
+
+    def open_stream(self):
+        return MoshiStream(self.model)
+
+
+class MoshiStream:
+    """moshi's own streaming API, with this session's state swapped in for each call.
+
+    moshi keeps streaming state on the modules themselves, so one model serves one stream. Holding
+    each session's state and installing it around every call lets several sessions (the duplex
+    pipeline needs two) share one set of weights.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self._stack = contextlib.ExitStack()
+        with self._occupied():
+            model._start_streaming(1, self._stack)
+            self._state = model.get_streaming_state()
+            model._stop_streaming()
+
+    @contextlib.contextmanager
+    def _occupied(self):
+        if self.model.is_streaming:
+            raise RuntimeError("this Mimi is already streaming outside csmlab; leave its streaming() context first")
+        try:
+            yield
+        finally:
+            self.model._stop_streaming()
+
+    @contextlib.contextmanager
+    def _installed(self):
+        with self._occupied(), torch.inference_mode():
+            self.model.set_streaming_state(self._state)
+            yield
+            self._state = self.model.get_streaming_state()
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        with self._installed():
+            return _codes(self.model.encode(_wave(x)))
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        with self._installed():
+            return _audio(self.model.decode(torch.from_numpy(codes)[None]))
+
+    def reset(self) -> None:
+        with self._installed():
+            self.model.reset_streaming()
+
+    def close(self) -> None:
+        self._stack.close()
+        self._state = None
+
+
+class RustyMimiBackend:
+    """Kyutai's Rust Mimi (candle) through its Python binding; it always uses 8 codebooks."""
+
+    name = "rustymimi"
+    CODEBOOKS = 8
+
+    def __init__(self, path: Path, num_codebooks: int):
+        import rustymimi
+
+        if num_codebooks != self.CODEBOOKS:
+            raise CodesError(
+                f"rustymimi always uses {self.CODEBOOKS} codebooks; load_codec(num_codebooks={self.CODEBOOKS}, "
+                f"backend='rustymimi'), or use backend='moshi' for {num_codebooks}"
+            )
+        self.path, self.num_codebooks = path, num_codebooks
+        self.model = rustymimi.Tokenizer(str(path))
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        return self.model.encode(x[None, None])[0].astype(np.int64)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        return self.model.decode(codes[None].astype(np.uint32)).reshape(-1)
+
+    def open_stream(self):
+        return RustyMimiStream(self.path)
+
+
+class RustyMimiStream:
+    """One `rustymimi.Tokenizer` per session: `encode_step`/`decode_step` keep their own state."""
+
+    def __init__(self, path: Path):
+        import rustymimi
+
+        self.model = rustymimi.Tokenizer(str(path))
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        return self.model.encode_step(x[None, None])[0].astype(np.int64)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        return self.model.decode_step(codes[None].astype(np.uint32)).reshape(-1)
+
+    def reset(self) -> None:
+        self.model.reset()
+
+    def close(self) -> None:
+        self.model = None
+
+
+class TransformersBackend:
+    """Hugging Face's `MimiModel`, converted from the same checkpoint (`csmlab.convert`)."""
+
+    name = "transformers"
+
+    def __init__(self, path: Path, num_codebooks: int):
+        from csmlab.convert import to_transformers_mimi
+
+        self.model = to_transformers_mimi(path, num_codebooks, use_cache=True)
+        self.num_codebooks = num_codebooks
+
+    @torch.inference_mode()
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        return _codes(self.model.encode(_wave(x), return_dict=True).audio_codes)
+
+    @torch.inference_mode()
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        return _audio(self.model.decode(torch.from_numpy(codes)[None], return_dict=True).audio_values)
+
+    def open_stream(self):
+        return TransformersStream(self)
+
+
+class TransformersStream:
+    """transformers' streaming encode (padding cache + KV cache); decode re-runs the code history.
+
+    transformers 4.57.6 streams the encoder (`use_streaming=True` carries each conv's left context in
+    a `MimiConv1dPaddingCache`, and `use_cache=True` the attention's KV cache: without it no context
+    carries between frames). Its decoder convolutions keep no state, so a streaming decode has to
+    decode every code so far and return the new tail: exact, but its cost grows with the stream.
+    Use it to compare implementations; use moshi or rustymimi for real time.
+    """
+
+    def __init__(self, backend: TransformersBackend):
+        self.backend = backend
+        self.reset()
+
+    @torch.inference_mode()
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        out = self.backend.model.encode(
+            _wave(x),
+            encoder_past_key_values=self._kv,
+            padding_cache=self._padding,
+            use_streaming=True,
+            return_dict=True,
+        )
+        self._kv, self._padding = out.encoder_past_key_values, out.padding_cache
+        return _codes(out.audio_codes)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        self._history.append(codes)
+        audio = self.backend.decode(np.concatenate(self._history, axis=1))
+        new = audio[self._emitted :]
+        self._emitted = len(audio)
+        return new
+
+    def reset(self) -> None:
+        self._kv = self._padding = None
+        self._history: list[np.ndarray] = []
+        self._emitted = 0
+
+    def close(self) -> None:
+        self.reset()
+
+
+BACKENDS = {b.name: b for b in (MoshiBackend, RustyMimiBackend, TransformersBackend)}

@@ -1,0 +1,131 @@
+"""A streaming session: chunks of any length and rate in, codes of complete frames out.
+
+moshi's streaming API only takes whole 80 ms frames (multiples of 1920 samples at 24 kHz). A
+session sits in front of it and does what real audio needs:
+
+    chunk (any dtype, layout, rate) -> validate -> mono float32 -> soxr stream -> 24 kHz buffer
+    buffer -> whole frames -> backend stream -> codes [K, n]          (the rest waits in the buffer)
+
+Every check runs before any state changes, so a bad chunk raises a `CsmlabError` and the next good
+chunk carries on as if the bad one had never come. `flush()` ends the stream: it drains the
+resampler, pads the last partial frame with zeros (as the batch path does) and encodes it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from csmlab.audio import Resampler, channels_axis, check_sample_rate, to_mono
+from csmlab.errors import AudioFormatError, StreamClosedError
+
+FRAME_SIZE = 1920
+
+
+class CodecSession:
+    """One audio stream through one codec; open it with `codec.stream()`, use it as a context manager."""
+
+    def __init__(self, codec):
+        self.codec = codec
+        self._stream = codec.backend.open_stream()
+        self._closed = False
+        self._clear()
+
+    def _clear(self) -> None:
+        self._rate: int | None = None
+        self._layout: str | None = None  # remembered from the first unambiguous 2-D chunk
+        self._resampler: Resampler | None = None
+        self._buffer = np.zeros(0, dtype=np.float32)  # [t] 24 kHz samples short of a frame
+        self._flushed = False
+
+    # -- encode -----------------------------------------------------------------------------------
+    def encode(self, chunk, sample_rate, layout: str | None = None) -> np.ndarray:
+        """Push a chunk of any length; returns codes `[K, n]` (int64, n >= 0) of the frames now complete."""
+        self._check_open()
+        if self._flushed:
+            raise StreamClosedError("this stream was flushed (it has ended); call reset() to start a new one")
+        rate = check_sample_rate(sample_rate)
+        if self._rate is not None and rate != self._rate:
+            raise AudioFormatError(
+                f"sample rate changed mid-stream from {self._rate} to {rate} Hz; keep one rate per stream, "
+                "or flush() and reset() before switching"
+            )
+        layout = self._resolve_layout(chunk, layout)
+        mono = to_mono(chunk, layout)  # raises before anything below changes
+        if self._resampler is None:
+            self._rate, self._resampler = rate, Resampler(rate)
+        if layout != "auto":
+            self._layout = layout
+        return self._push(self._resampler.push(mono))
+
+    def _resolve_layout(self, chunk, layout: str | None) -> str:
+        """The caller's layout, else the shape's own, else (ambiguous chunk) the one this stream showed."""
+        shape = tuple(getattr(chunk, "shape", ()))
+        if layout is not None or len(shape) != 2:
+            return layout or "auto"
+        try:
+            return ("channels_first", "channels_last")[channels_axis(shape)]
+        except AudioFormatError:
+            return self._layout or "auto"  # with no layout seen yet, to_mono raises the clear error
+
+    def _push(self, audio_24k: np.ndarray) -> np.ndarray:
+        buffer = np.concatenate([self._buffer, audio_24k])
+        n = len(buffer) // FRAME_SIZE
+        if n == 0:
+            self._buffer = buffer
+            return np.zeros((self.codec.num_codebooks, 0), dtype=np.int64)
+        codes = self._stream.encode(buffer[: n * FRAME_SIZE])  # [K, n]
+        self._buffer = buffer[n * FRAME_SIZE :]
+        return codes
+
+    def flush(self) -> np.ndarray:
+        """End the stream: drain the resampler, zero-pad the last partial frame, return its codes."""
+        self._check_open()
+        if self._flushed or self._resampler is None:
+            self._flushed = True
+            return np.zeros((self.codec.num_codebooks, 0), dtype=np.int64)
+        tail = self._resampler.push(np.zeros(0, dtype=np.float32), last=True)
+        buffer = np.concatenate([self._buffer, tail])
+        padded = np.zeros(-(-len(buffer) // FRAME_SIZE) * FRAME_SIZE, dtype=np.float32)
+        padded[: len(buffer)] = buffer
+        self._buffer, self._flushed = np.zeros(0, dtype=np.float32), True
+        return self._push(padded)
+
+    @property
+    def buffered_samples(self) -> int:
+        """24 kHz samples waiting for the rest of their frame (the codec's algorithmic latency)."""
+        return len(self._buffer)
+
+    # -- decode -----------------------------------------------------------------------------------
+    def decode(self, codes) -> np.ndarray:
+        """Decode the next `[K, n]` codes; returns `n * 1920` float32 samples at 24 kHz."""
+        self._check_open()
+        codes = self.codec.check_codes(codes)
+        if codes.shape[1] == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self._stream.decode(codes)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget everything: start a new stream (a new rate is allowed) on the same session."""
+        self._check_open()
+        self._stream.reset()
+        self._clear()
+
+    def close(self) -> None:
+        """Release the backend's streaming state; any later call raises `StreamClosedError`."""
+        if not self._closed:
+            self._stream.close()
+            self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StreamClosedError("this codec session is closed; open a new one with codec.stream()")
+
+    def __enter__(self) -> CodecSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
