@@ -46,12 +46,9 @@ def _small(args) -> dict:
 
 def _real_size(args, dtype_name: str) -> dict:
     print(f"real-size architecture, random weights, {dtype_name} on {args.device}:")
-    ms_by_layers = {}
-    for layers in args.layers:
-        lm = M.real_size_lm(layers, DTYPES[dtype_name], args.device)
-        ms_by_layers[layers] = _row(f"LMGen.step, {layers} temporal layer(s)", M.measure_step_ms(lm, steps=args.steps))
-        del lm
-        gc.collect()
+    times = M.measure_depths(args.layers, DTYPES[dtype_name], args.device, steps=args.steps)
+    ms_by_layers = {depth: _row(f"LMGen.step, {depth} temporal layer(s)", ms) for depth, ms in times.items()}
+    gc.collect()
     fit = M.extrapolate(ms_by_layers)
     print(f"  => {fit['per_layer_ms']:.1f} ms per temporal layer + {fit['fixed_ms']:.1f} ms fixed (depformer, embeddings,"
           f" heads); {fit['layers']} layers: {fit['full_step_ms']:.0f} ms per 80 ms step, RTF {fit['rtf']:.1f}")

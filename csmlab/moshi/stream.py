@@ -1,0 +1,187 @@
+"""Loading Moshi through moshi's own loader, and streaming it one 80 ms step at a time.
+
+`load()` goes through `csmlab.weights.resolve("moshi").checkpoint_info()`, i.e. moshi's
+`CheckpointInfo.get_moshi/get_mimi/get_text_tokenizer`: the same lines load the released
+`kyutai/moshiko-pytorch-bf16` and the offline twin. `MoshiStream` wraps `moshi.models.LMGen`
+(upstream `moshi/models/lm.py`), which keeps the KV caches and the delay bookkeeping.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from moshi.models import LMGen
+from moshi.models.lm import LMModel
+from moshi.utils.compile import no_compile
+
+from csmlab.errors import CodesError, StreamClosedError
+from csmlab.metrics import FRAME_SIZE
+from csmlab.weights import WeightsSource, resolve
+
+log = logging.getLogger(__name__)
+
+END_OF_PADDING_ID = 0  # text token marking the last padding step before a word
+
+
+@dataclass
+class Moshi:
+    """A loaded Moshi: the LM, its Mimi, its text tokenizer, and where they came from."""
+
+    lm: LMModel
+    mimi: torch.nn.Module
+    tokenizer: object  # sentencepiece.SentencePieceProcessor
+    source: WeightsSource
+    _silence: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def num_user_codebooks(self) -> int:
+        return self.lm.n_q - self.lm.dep_q
+
+    def silence_codes(self) -> torch.Tensor:
+        """Mimi's codes for one 80 ms frame of silence, `[1, K, 1]`: what a dropped user frame becomes."""
+        if self._silence is None:
+            with torch.no_grad(), _eager(self.lm.device):
+                zeros = torch.zeros(1, 1, FRAME_SIZE, device=self.lm.device)
+                self._silence = self.mimi.encode(zeros)[:, : self.num_user_codebooks]  # [1, K, 1]
+        return self._silence
+
+    def piece(self, token: int) -> str:
+        """The text a token stands for, "" for padding (Moshi's monologue is mostly padding)."""
+        if token in (self.lm.text_padding_token_id, END_OF_PADDING_ID):
+            return ""
+        return self.tokenizer.id_to_piece(int(token)).replace("▁", " ")
+
+
+def load(path=None, device: str = "cpu", dtype: torch.dtype | None = None) -> Moshi:
+    """Load Moshi through moshi's own `CheckpointInfo` path, from what `resolve("moshi", path)` finds.
+
+    fp32 on CPU (bf16 matmuls are slower there for the small model), bf16 on GPU as released.
+    """
+    source = resolve("moshi", path)
+    info = source.checkpoint_info()
+    dtype = dtype or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
+    return Moshi(info.get_moshi(device=device, dtype=dtype), info.get_mimi(device=device), info.get_text_tokenizer(), source)
+
+
+# --------------------------------------------------------------------------- streaming
+@dataclass(frozen=True)
+class Step:
+    """What one 80 ms step gives back. During the first `max(delays)` steps Moshi has no complete
+    frame yet (its acoustic codebooks lag): then `text_token` and `audio` are None."""
+
+    index: int
+    text_token: int | None
+    text: str  # the decoded piece, "" for padding or warm-up
+    audio: torch.Tensor | None  # [K] Moshi's codes for one frame
+    ms: float  # compute time of this step
+    user_dropped: bool = False
+
+    @property
+    def warming_up(self) -> bool:
+        return self.audio is None
+
+
+def check_user_codes(codes, num_codebooks: int, card: int) -> torch.Tensor:
+    """Validate one frame of user codes (`[K]`, `[K, 1]` or `[1, K, 1]`) and return it as `[1, K, 1]` long."""
+    codes = torch.as_tensor(codes)
+    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+        raise CodesError(
+            f"user codes must be integer token ids, got dtype {codes.dtype}. Encode the audio with Mimi "
+            "(`mimi.encode(...)`) and pass its codes, not the audio itself."
+        )
+    if codes.numel() != num_codebooks or codes.dim() > 3:
+        raise CodesError(
+            f"expected one frame of {num_codebooks} user codebooks ([{num_codebooks}], [{num_codebooks}, 1] or "
+            f"[1, {num_codebooks}, 1]), got shape {tuple(codes.shape)}. Set the codec to "
+            f"num_codebooks={num_codebooks} and pass one 80 ms frame per step."
+        )
+    if codes.min() < 0 or codes.max() >= card:
+        raise CodesError(f"user codes must lie in [0, {card}), got [{int(codes.min())}, {int(codes.max())}].")
+    return codes.reshape(1, num_codebooks, 1).long()
+
+
+class MoshiStream:
+    """Moshi one 80 ms step at a time: user codes in, Moshi's text token and audio codes out.
+
+    A thin wrapper around `moshi.models.LMGen` that validates inputs, decodes text, times each
+    step, substitutes silence for a dropped user frame (and logs it), and says explicitly when
+    there is no output yet. Seeded: the same seed and inputs give the same tokens.
+    """
+
+    def __init__(self, model: Moshi, seed: int = 0, **sampling):
+        self.model = model
+        self.seed = seed
+        self.gen = LMGen(model.lm, **sampling)
+        self._session = self.gen.streaming(1)  # holds LMGen's and the LM's caches until close()
+        self.dropped = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new conversation: empty caches, step 0, the same seed."""
+        self._require_open()
+        self.gen.reset_streaming()
+        self.index = 0
+        self._rng_state = None  # seeded from `seed` on the first step
+
+    def close(self) -> None:
+        """Free the caches and give the model back (its non-streaming `forward` works again)."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def __enter__(self) -> "MoshiStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _require_open(self) -> None:
+        if self._session is None:
+            raise StreamClosedError("this MoshiStream was closed; open a new one with MoshiStream(model)")
+
+    def step(self, user_codes=None) -> Step:
+        """Advance 80 ms with one frame of user codes, or `None` for a frame lost on the way."""
+        self._require_open()
+        dropped = user_codes is None
+        if dropped:
+            self.dropped += 1
+            log.warning("step %d: user frame missing, fed Mimi's silence codes instead", self.index)
+            codes = self.model.silence_codes()
+        else:
+            codes = check_user_codes(user_codes, self.model.num_user_codebooks, self.model.lm.card)
+        start = time.perf_counter()
+        with _private_rng(self), _eager(self.model.lm.device):
+            out = self.gen.step(codes.to(self.model.lm.device))  # [1, 1 + dep_q, 1] or None
+        ms = 1000 * (time.perf_counter() - start)
+        self.index += 1
+        if out is None:
+            return Step(self.index - 1, None, "", None, ms, dropped)
+        token = int(out[0, 0, 0])
+        return Step(self.index - 1, token, self.model.piece(token), out[0, 1:, 0].cpu(), ms, dropped)
+
+
+@contextmanager
+def _private_rng(stream: "MoshiStream"):
+    """Run a block with torch's global RNG (which moshi's sampler draws from) set to the stream's own
+    state, so two streams, or other code between steps, never shift each other's samples."""
+    device = stream.model.lm.device
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        if stream._rng_state is None:
+            torch.manual_seed(stream.seed)
+        else:
+            torch.set_rng_state(stream._rng_state[0])
+            if cuda:
+                torch.cuda.set_rng_state(stream._rng_state[1], device)
+        yield
+        stream._rng_state = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None)
+
+
+def _eager(device: torch.device):
+    """moshi wraps a few small functions in `torch.compile`; on CPU the first call then costs ~30 s
+    of compilation (and more for each new shape) to speed up elementwise work that matmuls dwarf.
+    We run them eagerly on CPU."""
+    return no_compile() if device.type == "cpu" else nullcontext()
