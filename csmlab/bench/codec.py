@@ -1,0 +1,161 @@
+"""Mimi streaming latency per 80 ms frame: csmlab's session vs moshi's streaming() vs rustymimi, and batch.
+
+All figures come from one run on the same audio (the real recording, resampled to 24 kHz), fed one
+1920-sample frame at a time as a microphone would. Each streaming path encodes the frame and decodes
+its codes; its latency is that round trip. The batch path encodes and decodes the whole clip at once,
+and its cost is divided by the number of frames: the cost per frame when latency does not matter.
+A real-time factor (RTF) below 1 keeps up with real time.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from csmlab import metrics
+from csmlab.codec import FRAME_SIZE, load_codec
+from csmlab.data import real_recording
+
+FRAME_S = FRAME_SIZE / 24_000
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--seconds", type=float, default=10.0, help="audio length to stream (default 10 s)")
+    parser.add_argument("--codebooks", type=int, default=8, help="Mimi codebooks (default 8, as Moshi)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--warmup", type=int, default=3, help="frames run before timing each path")
+
+
+def _frames(seconds: float) -> np.ndarray:
+    audio = real_recording(24_000).audio
+    n = max(1, int(seconds * 24_000) // FRAME_SIZE)
+    reps = -(-n * FRAME_SIZE // len(audio))
+    return np.tile(audio, reps)[: n * FRAME_SIZE].reshape(n, FRAME_SIZE)  # [n, 1920]
+
+
+def _timed(step, frames: np.ndarray, warmup: int) -> tuple[list[float], list]:
+    """Run `step(frame)` on every frame after `warmup` untimed frames: (latencies in ms, outputs)."""
+    for frame in frames[:warmup]:
+        step(frame)
+    latencies, outputs = [], []
+    for frame in frames:
+        start = time.perf_counter()
+        outputs.append(step(frame))
+        latencies.append(1000 * (time.perf_counter() - start))
+    return latencies, outputs
+
+
+def csmlab_session(codec, frames, warmup):
+    """csmlab's `codec.stream()` session, fed one frame at a time."""
+    with codec.stream() as s:
+        _timed(lambda f: s.decode(s.encode(f, 24_000)), frames[:warmup], 0)
+        s.reset()
+        return _timed(lambda f: (codes := s.encode(f, 24_000), s.decode(codes))[0], frames, 0)
+
+
+@torch.inference_mode()
+def moshi_streaming(model, frames, warmup):
+    """moshi's own `streaming()` API on its `MimiModel`, one 1920-sample frame per call."""
+
+    def step(frame):
+        codes = model.encode(torch.from_numpy(frame)[None, None])
+        model.decode(codes)
+        return codes[0].numpy()
+
+    with model.streaming(1):
+        _timed(step, frames[:warmup], 0)
+        model.reset_streaming()
+        return _timed(step, frames, 0)
+
+
+def rustymimi_steps(path, frames, warmup):
+    """rustymimi's `Tokenizer.encode_step` / `decode_step`."""
+    import rustymimi
+
+    tok = rustymimi.Tokenizer(str(path))
+
+    def step(frame):
+        codes = tok.encode_step(frame[None, None])
+        tok.decode_step(codes)
+        return codes[0].astype(np.int64)
+
+    _timed(step, frames[:warmup], 0)
+    tok.reset()
+    return _timed(step, frames, 0)
+
+
+def batch_costs(codec, frames) -> dict[str, float]:
+    """Whole-clip encode and decode cost divided by the number of frames, in ms."""
+    audio = frames.reshape(-1)
+    codec.encode(audio[: 4 * FRAME_SIZE], 24_000)  # warm up
+    start = time.perf_counter()
+    codes = codec.encode(audio, 24_000)
+    encode_ms = 1000 * (time.perf_counter() - start) / len(frames)
+    start = time.perf_counter()
+    codec.decode(codes)
+    decode_ms = 1000 * (time.perf_counter() - start) / len(frames)
+    return {"encode_ms": encode_ms, "decode_ms": decode_ms, "codes": codes}
+
+
+def measure(seconds: float = 10.0, num_codebooks: int = 8, warmup: int = 3) -> dict:
+    """Every path on the same frames: latencies (ms per frame) and whether their codes equal batch."""
+    codec = load_codec(num_codebooks, "moshi")
+    frames = _frames(seconds)
+    batch = batch_costs(codec, frames)
+    paths = {
+        "csmlab session": csmlab_session(codec, frames, warmup),
+        "moshi streaming()": moshi_streaming(codec.backend.model, frames, warmup),
+    }
+    if num_codebooks == 8:
+        paths["rustymimi step"] = rustymimi_steps(codec.weights.path, frames, warmup)
+    out = {"frames": len(frames), "num_codebooks": num_codebooks, "weights": str(codec.weights), "streaming": {}}
+    for name, (latencies, outputs) in paths.items():
+        codes = np.concatenate(outputs, axis=1)
+        out["streaming"][name] = {
+            **metrics.percentiles(latencies),
+            "rtf": float(np.median(latencies)) / (1000 * FRAME_S),
+            "codes_equal_batch": float((codes == batch["codes"]).mean()),
+            "latencies_ms": latencies,
+        }
+    per_frame = batch["encode_ms"] + batch["decode_ms"]
+    out["batch"] = {
+        "encode_ms_per_frame": batch["encode_ms"],
+        "decode_ms_per_frame": batch["decode_ms"],
+        "ms_per_frame": per_frame,
+        "rtf": per_frame / (1000 * FRAME_S),
+    }
+    ours = out["streaming"]["csmlab session"]["p50"]
+    out["goal"] = {
+        "session_over_batch": ours / per_frame,
+        "session_over_batch_max": 1.3,
+        "faster_than_rustymimi": ("rustymimi step" in paths) and ours < out["streaming"]["rustymimi step"]["p50"],
+    }
+    return out
+
+
+def print_table(figures: dict) -> None:
+    print(f"Mimi, {figures['num_codebooks']} codebooks, {figures['frames']} frames of 80 ms; {figures['weights']}")
+    print(f"{'path':<20}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}{'RTF':>7}{'codes = batch':>15}")
+    for name, f in figures["streaming"].items():
+        print(
+            f"{name:<20}{f['p50']:>9.1f}{f['p95']:>9.1f}{f['max']:>9.1f}{f['rtf']:>7.2f}{f['codes_equal_batch']:>14.2%}"
+        )
+    b = figures["batch"]
+    print(
+        f"{'batch (per frame)':<20}{b['ms_per_frame']:>9.1f}{'':>18}{b['rtf']:>7.2f}"
+        f"   (encode {b['encode_ms_per_frame']:.1f} + decode {b['decode_ms_per_frame']:.1f})"
+    )
+    g = figures["goal"]
+    print(
+        f"goal: session / batch = {g['session_over_batch']:.2f} (target <= {g['session_over_batch_max']}); "
+        f"faster than rustymimi: {g['faster_than_rustymimi']}"
+    )
+
+
+def run(args) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    figures = measure(args.seconds, args.codebooks, args.warmup)
+    print_table(figures)
+    return figures
