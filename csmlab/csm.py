@@ -1,0 +1,395 @@
+"""CSM as a streaming voice: text (+ conversation context) in, Mimi frames and 24 kHz audio out.
+
+Sesame's CSM (Conversational Speech Model, "Crossing the uncanny valley of conversational voice",
+2025; transformers' `CsmForConditionalGeneration`) speaks one 80 ms Mimi frame of **32** codebooks
+per step:
+
+1. the **backbone** (a Llama-3.2-1B-style transformer) reads the prompt: each context turn is
+   `<|begin_of_text|>[speaker]text<|end_of_text|>` followed by that turn's audio as Mimi frames
+   (one position per frame: the embeddings of its 32 codes, summed) and an end-of-audio frame; the
+   turn to speak comes last as text. Its last hidden state predicts codebook 0 of the next frame;
+2. the **depth decoder** (a small transformer over the 32 codebooks of one frame) starts from that
+   hidden state and predicts codebooks 1..31, one after the other;
+3. the frame goes back into the backbone (KV cache: one new position) and the loop repeats until a
+   frame of all-zero codes (end of audio) or the length limit.
+
+Sesame's reference decodes the audio only when the whole utterance is done. `CsmVoice.stream()`
+hands every frame to a *streaming* Mimi decoder as soon as it exists, so the first 80 ms of audio
+come out after one frame. Two ways to get the frames, measured against each other in
+`csmlab bench csm`: our own loop (`method="loop"`, the steps above written out) and transformers'
+`generate()` in a thread with a streamer (`method="streamer"`). With greedy decoding both are
+token-exactly `model.generate()`'s codes, and the tests check it.
+
+Context audio is encoded by the CSM's own Mimi (transformers' `MimiModel`). transformers 4.57.6's
+batch Mimi forgets its 250-step (10 s) attention window, and CSM contexts are often longer than 10 s:
+`load_csm` applies `csmlab.convert.fix_sliding_window()` so the codes match moshi's Mimi.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from csmlab.errors import AudioFormatError, CodesError, ComponentError, CsmlabError, PromptTooLongError
+from csmlab.metrics import SAMPLE_RATE, frame_ms
+from csmlab.weights import WeightsSource, resolve
+
+FRAME_MS = round(frame_ms())  # 80: one Mimi frame, one CSM step
+DEFAULT_MAX_AUDIO_MS = 10_000  # Sesame's generator default
+MOSHI_CODEBOOKS = 8  # what Moshi's Mimi streams carry
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One turn of a conversation: who spoke (speaker id), what they said, and how it sounded."""
+
+    speaker: int
+    text: str
+    audio: np.ndarray  # [T] float mono
+    sample_rate: int = SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How each code is picked. `greedy=True` (argmax) makes generation deterministic and comparable."""
+
+    greedy: bool = False
+    temperature: float = 0.9  # sesame/csm-1b's generation_config.json
+    top_k: int = 50
+
+    def generate_kwargs(self) -> dict:
+        """The same choice for transformers' `generate()`, backbone and depth decoder alike.
+
+        The `depth_decoder_*` values are always passed: `generate()` stores them in the depth decoder's
+        own config, so a greedy call would otherwise leave later calls greedy too.
+        """
+        if self.greedy:  # neutral values, else transformers warns that they are unused
+            kwargs = dict(do_sample=False, temperature=1.0, top_k=50)
+        else:
+            kwargs = dict(do_sample=True, temperature=self.temperature, top_k=self.top_k)
+        return {**kwargs, **{f"depth_decoder_{k}": v for k, v in kwargs.items()}}
+
+    def pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """[B, V] logits -> [B] codes, with the same operations (so the same RNG draws) as `generate()`."""
+        if self.greedy:
+            return logits.argmax(-1)
+        logits = logits / self.temperature
+        kth = torch.topk(logits, min(self.top_k, logits.shape[-1]))[0][..., -1, None]
+        logits = logits.masked_fill(logits < kth, -float("inf"))
+        return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1).squeeze(1)
+
+
+def _check_audio(audio, sample_rate: int, what: str) -> np.ndarray:
+    """Context audio as float32 mono at 24 kHz, or an AudioFormatError saying what is wrong."""
+    audio = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+    if audio.ndim != 1:
+        raise AudioFormatError(f"{what}: audio must be mono [T], got shape {audio.shape}; average the channels")
+    if audio.size == 0 or not np.isfinite(audio).all():
+        raise AudioFormatError(f"{what}: audio is empty or holds NaN/inf; pass a real recording")
+    if sample_rate != SAMPLE_RATE:
+        import soxr
+
+        audio = soxr.resample(audio, sample_rate, SAMPLE_RATE)
+    return audio.astype(np.float32)
+
+
+def _check_codes(codes: torch.Tensor, cardinality: int = 2048) -> torch.Tensor:
+    """`[T, K]` integer codes inside Mimi's codebooks, or a CodesError saying what is wrong."""
+    codes = torch.as_tensor(codes)
+    if codes.ndim != 2 or codes.dtype.is_floating_point or not 1 <= codes.shape[1] <= 32:
+        raise CodesError(f"Mimi decodes integer codes [T, K<=32], got {tuple(codes.shape)} {codes.dtype}")
+    if codes.numel() and not 0 <= int(codes.min()) <= int(codes.max()) < cardinality:
+        raise CodesError(
+            f"codes must lie in 0..{cardinality - 1}, got {int(codes.min())}..{int(codes.max())}: CSM's audio "
+            f"vocabulary adds 3 special codes ({cardinality}..{cardinality + 2}) that Mimi cannot decode"
+        )
+    return codes
+
+
+class _MimiStream:
+    """moshi's Mimi as a frame-by-frame decoder: [32] codes in, 1920 samples (80 ms) out.
+
+    transformers' `MimiModel` cannot decode in streaming mode (its transposed convolutions keep no
+    state), so streaming uses moshi's Mimi with the same weights. (`csmlab.codec` will wrap this.)
+    """
+
+    def __init__(self, mimi):
+        self.mimi = mimi
+        self._ctx = mimi.streaming(1)
+        self._ctx.__enter__()
+
+    @torch.inference_mode()
+    def decode(self, frame: torch.Tensor) -> np.ndarray:
+        frame = _check_codes(frame.reshape(1, -1), self.mimi.quantizer.cardinality)
+        pcm = self.mimi.decode(frame.reshape(1, -1, 1).cpu())  # [1, 1, 1920]
+        return pcm[0, 0].numpy()
+
+    def close(self) -> None:
+        self._ctx.__exit__(None, None, None)
+
+
+class _FrameQueue:
+    """A `generate()` streamer: every frame `put()` by the generation thread lands in a queue."""
+
+    def __init__(self):
+        self.frames: queue.Queue = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate() first puts the prompt's token ids
+            self._prompt_seen = True
+            return
+        self.frames.put(value[0])  # [32] codes of the new frame
+
+    def end(self) -> None:
+        self.frames.put(None)
+
+
+class CsmVoice:
+    """CSM + its processor + a streaming Mimi: `generate()` a whole utterance or `stream()` it."""
+
+    def __init__(self, model, processor, source: WeightsSource, mimi_source: WeightsSource):
+        self.model, self.processor = model, processor
+        self.source, self.mimi_source = source, mimi_source
+        self.config = model.config
+        self._mimi = None
+
+    # ---- the prompt ---------------------------------------------------------------------------
+    def prompt(self, text: str, speaker: int = 0, context: Sequence[Segment] = ()):
+        """The model inputs for `text` spoken by `speaker` after `context`: ids, mask, context audio."""
+        if not isinstance(text, str) or not text.strip():
+            raise CsmlabError("CSM needs a non-empty text to speak")
+        turns, audios = [], []
+        for i, seg in enumerate([*context, Segment(speaker, text, np.zeros(0))]):
+            if not isinstance(seg.speaker, (int, np.integer)) or seg.speaker < 0:
+                raise CsmlabError(f"speaker ids are integers >= 0 (turn {i} has {seg.speaker!r})")
+            content = [{"type": "text", "text": seg.text}]
+            if i < len(context):
+                audios.append(_check_audio(seg.audio, seg.sample_rate, f"context turn {i}"))
+                content.append({"type": "audio"})
+            turns.append({"role": str(int(seg.speaker)), "content": content})
+        rendered = self.processor.apply_chat_template(turns, tokenize=False)
+        inputs = self.processor(text=rendered, audio=audios or None, return_tensors="pt")
+        return inputs.to(self.model.device, dtype=self.model.dtype)  # casts only the float audio
+
+    def describe(self, inputs) -> str:
+        """The prompt as text, each run of audio frames shown as `<|AUDIO|>x N (N * 80 ms)`."""
+        tokens = self.processor.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0])
+        audio, out, run = self.processor.audio_token, [], 0
+        for tok in [*tokens, ""]:
+            if tok == audio:
+                run += 1
+                continue
+            if run:
+                out.append(f"{audio}x{run} ({run * FRAME_MS} ms)")
+                run = 0
+            out.append(tok)
+        return self.processor.tokenizer.convert_tokens_to_string(out)
+
+    def _frames_budget(self, inputs, max_audio_ms: int) -> int:
+        """Frames to generate; PromptTooLongError when prompt + frames overflow the context."""
+        frames = max(1, int(max_audio_ms) // FRAME_MS)
+        length, limit = inputs["input_ids"].shape[1], self.config.max_position_embeddings
+        if length + frames > limit:
+            excess = length + frames - limit
+            raise PromptTooLongError(
+                f"the prompt takes {length} positions and max_audio_ms={max_audio_ms} asks for {frames} frames: "
+                f"{length + frames} > CSM's context of {limit}. Drop {excess} positions: remove the oldest "
+                f"context turns (each 80 ms of context audio is one position) or lower max_audio_ms."
+            )
+        return frames
+
+    # ---- whole utterance ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate_codes(self, text: str, speaker: int = 0, context: Sequence[Segment] = (),
+                       max_audio_ms: int = DEFAULT_MAX_AUDIO_MS, sampling: Sampling = Sampling(),
+                       streamer=None) -> torch.Tensor:
+        """transformers' `generate()`: all frames `[T, 32]`, end-of-audio frame removed."""
+        inputs = self.prompt(text, speaker, context)
+        frames = self._frames_budget(inputs, max_audio_ms)
+        codes = self.model.generate(**inputs, max_new_tokens=frames, streamer=streamer, **sampling.generate_kwargs())
+        return self._until_eos(codes[0])  # [T, 32]
+
+    def generate(self, text: str, speaker: int = 0, context: Sequence[Segment] = (),
+                 max_audio_ms: int = DEFAULT_MAX_AUDIO_MS, sampling: Sampling = Sampling()) -> np.ndarray:
+        """The whole utterance as 24 kHz audio, decoded once at the end (Sesame's reference way)."""
+        return self.decode(self.generate_codes(text, speaker, context, max_audio_ms, sampling))
+
+    def _until_eos(self, codes: torch.Tensor) -> torch.Tensor:
+        """Cut `[T, 32]` codes at the first end-of-audio frame (codebooks 0..30 all `codebook_eos_token_id`)."""
+        eos = (codes[:, :-1] == self.config.codebook_eos_token_id).all(-1).nonzero()
+        return codes[: int(eos[0])] if len(eos) else codes
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor) -> np.ndarray:
+        """`[T, K]` codes -> audio with CSM's own (transformers) Mimi, all at once. K < 32 works too."""
+        codes = _check_codes(codes, self.config.codec_config.codebook_size)
+        audio = self.model.codec_model.decode(codes.T[None].to(self.model.device)).audio_values  # [1, 1, T*1920]
+        return audio[0, 0].float().cpu().numpy()
+
+    # ---- frame by frame -----------------------------------------------------------------------
+    def frames(self, text: str, speaker: int = 0, context: Sequence[Segment] = (),
+               max_audio_ms: int = DEFAULT_MAX_AUDIO_MS, sampling: Sampling = Sampling(),
+               method: str = "loop") -> Iterator[torch.Tensor]:
+        """Yield each frame's `[32]` codes as soon as it exists; stops at end of audio or `max_audio_ms`."""
+        if method == "loop":
+            inputs = self.prompt(text, speaker, context)
+            return self._loop(inputs, self._frames_budget(inputs, max_audio_ms), sampling)
+        if method == "streamer":
+            return self._threaded(text, speaker, context, max_audio_ms, sampling)
+        raise ValueError(f"method must be 'loop' or 'streamer', not {method!r}")
+
+    @torch.inference_mode()
+    def _loop(self, inputs, frames: int, sampling: Sampling) -> Iterator[torch.Tensor]:
+        """Our own generation loop: the three steps of the module docstring, with `generate()`'s inputs."""
+        mask = inputs["attention_mask"]  # [1, L]
+        length, device = mask.shape[1], mask.device
+        out = self.model(**inputs, use_cache=True, output_hidden_states=True, logits_to_keep=1,
+                         cache_position=torch.arange(length, device=device))  # prefill: the whole prompt
+        for t in range(frames):
+            hidden = out.hidden_states[-1][:, -1]  # [1, H] backbone state for the next frame
+            frame = self._depth(hidden, sampling.pick(out.logits[:, -1].float()), sampling)  # [1, 32]
+            if (frame[0, :-1] == self.config.codebook_eos_token_id).all():
+                return
+            yield frame[0]
+            mask = F.pad(mask, (0, 1), value=1)
+            out = self.model(input_ids=frame[:, None, :], attention_mask=mask, past_key_values=out.past_key_values,
+                             cache_position=torch.tensor([length + t], device=device), use_cache=True, output_hidden_states=True,
+                             logits_to_keep=1)
+
+    def _depth(self, hidden: torch.Tensor, first: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+        """The depth decoder: backbone state + codebook 0 -> codebooks 1..31. Returns `[1, 32]` codes."""
+        depth = self.model.depth_decoder
+        codes = [first]
+        ids = F.pad(first[:, None], (1, 0))  # [1, 2]: a slot for the backbone state, then codebook 0
+        mask = torch.ones(1, self.config.num_codebooks, dtype=ids.dtype, device=ids.device)
+        positions = torch.arange(self.config.num_codebooks, device=ids.device)
+        out = depth(input_ids=ids, backbone_last_hidden_state=hidden, attention_mask=mask[:, :2],
+                    cache_position=positions[:2], use_cache=True, logits_to_keep=1)
+        for k in range(1, self.config.num_codebooks):
+            codes.append(sampling.pick(out.logits[:, -1].float()))
+            if k < self.config.num_codebooks - 1:
+                out = depth(input_ids=codes[-1][:, None], attention_mask=mask[:, : k + 2],
+                            past_key_values=out.past_key_values, cache_position=positions[k + 1 : k + 2],
+                            use_cache=True, logits_to_keep=1)
+        return torch.stack(codes, dim=1)
+
+    def _threaded(self, text, speaker, context, max_audio_ms, sampling) -> Iterator[torch.Tensor]:
+        """`generate()` in a thread, its streamer feeding a queue: token-exact by construction."""
+        inputs = self.prompt(text, speaker, context)  # raise prompt errors here, not in the thread
+        self._frames_budget(inputs, max_audio_ms)
+        streamer, failure, threads = _FrameQueue(), [], torch.get_num_threads()
+
+        def work():
+            torch.set_num_threads(threads)  # a new thread starts with torch's default, not the caller's
+            try:
+                self.generate_codes(text, speaker, context, max_audio_ms, sampling, streamer=streamer)
+            except Exception as err:  # noqa: BLE001 - handed to the consumer below
+                failure.append(err)
+                streamer.end()
+
+        thread = threading.Thread(target=work, daemon=True, name="csm-generate")
+        thread.start()
+        while (frame := streamer.frames.get()) is not None:
+            if (frame[:-1] == self.config.codebook_eos_token_id).all():
+                break
+            yield frame
+        thread.join()
+        if failure:
+            raise ComponentError(f"CSM generation thread failed: {failure[0]!r}") from failure[0]
+
+    # ---- streaming audio ----------------------------------------------------------------------
+    def mimi(self):
+        """moshi's Mimi with the weights of CSM's own codec (checked), for streaming decode."""
+        if self._mimi is None:
+            from moshi.models import loaders
+
+            mimi = loaders.get_mimi(self.mimi_source.path, num_codebooks=self.config.num_codebooks).eval()
+            ours = mimi.quantizer.rvq_first.vq.layers[0]._codebook.embedding_sum
+            theirs = self.model.codec_model.quantizer.semantic_residual_vector_quantizer.layers[0].codebook.embed_sum
+            if not torch.allclose(ours.float(), theirs.float().cpu(), atol=1e-3):
+                raise ComponentError(
+                    f"moshi's Mimi ({self.mimi_source}) has other weights than CSM's codec ({self.source}); "
+                    "point CSMLAB_MIMI at the Mimi checkpoint this CSM was built with (kyutai/mimi for sesame/csm-1b)"
+                )
+            self._mimi = mimi
+        return self._mimi
+
+    def stream(self, text: str, speaker: int = 0, context: Sequence[Segment] = (),
+               max_audio_ms: int = DEFAULT_MAX_AUDIO_MS, sampling: Sampling = Sampling(),
+               method: str = "loop") -> Iterator[np.ndarray]:
+        """Yield 80 ms of 24 kHz audio per generated frame: the first chunk after one frame."""
+        frames = self.frames(text, speaker, context, max_audio_ms, sampling, method)
+        decoder = _MimiStream(self.mimi())
+        try:
+            for frame in frames:
+                yield decoder.decode(frame)
+        finally:
+            decoder.close()
+
+
+def moshi_hears(voice: CsmVoice, codes: torch.Tensor) -> np.ndarray:
+    """CSM's `[T, 32]` frames decoded from their first 8 codebooks only: the stream Moshi's Mimi carries."""
+    codes = torch.as_tensor(codes)
+    if codes.ndim != 2 or codes.shape[1] < MOSHI_CODEBOOKS:
+        raise CodesError(f"moshi_hears() takes [T, K>=8] codes, got {tuple(codes.shape)}")
+    return voice.decode(codes[:, :MOSHI_CODEBOOKS])
+
+
+def load_csm(path=None, mimi_path=None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> CsmVoice:
+    """CSM from `csmlab.weights` (real sesame/csm-1b, a local folder, or the offline stand-in)."""
+    from transformers import AutoProcessor, CsmForConditionalGeneration
+
+    from csmlab.convert import fix_sliding_window
+
+    source = resolve("csm", path)
+    fix_sliding_window()  # context audio > 10 s must be encoded with Mimi's 250-step window
+    model = CsmForConditionalGeneration.from_pretrained(source.path, dtype=dtype).to(device).eval()
+    processor = AutoProcessor.from_pretrained(source.path)
+    return CsmVoice(model, processor, source, resolve("mimi", mimi_path))
+
+
+# ---- the real architecture, measured without its weights -------------------------------------
+def meta_csm(config=None):
+    """`CsmForConditionalGeneration` on the `meta` device: the real 1B's shapes (default `CsmConfig`), no memory."""
+    from transformers import CsmConfig, CsmForConditionalGeneration
+
+    with torch.device("meta"):
+        return CsmForConditionalGeneration(config or CsmConfig())
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """Parameters of backbone (text embeddings, layers, codebook-0 head), depth decoder, Mimi, total.
+
+    The audio-code embedding table is shared (tied) by backbone and depth decoder; it is counted once,
+    in the depth decoder, and reported alone as `shared_audio_embeddings`.
+    """
+    def count(module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    total, depth, codec = count(model), count(model.depth_decoder), count(model.codec_model)
+    return {"backbone": total - depth - codec, "depth_decoder": depth, "codec (Mimi)": codec, "total": total,
+            "shared_audio_embeddings": model.backbone_model.embed_tokens.embed_audio_tokens.weight.numel()}
+
+
+def random_csm(config=None, dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0):
+    """A CSM of `config` (default: the real 1B) with random weights: the same compute as the released one.
+
+    transformers' own initialisation of 1.6 B parameters takes minutes on a laptop CPU; we skip it
+    (`no_init_weights`) and draw every parameter once from N(0, 0.02).
+    """
+    from transformers import CsmConfig, CsmForConditionalGeneration
+    from transformers.modeling_utils import no_init_weights
+
+    with no_init_weights(), torch.device(device):
+        model = CsmForConditionalGeneration(config or CsmConfig())
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.02, generator=gen)
+    return model.to(dtype).eval()
