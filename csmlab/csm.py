@@ -111,28 +111,6 @@ def _check_codes(codes: torch.Tensor, cardinality: int = 2048) -> torch.Tensor:
     return codes
 
 
-class _MimiStream:
-    """moshi's Mimi as a frame-by-frame decoder: [32] codes in, 1920 samples (80 ms) out.
-
-    transformers' `MimiModel` cannot decode in streaming mode (its transposed convolutions keep no
-    state), so streaming uses moshi's Mimi with the same weights. (`csmlab.codec` will wrap this.)
-    """
-
-    def __init__(self, mimi):
-        self.mimi = mimi
-        self._ctx = mimi.streaming(1)
-        self._ctx.__enter__()
-
-    @torch.inference_mode()
-    def decode(self, frame: torch.Tensor) -> np.ndarray:
-        frame = _check_codes(frame.reshape(1, -1), self.mimi.quantizer.cardinality)
-        pcm = self.mimi.decode(frame.reshape(1, -1, 1).cpu())  # [1, 1, 1920]
-        return pcm[0, 0].numpy()
-
-    def close(self) -> None:
-        self._ctx.__exit__(None, None, None)
-
-
 class _FrameQueue:
     """A `generate()` streamer: every frame `put()` by the generation thread lands in a queue."""
 
@@ -157,7 +135,7 @@ class CsmVoice:
         self.model, self.processor = model, processor
         self.source, self.mimi_source = source, mimi_source
         self.config = model.config
-        self._mimi = None
+        self._codec_checked = False
 
     # ---- the prompt ---------------------------------------------------------------------------
     def prompt(self, text: str, speaker: int = 0, context: Sequence[Segment] = ()):
@@ -304,41 +282,42 @@ class CsmVoice:
             raise ComponentError(f"CSM generation thread failed: {failure[0]!r}") from failure[0]
 
     # ---- streaming audio ----------------------------------------------------------------------
-    def mimi(self):
-        """moshi's Mimi with the weights of CSM's own codec (checked), for streaming decode."""
-        if self._mimi is None:
-            from moshi.models import loaders
+    def codec(self, num_codebooks: int = 32):
+        """`csmlab.codec`'s Mimi (moshi backend: it streams) with the weights of CSM's own codec (checked).
 
-            mimi = loaders.get_mimi(self.mimi_source.path, num_codebooks=self.config.num_codebooks).eval()
-            ours = mimi.quantizer.rvq_first.vq.layers[0]._codebook.embedding_sum
+        transformers' `MimiModel` cannot decode frame by frame (its transposed convolutions keep no
+        state), so streaming goes through moshi's Mimi, loaded from the same checkpoint.
+        """
+        from csmlab.codec import load_codec
+
+        codec = load_codec(num_codebooks=num_codebooks, backend="moshi", weights=self.mimi_source)
+        if not self._codec_checked:
+            ours = codec.backend.model.quantizer.rvq_first.vq.layers[0]._codebook.embedding_sum
             theirs = self.model.codec_model.quantizer.semantic_residual_vector_quantizer.layers[0].codebook.embed_sum
             if not torch.allclose(ours.float(), theirs.float().cpu(), atol=1e-3):
                 raise ComponentError(
                     f"moshi's Mimi ({self.mimi_source}) has other weights than CSM's codec ({self.source}); "
                     "point CSMLAB_MIMI at the Mimi checkpoint this CSM was built with (kyutai/mimi for sesame/csm-1b)"
                 )
-            self._mimi = mimi
-        return self._mimi
+            self._codec_checked = True
+        return codec
 
     def stream(self, text: str, speaker: int = 0, context: Sequence[Segment] = (),
                max_audio_ms: int = DEFAULT_MAX_AUDIO_MS, sampling: Sampling = Sampling(),
                method: str = "loop") -> Iterator[np.ndarray]:
         """Yield 80 ms of 24 kHz audio per generated frame: the first chunk after one frame."""
         frames = self.frames(text, speaker, context, max_audio_ms, sampling, method)
-        decoder = _MimiStream(self.mimi())
-        try:
+        with self.codec().stream() as session:
             for frame in frames:
-                yield decoder.decode(frame)
-        finally:
-            decoder.close()
+                yield session.decode(frame[:, None].cpu())  # [32, 1] codes -> 1920 samples
 
 
 def moshi_hears(voice: CsmVoice, codes: torch.Tensor) -> np.ndarray:
-    """CSM's `[T, 32]` frames decoded from their first 8 codebooks only: the stream Moshi's Mimi carries."""
+    """CSM's `[T, 32]` frames through Moshi's Mimi, which keeps the first 8 codebooks only."""
     codes = torch.as_tensor(codes)
     if codes.ndim != 2 or codes.shape[1] < MOSHI_CODEBOOKS:
         raise CodesError(f"moshi_hears() takes [T, K>=8] codes, got {tuple(codes.shape)}")
-    return voice.decode(codes[:, :MOSHI_CODEBOOKS])
+    return voice.codec(MOSHI_CODEBOOKS).decode(codes[:, :MOSHI_CODEBOOKS].T)
 
 
 def load_csm(path=None, mimi_path=None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> CsmVoice:

@@ -61,7 +61,7 @@ def _best(runs: list[list[float]]) -> list[float]:
 
 def latency(voice: csm.CsmVoice, text: str = TEXT, frames: int = 25, repeats: int = 2) -> dict:
     """Time to first audio and total for stream (both frame sources), whole utterance, 20-frame chunks."""
-    voice.mimi()  # load the streaming decoder outside the timings
+    voice.codec()  # load the streaming decoder outside the timings
     whole_seconds(voice, text, 2)  # warm-up
     out = {}
     for method in ("loop", "streamer"):
