@@ -320,6 +320,33 @@ def moshi_hears(voice: CsmVoice, codes: torch.Tensor) -> np.ndarray:
     return voice.codec(MOSHI_CODEBOOKS).decode(codes[:, :MOSHI_CODEBOOKS].T)
 
 
+# ---- CSM <-> Moshi: one Mimi, two models ------------------------------------------------------
+def csm_codes_to_moshi(moshi, codes: torch.Tensor, seed: int = 0) -> list:
+    """Feed CSM's frames to Moshi as the user's stream, code to code: no decode, no re-encode.
+
+    Both speak Mimi, so CSM's first 8 codebooks *are* Moshi user tokens. Returns Moshi's `Step`s.
+    """
+    from csmlab.moshi import MoshiStream
+
+    user = torch.as_tensor(codes)[:, : moshi.num_user_codebooks]  # [T, 8]
+    with MoshiStream(moshi, seed=seed) as stream:
+        return [stream.step(frame) for frame in user]
+
+
+def moshi_says(moshi, steps) -> str:
+    """Moshi's inner monologue (its text stream, padding dropped) as plain text."""
+    return "".join(step.text for step in steps).strip()
+
+
+def moshi_to_csm(voice: CsmVoice, moshi, steps, speaker: int = 1, context: Sequence[Segment] = (),
+                 **stream_kwargs) -> Iterator[np.ndarray]:
+    """CSM voices what Moshi's inner monologue says: Moshi thinks in text, CSM speaks it."""
+    text = moshi_says(moshi, steps)
+    if not text:
+        raise CsmlabError("Moshi's inner monologue is empty (only padding) so far: let it run more steps")
+    return voice.stream(text, speaker, context, **stream_kwargs)
+
+
 def load_csm(path=None, mimi_path=None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> CsmVoice:
     """CSM from `csmlab.weights` (real sesame/csm-1b, a local folder, or the offline stand-in)."""
     from transformers import AutoProcessor, CsmForConditionalGeneration
