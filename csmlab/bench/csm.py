@@ -88,6 +88,28 @@ def _print_latency(fig: dict) -> None:
           f"{fig['chunked_20']['first_audio_s'] / best:.0f}x sooner than 20-frame chunks")
 
 
+def plot_timeline(fig: dict, path: str | None = None):
+    """When does the listener hear what? One row per way of generating, a mark per audio chunk."""
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(9, 2.8))
+    rows = [("stream (our loop)", fig["stream_loop"]["chunks_s"]),
+            ("stream (generate + streamer)", fig["stream_streamer"]["chunks_s"]),
+            ("20-frame chunks: first chunk", [fig["chunked_20"]["first_audio_s"]]),
+            ("whole utterance", [fig["whole"]["first_audio_s"]])]
+    for y, (label, marks) in enumerate(rows):
+        ax.plot(marks, [y] * len(marks), "|", markersize=14, mew=2)
+        ax.annotate(f"first audio {marks[0]:.2f} s", (marks[0], y + 0.25), fontsize=8)
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows])
+    ax.set_ylim(-0.6, len(rows) - 0.2)
+    ax.set_xlabel(f"seconds after the call ({fig['frames']} frames = {fig['frames'] * frame_ms() / 1000:.1f} s of audio)")
+    ax.set_title("CSM: when each 80 ms of audio is ready")
+    figure.tight_layout()
+    if path:
+        figure.savefig(path, dpi=100)
+    return figure
+
+
 def frame_ms_of(model, frames: int, device: str) -> float:
     """Milliseconds per generated frame of `model.generate()` (greedy), prompt prefill excluded."""
     ids = torch.full((1, 12), model.config.bos_token_id, device=device)
