@@ -7,10 +7,13 @@ Only the sizes are shrunk, so the checkpoint is read by the same loaders as the 
 
 Recipe (Défossez et al. 2024, "Moshi", arXiv:2410.00037, section 3.3 and its EnCodec ancestry),
 reduced to what a CPU can train in an hour:
-- reconstruction: multi-scale log-mel L1, linear mel L1 and a multi-resolution STFT loss;
+- reconstruction: multi-scale log-mel L1, linear mel L1, a multi-resolution STFT loss and a small
+  waveform L1 (the one phase-sensitive term);
 - the quantizer's commitment penalty; codebooks are EMA k-means whose dead codes moshi restarts
   from the batch (`EuclideanCodebook._check_expired_codes`), we monitor their usage (perplexity);
-- quantizer dropout, so that 1, 2, 4 ... codebooks each give usable audio;
+- quantizer dropout, so that 1, 2, 4 ... codebooks each give usable audio, and Mimi's "skip
+  quantization for half the batch" trick;
+- a variance-preserving initialisation, without which the small model's output ignores its input;
 - AdamW with warm-up and a cosine schedule over a *time* budget, checkpointed so a run can resume.
 Real Mimi adds adversarial losses and WavLM distillation into codebook 0; see notebook 01b.
 """
@@ -66,10 +69,15 @@ class TrainConfig:
     batch: int = 8
     segment_frames: int = 16  # 16 x 80 ms = 1.28 s crops
     lr: float = 1e-3
-    warmup_steps: int = 200
-    weight_decay: float = 1e-2
-    commit_weight: float = 1.0
+    warmup_steps: int = 100
+    weight_decay: float = 1e-3
+    commit_weight: float = 0.25
+    wave_weight: float = 0.2  # relative waveform L1: phase matters for SI-SDR
+    no_quant_prob: float = 0.5  # Mimi's trick: skip quantization for half the batch items
     full_codebook_prob: float = 0.5  # otherwise train with 1..7 codebooks (quantizer dropout)
+    level_db: tuple[float, float] = (-30.0, -14.0)  # RMS level range of the crops, dBFS
+    noise_prob: float = 0.4
+    bandlimit_prob: float = 0.3
     seed: int = 0
     threads: int = 1
     save_every_s: float = 120.0
@@ -82,7 +90,28 @@ def build_small_mimi(seed: int = 0) -> MimiModel:
     """A fresh, untrained small Mimi (moshi's own classes), in train mode, all 8 codebooks active."""
     torch.manual_seed(seed)
     model = get_mimi(None, mimi_config=SMALL_MIMI_CONFIG, num_codebooks=8)
+    _variance_preserving_init(model)
     return model.train()
+
+
+def _variance_preserving_init(model: MimiModel) -> None:
+    """Re-initialise convolutions and projections with std 1/sqrt(fan_in) and zero biases.
+
+    Why: with PyTorch's default init each of the ~30 layers shrinks the signal, so a fresh small
+    Mimi's output depends on its input about 1e-5 as much as on its biases; the decoder then
+    learns one average spectrum and ignores the codes (we saw two runs stall there for 500 steps).
+    With this init the output varies with the input from step 0. Transformers keep moshi's init
+    (their layer scale of 0.01 already makes them start near identity).
+    """
+    for name, module in model.named_modules():
+        if name.startswith(("encoder_transformer", "decoder_transformer")):
+            continue
+        if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d, torch.nn.Linear)):
+            w = module.weight
+            fan_in = w.shape[0] * w.shape[2] / module.stride[0] if isinstance(module, torch.nn.ConvTranspose1d) else w[0].numel()
+            torch.nn.init.normal_(w, 0.0, 1.0 / math.sqrt(fan_in))
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
 
 
 def checkpoint_state_dict(model: MimiModel) -> dict[str, torch.Tensor]:
@@ -173,16 +202,19 @@ def mel_losses(ref: torch.Tensor, est: torch.Tensor) -> dict[str, torch.Tensor]:
 class SpeechCrops:
     """Random augmented crops of the training corpus, as [B, 1, T] batches.
 
-    Augmentation, drawn per crop: level between -35 and -12 dBFS RMS; light white noise at 15-40 dB
-    SNR (half the crops); band-limiting to 4 or 8 kHz (telephone and 16 kHz recordings, like the
-    real sample in data/real). The codec learns to reproduce its input, noise included.
+    Augmentation, drawn per crop: an RMS level in `level_db`; light white noise at 15-40 dB SNR
+    (with `noise_prob`); band-limiting to 4 or 8 kHz (with `bandlimit_prob`: telephone and 16 kHz
+    recordings, like the real sample in data/real). The codec learns to reproduce its input, noise
+    included.
     """
 
-    def __init__(self, waves: list[np.ndarray], segment: int, seed: int):
+    def __init__(self, waves: list[np.ndarray], segment: int, seed: int, level_db: tuple[float, float],
+                 noise_prob: float, bandlimit_prob: float):
         self.waves = [w for w in waves if len(w) > segment]
         if not self.waves:
             raise CsmlabError("The corpus has no utterance longer than one training crop.")
-        self.segment = segment
+        self.segment, self.level_db = segment, level_db
+        self.noise_prob, self.bandlimit_prob = noise_prob, bandlimit_prob
         self.rng = np.random.default_rng(seed)
 
     def _crop(self) -> np.ndarray:
@@ -190,13 +222,12 @@ class SpeechCrops:
         start = self.rng.integers(len(wave) - self.segment)
         x = wave[start:start + self.segment].astype(np.float64)
         x = x - x.mean()
-        x *= 10 ** (self.rng.uniform(-35, -12) / 20) / max(np.sqrt(np.mean(x ** 2)), 1e-4)
-        if self.rng.random() < 0.5:
+        x *= 10 ** (self.rng.uniform(*self.level_db) / 20) / max(np.sqrt(np.mean(x ** 2)), 1e-4)
+        if self.rng.random() < self.noise_prob:
             x += self.rng.standard_normal(len(x)) * np.sqrt(np.mean(x ** 2)) * 10 ** (-self.rng.uniform(15, 40) / 20)
-        cutoff = self.rng.choice([None, None, None, 8000, 4000])
-        if cutoff is not None:
+        if self.rng.random() < self.bandlimit_prob:
             spec = np.fft.rfft(x)
-            spec[int(cutoff * len(x) / SAMPLE_RATE):] = 0
+            spec[int(self.rng.choice([4000, 8000]) * len(x) / SAMPLE_RATE):] = 0
             x = np.fft.irfft(spec, len(x))
         return np.clip(x, -1, 1).astype(np.float32)
 
@@ -217,9 +248,13 @@ def train_step(model: MimiModel, opt: torch.optim.Optimizer, x: torch.Tensor, cf
     """One optimisation step on batch `x` [B, 1, T] with `n_q` active codebooks; returns the losses."""
     model.train()
     model.set_num_codebooks(n_q)
+    for rvq in (model.quantizer.rvq_first, model.quantizer.rvq_rest):
+        rvq.no_quantization_rate = cfg.no_quant_prob
     result = model(x)
     losses = mel_losses(x[:, 0], result.x[:, 0])
-    total = losses["log_mel"] + losses["mel"] + losses["stft"] + cfg.commit_weight * result.penalty
+    losses["wave"] = F.l1_loss(result.x, x) / x.abs().mean().clamp(min=1e-5)
+    total = (losses["log_mel"] + losses["mel"] + losses["stft"] + cfg.wave_weight * losses["wave"]
+             + cfg.commit_weight * result.penalty)
     opt.zero_grad(set_to_none=True)
     total.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -265,7 +300,8 @@ def train(cfg: TrainConfig, out_dir: Path, waves: list[np.ndarray] | None = None
         state = RunState(**saved["state"])
         random.setstate(saved["py_rng"])
     data = SpeechCrops(waves if waves is not None else corpus.load_split("train"),
-                       cfg.segment_frames * FRAME, cfg.seed + state.step)
+                       cfg.segment_frames * FRAME, cfg.seed + state.step, cfg.level_db, cfg.noise_prob,
+                       cfg.bandlimit_prob)
     budget, last_save, t0 = cfg.minutes * 60, time.monotonic(), time.monotonic() - state.elapsed_s
     while state.elapsed_s < budget:
         for group in opt.param_groups:

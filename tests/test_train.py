@@ -34,13 +34,11 @@ def tones(batch: int, frames: int, seed: int = 0) -> torch.Tensor:
 def test_a_training_step_decreases_the_loss_on_a_tiny_batch():
     torch.set_num_threads(1)
     random.seed(0)
-    model, cfg = train.build_small_mimi(seed=0), train.TrainConfig(lr=3e-3)
+    model, cfg = train.build_small_mimi(seed=0), train.TrainConfig()
     opt = train.make_optimizer(model, cfg)
     x = tones(2, 4)
-    first = train.train_step(model, opt, x, cfg, n_q=8)["log_mel"]
-    for _ in range(8):
-        last = train.train_step(model, opt, x, cfg, n_q=8)["log_mel"]
-    assert last < first - 0.1, (first, last)
+    losses = [train.train_step(model, opt, x, cfg, n_q=8)["log_mel"] for _ in range(10)]
+    assert max(losses[-3:]) < losses[0] - 0.3, losses
 
 
 def test_save_checkpoint_writes_the_released_key_names_and_round_trips(tmp_path):
