@@ -1,7 +1,8 @@
 """moshi-format Mimi -> transformers `MimiModel`: same codes, same audio, and the >10 s window fix.
 
 Measured on the calibrated offline Mimi, real recording: first 8 codebooks 100% identical at 8 s and
-at 16 s (with the fix; 98.4% at 16 s without it); decoding the same codes agrees to ~123 dB SNR.
+at 16 s with the fix (98.4% at 16 s without it, on the SHRINK=0.5 calibration), all 32 codebooks
+99.98%-100%; decoding the same codes agrees to ~123 dB SNR.
 """
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ WINDOW_S = 10  # sliding_window=250 steps at 25 Hz
 
 @pytest.fixture(scope="module")
 def models():
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     path = resolve("mimi").path
     return get_mimi(str(path), num_codebooks=32, device="cpu").eval(), convert.to_transformers_mimi(path, 32)
 
@@ -60,7 +61,7 @@ def test_codes_and_audio_identical_to_moshi_within_the_window(models, clip):
     x = clip[..., : 8 * 24000]
     a, b = moshi.encode(x)[0], hf.encode(x).audio_codes[0]  # [32, T]
     assert torch.equal(a[:8], b[:8])
-    assert (a == b).float().mean() > 0.75  # deep codebooks of the random codec flip on float near-ties
+    assert (a == b).float().mean() > 0.997  # the issue's figure; deep codebooks may flip on float near-ties
     assert snr(moshi.decode(a[None])[0, 0], hf.decode(a[None]).audio_values[0, 0]) > 100
 
 

@@ -11,6 +11,15 @@ One more step comes first. A random SEANet encoder outputs nearly the same vecto
 ball and every nearest-codebook decision is a float near-tie. Standardising the encoder's last
 convolution on speech (zero mean, unit spread per channel) spreads the latents out, as training
 would, and makes the codes stable across implementations.
+
+How much each level takes out matters. A frame that picks (a copy of) itself keeps `1 - SHRINK` of
+its residual, so level `l` sees `(1 - SHRINK)**l` of the latent while float noise between
+implementations (~1e-6 of the latent) stays put. With SHRINK = 0.5 the residual of level 20 is
+1e-6 of the latent and deep codes are coin flips; SHRINK = 1 leaves zero residuals after level 0.
+Measured on 16 s of the real recording, 32 codebooks (streaming vs batch / transformers vs moshi):
+SHRINK 0.5: 46% / 77%; 0.25: 92% / 99.98%; 0.15: 99.25% / 99.98%, and moshi = rustymimi 100%
+for 8 codebooks in batch and streaming; 0.1: 99.8% / 100% but rustymimi 99.8% and early
+codebooks less spread. So 0.15.
 """
 from __future__ import annotations
 
@@ -25,7 +34,7 @@ from csmlab.checkpoint import save_checkpoint
 
 SEED = 1234
 NOISE = 0.05  # entry = SHRINK * (residual + NOISE * std(residual) * N(0, 1))
-SHRINK = 0.5  # each level removes about half the residual, so the next level still sees speech structure
+SHRINK = 0.15  # each level removes a little of the residual, so deep levels still see speech structure
 
 
 @torch.no_grad()

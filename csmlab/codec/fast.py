@@ -1,0 +1,102 @@
+"""csmlab's fast streaming path for moshi's Mimi: the same modules and state, cheaper kernels.
+
+Profiling moshi's `streaming()` on CPU, one 80 ms frame per call, shows the time going to kernels
+that suit long inputs and fail on short ones, not to arithmetic:
+
+- `aten::slow_conv_transpose2d`: the decoder's first transposed conv (1024 -> 512 channels,
+  kernel 16) gets 2 input steps per frame, and PyTorch sends it to a naive kernel: tens of ms for
+  16 M multiply-adds;
+- `aten::mkldnn_convolution` / `_slow_conv2d_forward`: oneDNN re-lays out the (large) weights of
+  the deep encoder/decoder convs on every call, for an output of a handful of steps.
+
+With a few output steps per call a convolution is a skinny matrix product whose cost is reading its
+weights once. So during a streaming call every ungrouped `Conv1d` becomes `unfold` + one `addmm`
+against its weight viewed as `[C_out, C_in * k]`, and every ungrouped `ConvTranspose1d` one `mm`
+followed by an overlap-add. No weight is copied; moshi's own streaming wrappers still manage the
+left context and the transposed convs' partial sums, so the state is moshi's, swapped per session
+as in `MoshiStream`. The arithmetic is the same up to float summation order: codes equal the batch
+path's except at float near-ties (measured in tests/test_codec_equivalence.py).
+
+Threads: a frame is a few hundred small ops. With two intra-op threads each op pays a fork/join,
+and on a busy 2-core machine a join waits for a descheduled thread: we measured a 1 s stream cost
+3.6-6 s of CPU with 2 threads against 0.4 s with 1. A streaming call therefore runs on
+`STREAM_THREADS` intra-op threads and restores the process's setting afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from csmlab.codec.backends import MoshiStream
+
+STREAM_THREADS = 1
+
+
+def conv1d_gemm(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """`conv(x)` for an ungrouped, unpadded Conv1d as one matrix product: [1, C_in, L] -> [1, C_out, L']."""
+    (k,), (s,), (d,) = conv.kernel_size, conv.stride, conv.dilation
+    c_out, c_in, _ = conv.weight.shape
+    cols = x[0].unfold(1, d * (k - 1) + 1, s)  # [C_in, L', span]
+    if d > 1:
+        cols = cols[..., ::d]  # [C_in, L', k]
+    steps = cols.shape[1]
+    cols = cols.permute(0, 2, 1).reshape(c_in * k, steps)  # [C_in * k, L']
+    weight = conv.weight.view(c_out, c_in * k)
+    if conv.bias is None:
+        return torch.mm(weight, cols)[None]
+    return torch.addmm(conv.bias[:, None], weight, cols)[None]  # [1, C_out, L']
+
+
+def conv_transpose1d_gemm(convtr: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
+    """`convtr(x)` for an ungrouped ConvTranspose1d with kernel = m * stride: one mm + overlap-add."""
+    (k,), (s,) = convtr.kernel_size, convtr.stride
+    c_in, c_out, _ = convtr.weight.shape
+    steps, m = x.shape[-1], k // s
+    taps = torch.mm(x[0].T, convtr.weight.view(c_in, c_out * k))  # [L, C_out * k]
+    taps = taps.view(steps, c_out, m, s).permute(1, 2, 0, 3)  # [C_out, m, L, s]
+    out = taps[:, 0].new_zeros(c_out, steps + m - 1, s)  # [C_out, L + m - 1, s]
+    for i in range(m):
+        out[:, i : i + steps] += taps[:, i]
+    if convtr.bias is not None:
+        out += convtr.bias[:, None, None]
+    return out.view(1, c_out, -1)  # [1, C_out, (L - 1) * s + k]
+
+
+def _fast_forward(module: nn.Module):
+    """The GEMM forward for `module`, or None where the stock kernel is already the right one."""
+    if type(module) is nn.Conv1d and module.groups == 1 and module.padding == (0,):
+        return lambda x: conv1d_gemm(module, x)
+    if (
+        type(module) is nn.ConvTranspose1d
+        and module.groups == 1
+        and module.padding == (0,)
+        and module.output_padding == (0,)
+        and module.kernel_size[0] % module.stride[0] == 0
+    ):
+        return lambda x: conv_transpose1d_gemm(module, x)
+    return None
+
+
+class FastMimiStream(MoshiStream):
+    """`MoshiStream` whose convolutions run as matrix products during its calls."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self._fast = [(m, f) for m in model.modules() if (f := _fast_forward(m)) is not None]
+
+    @contextlib.contextmanager
+    def _installed(self):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(STREAM_THREADS)
+        for module, forward in self._fast:
+            module.forward = forward  # an instance attribute shadows the class's forward
+        try:
+            with super()._installed():
+                yield
+        finally:
+            for module, _ in self._fast:
+                del module.forward
+            torch.set_num_threads(threads)
