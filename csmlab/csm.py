@@ -169,7 +169,7 @@ class CsmVoice:
             out.append(tok)
         return self.processor.tokenizer.convert_tokens_to_string(out)
 
-    def _frames_budget(self, inputs, max_audio_ms: int) -> int:
+    def frames_budget(self, inputs, max_audio_ms: int) -> int:
         """Frames to generate; PromptTooLongError when prompt + frames overflow the context."""
         frames = max(1, int(max_audio_ms) // FRAME_MS)
         length, limit = inputs["input_ids"].shape[1], self.config.max_position_embeddings
@@ -189,7 +189,7 @@ class CsmVoice:
                        streamer=None) -> torch.Tensor:
         """transformers' `generate()`: all frames `[T, 32]`, end-of-audio frame removed."""
         inputs = self.prompt(text, speaker, context)
-        frames = self._frames_budget(inputs, max_audio_ms)
+        frames = self.frames_budget(inputs, max_audio_ms)
         codes = self.model.generate(**inputs, max_new_tokens=frames, streamer=streamer, **sampling.generate_kwargs())
         return self._until_eos(codes[0])  # [T, 32]
 
@@ -217,7 +217,7 @@ class CsmVoice:
         """Yield each frame's `[32]` codes as soon as it exists; stops at end of audio or `max_audio_ms`."""
         if method == "loop":
             inputs = self.prompt(text, speaker, context)
-            return self._loop(inputs, self._frames_budget(inputs, max_audio_ms), sampling)
+            return self._loop(inputs, self.frames_budget(inputs, max_audio_ms), sampling)
         if method == "streamer":
             return self._threaded(text, speaker, context, max_audio_ms, sampling)
         raise ValueError(f"method must be 'loop' or 'streamer', not {method!r}")
@@ -260,7 +260,7 @@ class CsmVoice:
     def _threaded(self, text, speaker, context, max_audio_ms, sampling) -> Iterator[torch.Tensor]:
         """`generate()` in a thread, its streamer feeding a queue: token-exact by construction."""
         inputs = self.prompt(text, speaker, context)  # raise prompt errors here, not in the thread
-        self._frames_budget(inputs, max_audio_ms)
+        self.frames_budget(inputs, max_audio_ms)
         streamer, failure, threads = _FrameQueue(), [], torch.get_num_threads()
 
         def work():
@@ -346,6 +346,38 @@ def compatibility_table(csm_config=None, moshi_config: dict | None = None) -> li
         ("special audio codes", f"end of audio: all {c.codebook_eos_token_id}; pad {c.codebook_pad_token_id}",
          f"initial token {m['card']}"),
     ]
+
+
+def conversation_context(recording, seconds: float, first: int = 0) -> list[Segment]:
+    """Turns of a transcribed recording (from turn `first`) as CSM context, about `seconds` of speech.
+
+    Speakers get ids 0, 1, ... in order of appearance, as CSM's `[0]`, `[1]` speaker tags.
+    """
+    speakers, segments, total = {}, [], 0.0
+    rate = recording.sample_rate
+    for turn in recording.transcript[first:]:
+        audio = recording.audio[int(turn.start * rate): int(turn.end * rate)]
+        segments.append(Segment(speakers.setdefault(turn.speaker, len(speakers)), turn.text, audio, rate))
+        total += turn.end - turn.start
+        if total >= seconds:
+            break
+    return segments
+
+
+@torch.no_grad()
+def codec_agreement(voice: CsmVoice, audio_24k: np.ndarray) -> dict[str, np.ndarray]:
+    """Per codebook, the fraction of frames where CSM's Mimi gives moshi's Mimi's code: window fix on, off."""
+    from csmlab.convert import fix_sliding_window
+
+    x = torch.from_numpy(np.ascontiguousarray(audio_24k, dtype=np.float32))
+    ours = torch.from_numpy(voice.codec().encode(x.numpy(), SAMPLE_RATE))  # [32, T] moshi's Mimi
+    out = {}
+    for name, fixed in (("window fixed", True), ("transformers 4.57 as is", False)):
+        fix_sliding_window(fixed)
+        theirs = voice.model.codec_model.encode(x[None, None].to(voice.model.dtype)).audio_codes[0].cpu()
+        out[name] = (theirs == ours).float().mean(-1).numpy()  # [32]
+    fix_sliding_window(True)
+    return out
 
 
 # ---- CSM <-> Moshi: one Mimi, two models ------------------------------------------------------

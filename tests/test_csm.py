@@ -46,18 +46,6 @@ def reference(voice):
     return voice.generate_codes(TEXT, max_audio_ms=FRAMES * csm.FRAME_MS, sampling=GREEDY)
 
 
-def context_of(recording, seconds: float) -> list[csm.Segment]:
-    """The first turns of the real call whose audio adds up to about `seconds`, as CSM context."""
-    speakers, segments, total = {}, [], 0.0
-    for turn in recording.transcript:
-        audio = recording.audio[int(turn.start * SAMPLE_RATE): int(turn.end * SAMPLE_RATE)]
-        segments.append(csm.Segment(speakers.setdefault(turn.speaker, len(speakers)), turn.text, audio))
-        total += turn.end - turn.start
-        if total >= seconds:
-            break
-    return segments
-
-
 @pytest.mark.parametrize("method", ["loop", "streamer"])
 def test_stream_frames_are_generate_codes_greedy(voice, reference, method):
     frames = list(voice.frames(TEXT, max_audio_ms=FRAMES * csm.FRAME_MS, sampling=GREEDY, method=method))
@@ -84,14 +72,14 @@ def test_stream_yields_one_frame_of_audio_per_step_equal_to_whole_decode(voice, 
 
 
 def test_generate_with_context_streams_token_exactly(voice, recording):
-    context = context_of(recording, 3.0)
+    context = csm.conversation_context(recording, 3.0)
     expected = voice.generate_codes(TEXT, speaker=1, context=context, max_audio_ms=3 * csm.FRAME_MS, sampling=GREEDY)
     frames = voice.frames(TEXT, speaker=1, context=context, max_audio_ms=3 * csm.FRAME_MS, sampling=GREEDY)
     assert torch.equal(torch.stack(list(frames)), expected)
 
 
 def test_prompt_has_sesame_layout(voice, recording):
-    context = context_of(recording, 2.0)
+    context = csm.conversation_context(recording, 2.0)
     inputs = voice.prompt(TEXT, speaker=1, context=context)
     tok = voice.processor.tokenizer
     ids = inputs["input_ids"][0].tolist()
