@@ -48,6 +48,12 @@ class Moshi:
                 self._silence = self.mimi.encode(zeros)[:, : self.num_user_codebooks]  # [1, K, 1]
         return self._silence
 
+    def label(self, token: int) -> str:
+        """A token for display: `·` for padding, `|` for end-of-padding, else its text piece."""
+        if token == self.lm.text_padding_token_id:
+            return "·"
+        return "|" if token == END_OF_PADDING_ID else self.tokenizer.id_to_piece(int(token))
+
     def piece(self, token: int) -> str:
         """The text a token stands for, "" for padding (Moshi's monologue is mostly padding)."""
         if token in (self.lm.text_padding_token_id, END_OF_PADDING_ID):

@@ -12,7 +12,9 @@ audio), the acoustic delays, the depformer with one set of weights per codebook,
 RMS norms, RoPE, the 2048-entry audio vocabulary, the special text tokens (0 = end of padding,
 3 = padding, `text_card` = start of sequence). What is smaller: the widths and depths (`SMALL`),
 and the text vocabulary, which a sentencepiece model trained here in seconds on `data/` sizes.
-The weights are random: what it says is noise, what it costs per layer is real.
+The weights are random, except that the text head is tilted towards padding as often as a
+trained Moshi pads (`tilt_text_head_to_padding`): what it says is noise, but its monologue has
+the real shape, and what it costs per layer is real.
 """
 from __future__ import annotations
 
@@ -22,15 +24,17 @@ from pathlib import Path
 
 import sentencepiece as spm
 import torch
-from moshi.models import loaders
+from moshi.models import LMGen, loaders
 from moshi.models.lm import LMModel
-
 from moshi.modules.transformer import StreamingMultiheadAttention
+from moshi.utils.compile import no_compile
 from safetensors.torch import save_file
 
 from csmlab.data import DATA_DIR, real_recording
 
 SEED = 1234
+CALIBRATION_SPAN_S = (4.8, 9.6)  # the stretch of the real call used to tune the text head: silence, then speech
+PADDING_SHARE = 0.7  # share of text steps a trained Moshi spends on padding (most frames carry no new word)
 VOCAB_SIZE = 1000  # an upper bound: the tiny corpus decides the final size (hard_vocab_limit=False)
 
 # Moshi's special text tokens, as its released tokenizer and `LMModel` defaults number them.
@@ -107,6 +111,53 @@ def released_state(lm: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+@torch.no_grad()
+def calibration_codes(mimi_path: Path, num_codebooks: int) -> torch.Tensor:
+    """Mimi codes `[1, K, T]` of the real call from 4.8 s to 9.6 s: silence, then both speakers."""
+    start, end = (int(s * 24000) for s in CALIBRATION_SPAN_S)
+    audio = real_recording(24000).audio[start:end]
+    with no_compile():
+        mimi = loaders.get_mimi(mimi_path, num_codebooks=num_codebooks)
+        return mimi.encode(torch.from_numpy(audio)[None, None])
+
+
+@torch.no_grad()
+def _stream(lm: LMModel, user: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stream the user codes `[1, K, T]`; return the normalised transformer outputs the text head
+    sees `[T, dim]` and the text tokens LMGen sampled from them `[T]`."""
+    hidden, tokens = [], []
+    hook = lm.out_norm.register_forward_hook(lambda _module, _inputs, out: hidden.append(out[0, -1]))
+    gen = LMGen(lm, on_text_hook=lambda token: tokens.append(int(token[0])))
+    with torch.random.fork_rng(), gen.streaming(1), no_compile():
+        torch.manual_seed(SEED)
+        for t in range(user.shape[-1]):
+            gen.step(user[:, :, t : t + 1])
+    hook.remove()
+    return torch.stack(hidden), torch.tensor(tokens)
+
+
+@torch.no_grad()
+def tilt_text_head_to_padding(lm: LMModel, user: torch.Tensor, share: float = PADDING_SHARE,
+                              rounds: int = 8) -> None:
+    """Make Moshi sample padding on about `share` of its text steps, as a trained Moshi does.
+
+    A random text head spreads its choice evenly over the vocabulary: every 80 ms frame would get a
+    word, and the inner monologue would show no structure. The normalised transformer outputs of a
+    random model cluster around one mean direction `u`, so the padding row of the head becomes
+    `a u`, and we bisect `a` until the sampled monologue pads on `share` of the steps while Moshi
+    listens to `user` (Mimi codes `[1, K, T]` of real speech and silence). Only that row changes;
+    the words themselves stay random.
+    """
+    pad = lm.text_padding_token_id
+    hidden, _ = _stream(lm, user)
+    direction = hidden.mean(0) / hidden.mean(0).norm()
+    low, high = 0.0, 2.0
+    for _ in range(rounds):
+        lm.text_linear.weight[pad] = (low + high) / 2 * direction
+        padded = (_stream(lm, user)[1] == pad).float().mean()
+        low, high = (low, (low + high) / 2) if padded > share else ((low + high) / 2, high)
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     dst.unlink(missing_ok=True)
     try:
@@ -124,6 +175,8 @@ def build(folder: Path, mimi_path: Path) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     torch.manual_seed(SEED)
     lm_kwargs = {k: v for k, v in config.items() if not k.endswith("_name") and k != "model_type"}
-    lm = LMModel(**lm_kwargs).to(torch.bfloat16)  # the released checkpoint is bf16
+    lm = LMModel(**lm_kwargs).to(torch.bfloat16).float().eval()  # tune what the bf16 file will hold
+    tilt_text_head_to_padding(lm, calibration_codes(mimi_path, lm.n_q - lm.dep_q))
+    lm = lm.to(torch.bfloat16)  # the released checkpoint is bf16
     save_file(released_state(lm), str(folder / loaders.MOSHI_NAME))
     _link_or_copy(Path(mimi_path), folder / loaders.MIMI_NAME)
