@@ -112,9 +112,7 @@ def test_csm_mimi_codes_match_moshi_mimi_beyond_10_s(long_codes):
     theirs, _, ours = long_codes
     assert theirs.shape == ours.shape == (1, 32, 175)
     assert torch.equal(theirs[:, :8], ours[:, :8])  # what Moshi uses: identical
-    # The offline Mimi's residual halves at every level, so past ~16 levels it is float noise and
-    # codes there are near-ties (real weights keep them apart). The first 16 must agree.
-    assert (theirs[:, :16] == ours[:, :16]).float().mean() > 0.97
+    assert (theirs == ours).float().mean() > 0.99  # all 32: equal up to float near-ties
 
 
 def test_without_the_window_fix_codes_drift_after_10_s(long_codes):
