@@ -46,6 +46,26 @@ def reference(voice):
     return voice.generate_codes(TEXT, max_audio_ms=FRAMES * csm.FRAME_MS, sampling=GREEDY)
 
 
+def test_offline_checkpoint_has_the_released_layout(voice):
+    from transformers import AutoTokenizer
+
+    from csmlab.offline.csm import NUM_SPECIAL, SPECIALS
+
+    if voice.source.is_real:
+        pytest.skip("checks the offline stand-in")
+    tok = AutoTokenizer.from_pretrained(voice.source.path)
+    first = len(tok) - NUM_SPECIAL  # as Llama-3: regular tokens, then 256 specials
+    assert tok.convert_tokens_to_ids(SPECIALS) == list(range(first, first + len(SPECIALS)))
+    cfg = voice.config
+    assert (cfg.bos_token_id, cfg.audio_token_id, cfg.audio_eos_token_id) == (first, first + 2, first + 3)
+    assert cfg.text_vocab_size == len(tok)
+    ids = tok("Hello?").input_ids
+    assert ids[0] == first and ids[-1] == first + 1  # <|begin_of_text|> ... <|end_of_text|>
+    assert (cfg.num_codebooks, cfg.vocab_size, cfg.max_position_embeddings) == (32, 2051, 2048)
+    assert cfg.codec_config.num_quantizers == 32
+    assert type(voice.processor).__name__ == "CsmProcessor"
+
+
 @pytest.mark.parametrize("method", ["loop", "streamer"])
 def test_stream_frames_are_generate_codes_greedy(voice, reference, method):
     frames = list(voice.frames(TEXT, max_audio_ms=FRAMES * csm.FRAME_MS, sampling=GREEDY, method=method))

@@ -132,13 +132,13 @@ def real_size(frames: int, dtypes: list[str], device: str) -> dict:
     model = csm.random_csm(device=device)
     out = {}
     for name in DTYPES:  # this order: bf16 converts in place, int8 needs fp32 Linear layers back
+        if name not in dtypes or (name == "int8" and device != "cpu"):  # dynamic int8 is a CPU path
+            continue
         if name == "bfloat16":
             model.to(torch.bfloat16)
         if name == "int8":
             model.float()
             torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-        if name not in dtypes or (name == "int8" and device != "cpu"):
-            continue
         ms = frame_ms_of(model, frames, device)
         out[name] = {"frame_ms": ms, "rtf": ms / frame_ms()}
         print(f"  {name:<10}{ms:10.0f} ms per 80 ms frame   RTF {ms / frame_ms():5.1f}", flush=True)
