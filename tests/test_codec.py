@@ -18,7 +18,7 @@ def codec():
 
 @pytest.fixture(scope="module")
 def speech():
-    return real_recording(RATE).audio[2 * RATE : 3 * RATE]  # 1 s of the call at 16 kHz
+    return real_recording(RATE).audio[8 * RATE : 9 * RATE]  # 1 s of speech from the call, at 16 kHz
 
 
 def stream_codes(codec, chunks, rate=RATE):
@@ -134,7 +134,7 @@ def test_closed_flushed_and_reset_sessions(codec, speech):
 
 def test_two_sessions_side_by_side_do_not_share_state(codec, clean_run):
     chunks_a, alone_a = clean_run
-    other = real_recording(RATE).audio[10 * RATE : 11 * RATE]
+    other = real_recording(RATE).audio[12 * RATE : 13 * RATE]
     chunks_b = np.array_split(other, len(chunks_a))
     alone_b = stream_codes(codec, chunks_b)
     with codec.stream() as a, codec.stream() as b:

@@ -28,7 +28,7 @@ def add_arguments(parser) -> None:
 
 
 def _frames(seconds: float) -> np.ndarray:
-    audio = real_recording(24_000).audio
+    audio = real_recording(24_000).audio[8 * 24_000 :]  # from 8 s: the call opens with 7 s of line hiss
     n = max(1, int(seconds * 24_000) // FRAME_SIZE)
     reps = -(-n * FRAME_SIZE // len(audio))
     return np.tile(audio, reps)[: n * FRAME_SIZE].reshape(n, FRAME_SIZE)  # [n, 1920]
@@ -98,8 +98,22 @@ def batch_costs(codec, frames) -> dict[str, float]:
     return {"encode_ms": encode_ms, "decode_ms": decode_ms, "codes": codes}
 
 
-def measure(seconds: float = 10.0, num_codebooks: int = 8, warmup: int = 3) -> dict:
-    """Every path on the same frames: latencies (ms per frame) and whether their codes equal batch."""
+def measure(seconds: float = 10.0, num_codebooks: int = 8, warmup: int = 3, threads: int | None = None) -> dict:
+    """Every path on the same frames: latencies (ms per frame) and whether their codes equal batch.
+
+    `threads` sets torch's intra-op threads for the batch path and moshi's `streaming()` during the
+    run (csmlab's session always streams on one); None keeps the process's setting.
+    """
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _measure(seconds, num_codebooks, warmup)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _measure(seconds: float, num_codebooks: int, warmup: int) -> dict:
     codec = load_codec(num_codebooks, "moshi")
     frames = _frames(seconds)
     batch = batch_costs(codec, frames)
@@ -109,7 +123,13 @@ def measure(seconds: float = 10.0, num_codebooks: int = 8, warmup: int = 3) -> d
     }
     if num_codebooks == 8:
         paths["rustymimi step"] = rustymimi_steps(codec.weights.path, frames, warmup)
-    out = {"frames": len(frames), "num_codebooks": num_codebooks, "weights": str(codec.weights), "streaming": {}}
+    out = {
+        "frames": len(frames),
+        "num_codebooks": num_codebooks,
+        "torch_threads": torch.get_num_threads(),
+        "weights": str(codec.weights),
+        "streaming": {},
+    }
     for name, (latencies, outputs) in paths.items():
         codes = np.concatenate(outputs, axis=1)
         out["streaming"][name] = {
@@ -136,6 +156,7 @@ def measure(seconds: float = 10.0, num_codebooks: int = 8, warmup: int = 3) -> d
 
 def print_table(figures: dict) -> None:
     print(f"Mimi, {figures['num_codebooks']} codebooks, {figures['frames']} frames of 80 ms; {figures['weights']}")
+    print(f"torch threads for batch and moshi streaming(): {figures['torch_threads']}; csmlab's session streams on 1")
     print(f"{'path':<20}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}{'RTF':>7}{'codes = batch':>15}")
     for name, f in figures["streaming"].items():
         print(
@@ -154,8 +175,21 @@ def print_table(figures: dict) -> None:
 
 
 def run(args) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    figures = measure(args.seconds, args.codebooks, args.warmup)
+    figures = measure(args.seconds, args.codebooks, args.warmup, args.threads)
     print_table(figures)
     return figures
+
+
+def plot_latencies(figures: dict, ax=None):
+    """Box plot of per-frame streaming latency per path, with the 80 ms real-time line and batch cost."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(7, 3.2))[1]
+    names = list(figures["streaming"])
+    ax.boxplot([figures["streaming"][n]["latencies_ms"] for n in names], vert=False, showfliers=True)
+    ax.set_yticks(range(1, len(names) + 1), names)
+    ax.axvline(1000 * FRAME_S, color="red", ls="--", label="80 ms: real time")
+    ax.axvline(figures["batch"]["ms_per_frame"], color="green", ls=":", label="batch cost per frame")
+    ax.set_xlabel("encode + decode latency per 80 ms frame (ms)")
+    ax.legend(loc="lower right", fontsize=8)
+    return ax
