@@ -111,14 +111,21 @@ def _check_codes(codes: torch.Tensor, cardinality: int = 2048) -> torch.Tensor:
     return codes
 
 
+class _Cancelled(Exception):
+    """Raised inside `generate()` by the streamer, to stop a generation nobody reads any more."""
+
+
 class _FrameQueue:
     """A `generate()` streamer: every frame `put()` by the generation thread lands in a queue."""
 
     def __init__(self):
         self.frames: queue.Queue = queue.Queue()
         self._prompt_seen = False
+        self.cancelled = False
 
     def put(self, value: torch.Tensor) -> None:
+        if self.cancelled:
+            raise _Cancelled
         if not self._prompt_seen:  # generate() first puts the prompt's token ids
             self._prompt_seen = True
             return
@@ -189,9 +196,12 @@ class CsmVoice:
                        streamer=None) -> torch.Tensor:
         """transformers' `generate()`: all frames `[T, 32]`, end-of-audio frame removed."""
         inputs = self.prompt(text, speaker, context)
-        frames = self.frames_budget(inputs, max_audio_ms)
-        codes = self.model.generate(**inputs, max_new_tokens=frames, streamer=streamer, **sampling.generate_kwargs())
-        return self._until_eos(codes[0])  # [T, 32]
+        return self._until_eos(self._generate(inputs, self.frames_budget(inputs, max_audio_ms), sampling, streamer))
+
+    @torch.inference_mode()
+    def _generate(self, inputs, frames: int, sampling: Sampling, streamer=None) -> torch.Tensor:
+        """`model.generate()` on prepared inputs: `[T, 32]` codes, end-of-audio frame included."""
+        return self.model.generate(**inputs, max_new_tokens=frames, streamer=streamer, **sampling.generate_kwargs())[0]
 
     def generate(self, text: str, speaker: int = 0, context: Sequence[Segment] = (),
                  max_audio_ms: int = DEFAULT_MAX_AUDIO_MS, sampling: Sampling = Sampling()) -> np.ndarray:
@@ -219,7 +229,8 @@ class CsmVoice:
             inputs = self.prompt(text, speaker, context)
             return self._loop(inputs, self.frames_budget(inputs, max_audio_ms), sampling)
         if method == "streamer":
-            return self._threaded(text, speaker, context, max_audio_ms, sampling)
+            inputs = self.prompt(text, speaker, context)
+            return self._threaded(inputs, self.frames_budget(inputs, max_audio_ms), sampling)
         raise ValueError(f"method must be 'loop' or 'streamer', not {method!r}")
 
     @torch.inference_mode()
@@ -257,27 +268,33 @@ class CsmVoice:
                             use_cache=True, logits_to_keep=1)
         return torch.stack(codes, dim=1)
 
-    def _threaded(self, text, speaker, context, max_audio_ms, sampling) -> Iterator[torch.Tensor]:
-        """`generate()` in a thread, its streamer feeding a queue: token-exact by construction."""
-        inputs = self.prompt(text, speaker, context)  # raise prompt errors here, not in the thread
-        self.frames_budget(inputs, max_audio_ms)
+    def _threaded(self, inputs, frames: int, sampling: Sampling) -> Iterator[torch.Tensor]:
+        """`generate()` in a thread, its streamer feeding a queue: token-exact by construction.
+
+        Stopping early (closing this iterator) cancels the generation at its next frame.
+        """
         streamer, failure, threads = _FrameQueue(), [], torch.get_num_threads()
 
         def work():
             torch.set_num_threads(threads)  # a new thread starts with torch's default, not the caller's
             try:
-                self.generate_codes(text, speaker, context, max_audio_ms, sampling, streamer=streamer)
+                self._generate(inputs, frames, sampling, streamer)
+            except _Cancelled:
+                pass
             except Exception as err:  # noqa: BLE001 - handed to the consumer below
                 failure.append(err)
                 streamer.end()
 
         thread = threading.Thread(target=work, daemon=True, name="csm-generate")
         thread.start()
-        while (frame := streamer.frames.get()) is not None:
-            if (frame[:-1] == self.config.codebook_eos_token_id).all():
-                break
-            yield frame
-        thread.join()
+        try:
+            while (frame := streamer.frames.get()) is not None:
+                if (frame[:-1] == self.config.codebook_eos_token_id).all():
+                    break
+                yield frame
+        finally:
+            streamer.cancelled = True
+            thread.join()
         if failure:
             raise ComponentError(f"CSM generation thread failed: {failure[0]!r}") from failure[0]
 

@@ -6,6 +6,8 @@
 - CSM's Mimi and moshi's Mimi give the same codes, beyond 10 s too (sliding-window fix);
 - the prompt has Sesame's layout; bad prompts and bad codes get clear CsmlabErrors.
 """
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -71,6 +73,14 @@ def test_stream_frames_are_generate_codes_greedy(voice, reference, method):
     frames = list(voice.frames(TEXT, max_audio_ms=FRAMES * csm.FRAME_MS, sampling=GREEDY, method=method))
     assert reference.shape == (FRAMES, 32)
     assert torch.equal(torch.stack(frames), reference)
+
+
+def test_stopping_a_streamer_stream_early_cancels_generation(voice, reference):
+    frames = voice.frames(TEXT, max_audio_ms=100 * csm.FRAME_MS, sampling=GREEDY, method="streamer")
+    first = [next(frames) for _ in range(2)]
+    frames.close()  # the generation thread stops at its next frame instead of running 100 frames
+    assert torch.equal(torch.stack(first), reference[:2])
+    assert not any(t.name == "csm-generate" and t.is_alive() for t in threading.enumerate())
 
 
 def test_sampled_stream_with_same_seed_is_generate(voice):
