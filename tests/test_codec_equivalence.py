@@ -99,6 +99,10 @@ def test_moshi_and_rustymimi_give_identical_codes(moshi, clip16k):
     ref = moshi.encode(clip16k, 16000)
     assert np.array_equal(rusty.encode(clip16k, 16000), ref)
     cuts = partition(len(clip16k), np.random.default_rng(3), ones=50)
+    with rusty.stream() as s:  # a used and reset session must start like a fresh one
+        s.encode(clip16k[:8000], 16000)
+        s.reset()
+        assert np.array_equal(np.concatenate([s.encode(clip16k, 16000), s.flush()], axis=1), ref)
     codes, pcm = stream(rusty, clip16k, 16000, cuts)
     assert np.array_equal(codes, ref)
     assert snr(moshi.decode(ref), pcm) > 40  # candle vs torch kernels: measured ~65 dB

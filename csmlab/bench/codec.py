@@ -70,19 +70,20 @@ def moshi_streaming(model, frames, warmup):
 
 
 def rustymimi_steps(path, frames, warmup):
-    """rustymimi's `Tokenizer.encode_step` / `decode_step`."""
+    """rustymimi's `Tokenizer.encode_step` / `decode_step`; warmed up on a first tokenizer, timed on a
+    fresh one, because rustymimi 0.4.1's `reset()` leaves state behind (first frame's codes differ)."""
     import rustymimi
 
-    tok = rustymimi.Tokenizer(str(path))
+    def stepper(tok):
+        def step(frame):
+            codes = tok.encode_step(frame[None, None])
+            tok.decode_step(codes)
+            return codes[0].astype(np.int64)
 
-    def step(frame):
-        codes = tok.encode_step(frame[None, None])
-        tok.decode_step(codes)
-        return codes[0].astype(np.int64)
+        return step
 
-    _timed(step, frames[:warmup], 0)
-    tok.reset()
-    return _timed(step, frames, 0)
+    _timed(stepper(rustymimi.Tokenizer(str(path))), frames[:warmup], 0)
+    return _timed(stepper(rustymimi.Tokenizer(str(path))), frames, 0)
 
 
 def batch_costs(codec, frames) -> dict[str, float]:

@@ -135,12 +135,16 @@ class RustyMimiBackend:
 
 
 class RustyMimiStream:
-    """One `rustymimi.Tokenizer` per session: `encode_step`/`decode_step` keep their own state."""
+    """One `rustymimi.Tokenizer` per session: `encode_step`/`decode_step` keep their own state.
+
+    `reset()` loads a fresh tokenizer: rustymimi 0.4.1's own `Tokenizer.reset()` leaves some state
+    behind (measured: after a few frames and `reset()`, codebook 0 of the next first frame differs
+    from a fresh tokenizer's, and from moshi's).
+    """
 
     def __init__(self, path: Path):
-        import rustymimi
-
-        self.model = rustymimi.Tokenizer(str(path))
+        self.path = path
+        self.reset()
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         return self.model.encode_step(x[None, None])[0].astype(np.int64)
@@ -149,7 +153,9 @@ class RustyMimiStream:
         return self.model.decode_step(codes[None].astype(np.uint32)).reshape(-1)
 
     def reset(self) -> None:
-        self.model.reset()
+        import rustymimi
+
+        self.model = rustymimi.Tokenizer(str(self.path))
 
     def close(self) -> None:
         self.model = None
