@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from csmlab.data import DATA_DIR, real_recording
 
 SEED = 1234
-CALIBRATION_SPAN_S = (4.8, 9.6)  # the stretch of the real call used to tune the text head: silence, then speech
+CALIBRATION_SPAN_S = (0.0, 12.0)  # the stretch of the real call used to tune the text head: silence, then speech
 PADDING_SHARE = 0.7  # share of text steps a trained Moshi spends on padding (most frames carry no new word)
 VOCAB_SIZE = 1000  # an upper bound: the tiny corpus decides the final size (hard_vocab_limit=False)
 
@@ -113,7 +113,7 @@ def released_state(lm: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def calibration_codes(mimi_path: Path, num_codebooks: int) -> torch.Tensor:
-    """Mimi codes `[1, K, T]` of the real call from 4.8 s to 9.6 s: silence, then both speakers."""
+    """Mimi codes `[1, K, T]` of the real call over `CALIBRATION_SPAN_S`: silence, then both speakers."""
     start, end = (int(s * 24000) for s in CALIBRATION_SPAN_S)
     audio = real_recording(24000).audio[start:end]
     with no_compile():
@@ -138,7 +138,7 @@ def _stream(lm: LMModel, user: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 @torch.no_grad()
 def tilt_text_head_to_padding(lm: LMModel, user: torch.Tensor, share: float = PADDING_SHARE,
-                              rounds: int = 8) -> None:
+                              rounds: int = 5) -> None:
     """Make Moshi sample padding on about `share` of its text steps, as a trained Moshi does.
 
     A random text head spreads its choice evenly over the vocabulary: every 80 ms frame would get a
