@@ -329,40 +329,17 @@ class CsmVoice:
                 yield session.decode(frame[:, None].cpu())  # [32, 1] codes -> 1920 samples
 
 
-def moshi_hears(voice: CsmVoice, codes: torch.Tensor) -> np.ndarray:
-    """CSM's `[T, 32]` frames through Moshi's Mimi, which keeps the first 8 codebooks only."""
-    codes = torch.as_tensor(codes)
-    if codes.ndim != 2 or codes.shape[1] < MOSHI_CODEBOOKS:
-        raise CodesError(f"moshi_hears() takes [T, K>=8] codes, got {tuple(codes.shape)}")
-    return voice.codec(MOSHI_CODEBOOKS).decode(codes[:, :MOSHI_CODEBOOKS].T)
+def load_csm(path=None, mimi_path=None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> CsmVoice:
+    """CSM from `csmlab.weights` (real sesame/csm-1b, a local folder, or the offline stand-in)."""
+    from transformers import AutoProcessor, CsmForConditionalGeneration
 
+    from csmlab.convert import fix_sliding_window
 
-def compatibility_table(csm_config=None, moshi_config: dict | None = None) -> list[tuple[str, str, str]]:
-    """(property, CSM, Moshi) rows computed from the configs (default: the released ones), not typed in."""
-    from transformers import CsmConfig
-
-    from csmlab.moshi import REAL_CONFIG
-
-    c, m = csm_config or CsmConfig(), moshi_config or REAL_CONFIG
-    mimi = c.codec_config
-    users = m["n_q"] - m["dep_q"]
-    return [
-        ("sample rate (Hz)", f"{mimi.sampling_rate}", "24000 (same Mimi)"),
-        ("frame rate (Hz)", f"{mimi.frame_rate}", f"{mimi.frame_rate} (same Mimi)"),
-        ("codebooks per frame", f"{c.num_codebooks}", f"{m['dep_q']} (Moshi) + {users} (user)"),
-        ("codes per codebook", f"{mimi.codebook_size} (+3 specials: vocab {c.vocab_size})", f"{m['card']}"),
-        ("audio bitrate (kbps)", f"{c.num_codebooks * 11 * mimi.frame_rate / 1000:.1f}",
-         f"{m['dep_q'] * 11 * mimi.frame_rate / 1000:.1f} per speaker"),
-        ("text vocabulary", f"{c.text_vocab_size} (Llama-3 BPE)", f"{m['text_card']} (SentencePiece)"),
-        ("text placement", "before the audio, per turn", "time-aligned, 1 token per frame"),
-        ("context", f"{c.max_position_embeddings} positions (text tokens + frames)",
-         f"{m['context']} frames ({m['context'] / mimi.frame_rate:.0f} s)"),
-        ("codebook delays", "none (depth decoder, in order)", f"{m['delays'][1:1 + m['dep_q']]}"),
-        ("special text tokens", f"bos {c.bos_token_id}, <|AUDIO|> {c.audio_token_id}, <|audio_eos|> "
-         f"{c.audio_eos_token_id}", f"pad {m['existing_text_padding_id']}, end-of-padding 0"),
-        ("special audio codes", f"end of audio: all {c.codebook_eos_token_id}; pad {c.codebook_pad_token_id}",
-         f"initial token {m['card']}"),
-    ]
+    source = resolve("csm", path)
+    fix_sliding_window()  # context audio > 10 s must be encoded with Mimi's 250-step window
+    model = CsmForConditionalGeneration.from_pretrained(source.path, dtype=dtype).to(device).eval()
+    processor = AutoProcessor.from_pretrained(source.path)
+    return CsmVoice(model, processor, source, resolve("mimi", mimi_path))
 
 
 def conversation_context(recording, seconds: float, first: int = 0) -> list[Segment]:
@@ -379,100 +356,3 @@ def conversation_context(recording, seconds: float, first: int = 0) -> list[Segm
         if total >= seconds:
             break
     return segments
-
-
-@torch.no_grad()
-def codec_agreement(voice: CsmVoice, audio_24k: np.ndarray) -> dict[str, np.ndarray]:
-    """Per codebook, the fraction of frames where CSM's Mimi gives moshi's Mimi's code: window fix on, off."""
-    from csmlab.convert import fix_sliding_window
-
-    x = torch.from_numpy(np.ascontiguousarray(audio_24k, dtype=np.float32))
-    ours = torch.from_numpy(voice.codec().encode(x.numpy(), SAMPLE_RATE))  # [32, T] moshi's Mimi
-    out = {}
-    for name, fixed in (("window fixed", True), ("transformers 4.57 as is", False)):
-        fix_sliding_window(fixed)
-        theirs = voice.model.codec_model.encode(x[None, None].to(voice.model.dtype)).audio_codes[0].cpu()
-        out[name] = (theirs == ours).float().mean(-1).numpy()  # [32]
-    fix_sliding_window(True)
-    return out
-
-
-# ---- CSM <-> Moshi: one Mimi, two models ------------------------------------------------------
-def csm_codes_to_moshi(moshi, codes: torch.Tensor, seed: int = 0) -> list:
-    """Feed CSM's frames to Moshi as the user's stream, code to code: no decode, no re-encode.
-
-    Both speak Mimi, so CSM's first 8 codebooks *are* Moshi user tokens. Returns Moshi's `Step`s.
-    """
-    from csmlab.moshi import MoshiStream
-
-    user = torch.as_tensor(codes)[:, : moshi.num_user_codebooks]  # [T, 8]
-    with MoshiStream(moshi, seed=seed) as stream:
-        return [stream.step(frame) for frame in user]
-
-
-def moshi_says(moshi, steps) -> str:
-    """Moshi's inner monologue (its text stream, padding dropped) as plain text."""
-    return "".join(step.text for step in steps).strip()
-
-
-def moshi_to_csm(voice: CsmVoice, moshi, steps, speaker: int = 1, context: Sequence[Segment] = (),
-                 **stream_kwargs) -> Iterator[np.ndarray]:
-    """CSM voices what Moshi's inner monologue says: Moshi thinks in text, CSM speaks it."""
-    text = moshi_says(moshi, steps)
-    if not text:
-        raise CsmlabError("Moshi's inner monologue is empty (only padding) so far: let it run more steps")
-    return voice.stream(text, speaker, context, **stream_kwargs)
-
-
-def load_csm(path=None, mimi_path=None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> CsmVoice:
-    """CSM from `csmlab.weights` (real sesame/csm-1b, a local folder, or the offline stand-in)."""
-    from transformers import AutoProcessor, CsmForConditionalGeneration
-
-    from csmlab.convert import fix_sliding_window
-
-    source = resolve("csm", path)
-    fix_sliding_window()  # context audio > 10 s must be encoded with Mimi's 250-step window
-    model = CsmForConditionalGeneration.from_pretrained(source.path, dtype=dtype).to(device).eval()
-    processor = AutoProcessor.from_pretrained(source.path)
-    return CsmVoice(model, processor, source, resolve("mimi", mimi_path))
-
-
-# ---- the real architecture, measured without its weights -------------------------------------
-def meta_csm(config=None):
-    """`CsmForConditionalGeneration` on the `meta` device: the real 1B's shapes (default `CsmConfig`), no memory."""
-    from transformers import CsmConfig, CsmForConditionalGeneration
-
-    with torch.device("meta"):
-        return CsmForConditionalGeneration(config or CsmConfig())
-
-
-def parameter_counts(model) -> dict[str, int]:
-    """Parameters of backbone (text embeddings, layers, codebook-0 head), depth decoder, Mimi, total.
-
-    The audio-code embedding table is shared (tied) by backbone and depth decoder; it is counted once,
-    in the depth decoder, and reported alone as `shared_audio_embeddings`.
-    """
-    def count(module) -> int:
-        return sum(p.numel() for p in module.parameters())
-
-    total, depth, codec = count(model), count(model.depth_decoder), count(model.codec_model)
-    return {"backbone": total - depth - codec, "depth_decoder": depth, "codec (Mimi)": codec, "total": total,
-            "shared_audio_embeddings": model.backbone_model.embed_tokens.embed_audio_tokens.weight.numel()}
-
-
-def random_csm(config=None, dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0):
-    """A CSM of `config` (default: the real 1B) with random weights: the same compute as the released one.
-
-    transformers' own initialisation of 1.6 B parameters takes minutes on a laptop CPU; we skip it
-    (`no_init_weights`) and draw every parameter once from N(0, 0.02).
-    """
-    from transformers import CsmConfig, CsmForConditionalGeneration
-    from transformers.modeling_utils import no_init_weights
-
-    with no_init_weights(), torch.device(device):
-        model = CsmForConditionalGeneration(config or CsmConfig())
-    gen = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0.0, 0.02, generator=gen)
-    return model.to(dtype).eval()
