@@ -189,3 +189,17 @@ def test_latency_budget_is_frame_plus_acoustic_delay_plus_compute():
     budget = M.latency_budget_ms(step_ms=0.0)
     assert budget["mimi frame"] + budget["acoustic delay"] == pytest.approx(160.0)
     assert M.latency_budget_ms(step_ms=50.0)["total"] == pytest.approx(210.0)
+
+
+def test_bench_reports_the_7b_and_times_the_small_model(capsys):
+    import argparse
+
+    from csmlab.bench import moshi as bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    figures = bench.run(parser.parse_args(["--skip-real", "--steps", "2"]))
+    assert figures["parameters"] == M.expected_parameter_counts()
+    assert figures["weights_gb"]["bf16"] == pytest.approx(2 * figures["parameters"]["total"] / 1e9)
+    assert figures["small"]["step_ms"] > 0 and "real_size" not in figures
+    assert "LMGen.step" in capsys.readouterr().out

@@ -114,7 +114,9 @@ def depth_walkthrough(lm: LMModel, codes: torch.Tensor | None = None) -> tuple[i
     the text token is chosen, then the depformer picks the 8 codebooks one after the other.
 
     `codes` `[1, 17, T]` is the (undelayed) history; None means the very first step of a
-    conversation. Equals `LMGen(lm, use_sampling=False)` (the tests check it).
+    conversation. The step then picks the text and semantic code of frame T and the acoustic codes
+    of frame T - 1 (they lag one step), so the history's last acoustic codes are not read. Equals
+    `LMGen(lm, use_sampling=False)` (the tests check it).
     """
     initial = lm._get_initial_token()  # [1, 17, 1]: start-of-sequence tokens
     sequence = initial
