@@ -8,7 +8,7 @@ import torch
 from moshi.models import loaders
 from safetensors import safe_open
 
-from csmlab.checkpoint import checkpoint_key
+from csmlab.checkpoint import checkpoint_state
 from csmlab.data import real_recording
 from csmlab.errors import CsmlabError, WeightsNotFoundError
 from csmlab.weights import MIMI_FILE, locate, resolve
@@ -91,7 +91,7 @@ def offline_mimi(tmp_path_factory):
 
 
 def test_offline_mimi_has_the_released_keys_and_shapes(offline_mimi):
-    expected = {checkpoint_key(k): tuple(v.shape) for k, v in loaders.get_mimi(None).state_dict().items()}
+    expected = {k: tuple(v.shape) for k, v in checkpoint_state(loaders.get_mimi(None)).items()}
     with safe_open(str(offline_mimi), "pt") as f:
         stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     assert stored == expected

@@ -26,10 +26,9 @@ import sentencepiece as spm
 import torch
 from moshi.models import LMGen, loaders
 from moshi.models.lm import LMModel
-from moshi.modules.transformer import StreamingMultiheadAttention
 from moshi.utils.compile import no_compile
-from safetensors.torch import save_file
 
+from csmlab.checkpoint import save_checkpoint
 from csmlab.data import DATA_DIR, real_recording
 
 SEED = 1234
@@ -92,23 +91,6 @@ def small_config(text_card: int) -> dict:
         "tokenizer_name": loaders.TEXT_TOKENIZER_NAME,
         "model_type": "moshi",
     }
-
-
-def released_state(lm: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """`checkpoint_state(lm)`, with the depformer's per-codebook projections stacked as released.
-
-    With `weights_per_step`, each depformer attention has 8 `in_projs.{i}` (one per codebook); the
-    released file stores them concatenated as one `in_proj_weight`, and moshi's load hook splits it
-    back. `checkpoint_state` renames only `in_projs.0`, which is right for Mimi (one projection) but
-    would lose the stacking here.
-    """
-    state = {k: v.detach().contiguous() for k, v in lm.state_dict().items()}
-    for name, attn in lm.named_modules():
-        if isinstance(attn, StreamingMultiheadAttention):
-            for projs, released in (("in_projs", "in_proj_weight"), ("out_projs", "out_proj.weight")):
-                parts = [state.pop(f"{name}.{projs}.{i}.weight") for i in range(len(getattr(attn, projs)))]
-                state[f"{name}.{released}"] = torch.cat(parts).contiguous()
-    return state
 
 
 @torch.no_grad()
@@ -178,5 +160,5 @@ def build(folder: Path, mimi_path: Path) -> None:
     lm = LMModel(**lm_kwargs).to(torch.bfloat16).float().eval()  # tune what the bf16 file will hold
     tilt_text_head_to_padding(lm, calibration_codes(mimi_path, lm.n_q - lm.dep_q))
     lm = lm.to(torch.bfloat16)  # the released checkpoint is bf16
-    save_file(released_state(lm), str(folder / loaders.MOSHI_NAME))
+    save_checkpoint(lm, folder / loaders.MOSHI_NAME)
     _link_or_copy(Path(mimi_path), folder / loaders.MIMI_NAME)
