@@ -131,6 +131,31 @@ def to_transformers_mimi(moshi_checkpoint_path: str | Path, num_codebooks: int =
     return model.eval()
 
 
+@torch.no_grad()
+def transformers_latent(model, x: torch.Tensor) -> torch.Tensor:
+    """A transformers `MimiModel`'s latent before quantization, `[1, 512, T]` at 12.5 Hz, for `x` [1, 1, T']."""
+    h = model.encoder(x)
+    h = model.encoder_transformer(h.transpose(1, 2), return_dict=False)[0].transpose(1, 2)
+    return model.downsample(h)
+
+
+@torch.no_grad()
+def window_drift(moshi_mimi, hf_model, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-frame max |latent - moshi's latent| for transformers with and without the window fix: `[T]` each."""
+    ref = moshi_mimi._encode_to_unquantized_latent(x)
+    was_fixed = sliding_window_fixed()
+    drift = {}
+    try:
+        for fixed in (False, True):
+            fix_sliding_window(fixed)
+            drift["sliding window (fixed)" if fixed else "causal mask (4.57.6)"] = (
+                (transformers_latent(hf_model, x) - ref).abs().amax(dim=1)[0]
+            )
+    finally:
+        fix_sliding_window(was_fixed)
+    return drift
+
+
 def _sliding_window_mask(config, *args, **kwargs):
     """`create_causal_mask`'s signature, answered with the sliding-window mask Mimi was trained with."""
     from transformers.masking_utils import create_sliding_window_causal_mask

@@ -31,13 +31,6 @@ def clip():
     return torch.from_numpy(audio[: 12 * 24000])[None, None]  # [1, 1, T] 12 s: past the window
 
 
-def hf_latent(hf, x):
-    """transformers' latent before quantization, [1, 512, T] at 12.5 Hz (its _encode_frame, unquantized)."""
-    h = hf.encoder(x)
-    h = hf.encoder_transformer(h.transpose(1, 2), return_dict=False)[0].transpose(1, 2)
-    return hf.downsample(h)
-
-
 def test_config_and_state_match_transformers(models):
     config, state = convert.transformers_mimi_state(resolve("mimi").path, num_codebooks=8)
     assert config.num_quantizers == 8
@@ -78,10 +71,10 @@ def test_without_the_rope_permute_the_transformer_disagrees(models, clip):
         unpermuted[layer + name] = w.view(heads, 2, -1, w.shape[1]).transpose(1, 2).reshape(w.shape)
     hf.load_state_dict(unpermuted)
     try:
-        wrong = hf_latent(hf, x)
+        wrong = convert.transformers_latent(hf, x)
     finally:
         hf.load_state_dict(state)
-    right, ref = hf_latent(hf, x), moshi._encode_to_unquantized_latent(x)
+    right, ref = convert.transformers_latent(hf, x), moshi._encode_to_unquantized_latent(x)
     err_right, err_wrong = (right - ref).abs().max(), (wrong - ref).abs().max()
     assert err_right < 1e-3
     assert err_wrong > 10 * err_right  # random layer scales (0.01) keep attention's share small
@@ -90,20 +83,14 @@ def test_without_the_rope_permute_the_transformer_disagrees(models, clip):
 @torch.no_grad()
 def test_beyond_10s_only_the_sliding_window_mask_matches_moshi(models, clip):
     moshi, hf = models
-    ref = moshi._encode_to_unquantized_latent(clip)  # [1, 512, 150]
     steps = WINDOW_S * 25 // 2  # latent frames (12.5 Hz) inside the window
     assert convert.sliding_window_fixed()
-    fixed = hf_latent(hf, clip)
-    convert.fix_sliding_window(False)
-    try:
-        plain = hf_latent(hf, clip)
-    finally:
-        convert.fix_sliding_window(True)
-    err_fixed = (fixed - ref).abs().amax(dim=1)[0]  # [T]
-    err_plain = (plain - ref).abs().amax(dim=1)[0]
-    assert err_fixed.max() < 1e-3
-    assert err_plain[:steps].max() < 1e-3  # inside 10 s the masks are the same
-    assert err_plain[steps + 1 :].min() > 10 * err_fixed.max()  # beyond, the full-causal mask drifts
+    drift = convert.window_drift(moshi, hf, clip)  # [150] per frame, each way
+    assert convert.sliding_window_fixed()  # window_drift puts the fix back
+    fixed, plain = drift["sliding window (fixed)"], drift["causal mask (4.57.6)"]
+    assert fixed.max() < 1e-3
+    assert plain[:steps].max() < 1e-3  # inside 10 s the masks are the same
+    assert plain[steps + 1 :].min() > 10 * fixed.max()  # beyond, the full-causal mask drifts
 
 
 def test_a_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path):
