@@ -385,8 +385,13 @@ def plot_loss(ax, steps: list[int], losses: list[float]) -> None:
 # ----------------------------------------------------------------------------- evaluation
 
 def si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
-    """Scale-invariant SDR in dB (Le Roux et al. 2019): how much of `est` is `ref`, up to a gain."""
+    """Scale-invariant SDR in dB (Le Roux et al. 2019): how much of `est` is `ref`, up to a gain.
+
+    A silent `est` has no part of `ref` in it: -inf (an untrained small Mimi outputs exact silence).
+    """
     ref, est = ref - ref.mean(), est - est.mean()
+    if not np.any(est):
+        return float("-inf")
     target = (est @ ref) / max(ref @ ref, 1e-12) * ref
     return float(10 * np.log10(max(target @ target, 1e-12) / max((est - target) @ (est - target), 1e-12)))
 
@@ -487,7 +492,7 @@ def record_metrics(model: MimiModel, cfg: TrainConfig, state: RunState, command:
     manifest = json.loads((corpus.DEFAULT_ROOT / "manifest.json").read_text())
     heldout, real = corpus.load_split("heldout"), [real_recording()]
     untrained = build_small_mimi(cfg.seed).eval()
-    guard = evaluate(model, heldout_clips(GUARD_CLIPS, manifest["seed"]), codebooks=(8,))["by_codebooks"][8]["si_sdr"]
+    guard = evaluate(model, heldout_clips(GUARD_CLIPS, manifest["seed"]), codebooks=(8,))["by_codebooks"][8]
     return {
         "warning": "A SMALL Mimi trained locally on synthetic espeak-ng speech; NOT Kyutai's Mimi.",
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -503,7 +508,8 @@ def record_metrics(model: MimiModel, cfg: TrainConfig, state: RunState, command:
         "heldout_espeak": evaluate(model, heldout),
         "real_recording": evaluate(model, real),
         "untrained": {"heldout_espeak": evaluate(untrained, heldout), "real_recording": evaluate(untrained, real)},
-        "guard": {"clips": GUARD_CLIPS, "si_sdr_8": guard, "threshold": round(guard - 1.5, 2)},
+        "guard": {"clips": GUARD_CLIPS, "si_sdr_8": guard["si_sdr"], "threshold": round(guard["si_sdr"] - 1.5, 2),
+                  "log_mel_8": guard["log_mel"], "log_mel_threshold": round(guard["log_mel"] + 0.15, 3)},
         "loss_curve": [[h["step"], round(h["minutes"], 2), round(h["total"], 4), round(h["log_mel"], 4)]
                        for h in state.history],
     }
