@@ -80,6 +80,13 @@ def test_shipped_checkpoint_loads_through_moshis_loader_with_its_config():
 
 
 def test_shipped_checkpoint_streams_the_same_codes_as_batch(shipped):
+    """Codebook 0 is identical; deeper codebooks agree on >= 95% (measured 96-98%), not 99%.
+
+    Why not exact: the transformer's attention context is 32 steps and each 1920-sample frame
+    carries 2 steps, so moshi's 32-entry ring KV cache drops the oldest key one step early for the
+    first step of a frame, while batch attention sees all 32. The latents then differ by ~1%,
+    enough to flip near-ties in the last residual codebooks. (Real Mimi's context is 250.)
+    """
     wave = train.heldout_clips(1)[0]
     x = torch.from_numpy(np.pad(wave, (0, -len(wave) % train.FRAME)))[None, None]
     with torch.no_grad():
@@ -88,7 +95,7 @@ def test_shipped_checkpoint_streams_the_same_codes_as_batch(shipped):
             stream = torch.cat([shipped.encode(chunk) for chunk in x.split(train.FRAME, dim=-1)], dim=-1)
     assert stream.shape == batch.shape
     assert torch.equal(stream[:, 0], batch[:, 0])
-    assert (stream == batch).float().mean() >= 0.99
+    assert (stream == batch).float().mean() >= 0.95
 
 
 def test_shipped_checkpoint_keeps_its_recorded_heldout_quality(shipped):
