@@ -39,7 +39,7 @@ from moshi.models.compression import MimiModel
 from moshi.models.loaders import get_mimi
 from safetensors.torch import save_file
 
-from csmlab import corpus
+from csmlab import corpus, metrics
 from csmlab.errors import CsmlabError
 
 SAMPLE_RATE = 24_000
@@ -384,24 +384,13 @@ def plot_loss(ax, steps: list[int], losses: list[float]) -> None:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
-    """Scale-invariant SDR in dB (Le Roux et al. 2019): how much of `est` is `ref`, up to a gain.
+def silent_aware_si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
+    """`metrics.si_sdr`, except that a silent `est` scores -inf rather than 0 dB.
 
-    A silent `est` has no part of `ref` in it: -inf (an untrained small Mimi outputs exact silence).
+    An untrained small Mimi outputs exact silence (empty codebooks, zero biases); 0 dB would rank
+    it above a trained codec whose waveform phase is off, which is wrong: silence has none of `ref`.
     """
-    ref, est = ref - ref.mean(), est - est.mean()
-    if not np.any(est):
-        return float("-inf")
-    target = (est @ ref) / max(ref @ ref, 1e-12) * ref
-    return float(10 * np.log10(max(target @ target, 1e-12) / max((est - target) @ (est - target), 1e-12)))
-
-
-def log_mel_distance(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> float:
-    """Mean |log mel(ref) - log mel(est)| (natural log, 80 mels, 1024-point FFT): 0 is identical."""
-    def logmel(x):
-        return np.log(np.maximum(librosa.feature.melspectrogram(
-            y=x, sr=sample_rate, n_fft=1024, hop_length=256, n_mels=80), 1e-5))
-    return float(np.mean(np.abs(logmel(ref) - logmel(est))))
+    return metrics.si_sdr(ref, est) if np.any(est) else float("-inf")
 
 
 @torch.no_grad()
@@ -441,7 +430,7 @@ def evaluate(model: MimiModel, waves: list[np.ndarray], codebooks=(1, 2, 4, 8)) 
         scores = []
         for wave in waves:
             audio, codes = reconstruct(model, wave, k)
-            scores.append((si_sdr(wave, audio), log_mel_distance(wave, audio, SAMPLE_RATE)))
+            scores.append((silent_aware_si_sdr(wave, audio), metrics.log_mel_distance(wave, audio, SAMPLE_RATE)))
             if k == 8:
                 codes8.append(codes[0])
         out[k] = {"si_sdr": round(float(np.mean([s for s, _ in scores])), 2),
