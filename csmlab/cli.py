@@ -41,29 +41,31 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _train_codec(args: argparse.Namespace) -> int:
-    module = importlib.import_module("csmlab.train")
-    parser = _sub_parser(module, "csmlab train-codec")
-    module.add_arguments(parser)
-    return module.train_codec_cli(parser.parse_args(args.rest)) or 0
+    from csmlab.train import train_codec_cli
+
+    return train_codec_cli(args.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="csmlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     doctor = sub.add_parser("doctor", help="platform, hardware, versions and which weights each model will use")
-    doctor.set_defaults(func=_doctor)
+    doctor.set_defaults(func=_doctor, rest=[])
     bench = sub.add_parser("bench", help="measure latency and throughput (csmlab bench WHAT --help)")
     bench.add_argument("what", choices=BENCHES)
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     bench.set_defaults(func=_bench)
-    train = sub.add_parser("train-codec", help="train the small offline Mimi (csmlab train-codec --help)")
-    train.add_argument("rest", nargs=argparse.REMAINDER, help="options of the training run")
-    train.set_defaults(func=_train_codec)
+    train = sub.add_parser("train-codec", help="train the small offline Mimi (csmlab train-codec --help)", add_help=False)
+    train.set_defaults(func=_train_codec, rest=[])  # its own parser reads the options, --help included
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.func is not _train_codec:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.rest += unknown
     return args.func(args)
 
 

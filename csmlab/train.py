@@ -40,6 +40,7 @@ from moshi.models.loaders import get_mimi
 from safetensors.torch import save_file
 
 from csmlab import corpus, metrics
+from csmlab.checkpoint import checkpoint_state
 from csmlab.errors import CsmlabError
 
 SAMPLE_RATE = 24_000
@@ -114,20 +115,6 @@ def _variance_preserving_init(model: MimiModel) -> None:
                 torch.nn.init.zeros_(module.bias)
 
 
-def checkpoint_state_dict(model: MimiModel) -> dict[str, torch.Tensor]:
-    """The model's weights named as in Kyutai's released Mimi safetensors.
-
-    moshi modules store attention projections as `in_projs.0.weight` / `out_projs.0.weight`, while
-    released checkpoints (read by moshi's load hook *and* by rustymimi) say `in_proj_weight` /
-    `out_proj.weight`; moshi's non-persistent caches are not saved.
-    """
-    out = {}
-    for name, tensor in model.state_dict().items():
-        name = name.replace(".in_projs.0.weight", ".in_proj_weight").replace(".out_projs.0.weight", ".out_proj.weight")
-        out[name] = tensor.detach().contiguous().clone()
-    return out
-
-
 def save_checkpoint(model: MimiModel, path: Path, config: dict | None = None,
                     dtype: torch.dtype = torch.float32) -> Path:
     """Write `model` as a released-format Mimi safetensors, with its `config.json` beside it.
@@ -139,12 +126,13 @@ def save_checkpoint(model: MimiModel, path: Path, config: dict | None = None,
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = checkpoint_state_dict(model)
+    state = checkpoint_state(model)
     rescale = [n for n in state if n.endswith("_codebook.cluster_usage")] if dtype != torch.float32 else []
     for name in rescale:
         scale = state[name].mean().clamp(min=1e-12)
         state[name] = state[name] / scale
-        state[name.replace("cluster_usage", "embedding_sum")] /= scale
+        embedding = name.replace("cluster_usage", "embedding_sum")
+        state[embedding] = state[embedding] / scale  # out of place: the tensors are the model's own
     save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, str(path))
     (path.parent / "config.json").write_text(json.dumps(config or SMALL_MIMI_CONFIG, indent=1))
     return path

@@ -23,3 +23,10 @@ def test_doctor_reports_machine_versions_and_offline_weights():
 def test_unknown_command_fails_with_usage():
     done = _csmlab("teleport")
     assert done.returncode != 0 and "usage" in done.stderr
+
+
+def test_subcommand_options_reach_their_own_parser():
+    train = _csmlab("train-codec", "--help")
+    assert train.returncode == 0 and "--minutes" in train.stdout
+    bench = _csmlab("bench", "codec", "--help")
+    assert bench.returncode == 0 and "--json" in bench.stdout
