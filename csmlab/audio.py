@@ -28,17 +28,20 @@ _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
 
 def _as_numpy(audio) -> np.ndarray:
     if hasattr(audio, "detach") and hasattr(audio, "cpu"):  # torch.Tensor, without importing torch
-        audio = audio.detach().cpu().numpy()
+        audio = audio.detach().cpu()
+        if audio.is_floating_point() and audio.element_size() < 4:  # bf16/fp16 from a model's output
+            audio = audio.float()
+        audio = audio.numpy()
     if not isinstance(audio, np.ndarray):
         raise AudioFormatError(f"audio must be a numpy array or a torch tensor, not {type(audio).__name__}")
     return audio
 
 
 def _to_float(audio: np.ndarray) -> np.ndarray:
-    """float32/float64 pass through; int16/int32 PCM is scaled to [-1, 1)."""
+    """float16/32/64 pass through; int16/int32 PCM is scaled to [-1, 1)."""
     if audio.dtype in _INT_SCALE:
         return audio.astype(np.float32) / np.float32(_INT_SCALE[audio.dtype])
-    if audio.dtype in (np.float32, np.float64):
+    if audio.dtype in (np.float16, np.float32, np.float64):
         return audio
     raise AudioFormatError(
         f"audio dtype {audio.dtype} is not supported: pass float32/float64 in [-1, 1] or int16 PCM "
@@ -73,6 +76,8 @@ def channels_axis(shape: tuple[int, ...], layout: str = "auto") -> int:
 
 def to_mono(audio, layout: str = "auto") -> np.ndarray:
     """Validate `audio` and return it as `[T]` float32 in [-1, 1], stereo averaged to mono."""
+    if layout not in LAYOUTS:
+        raise AudioFormatError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     audio = _as_numpy(audio)
     if audio.ndim > 2:
         raise AudioFormatError(

@@ -13,6 +13,10 @@ class AudioFormatError(CsmlabError, ValueError):
     """Audio that cannot be used as given: NaN, empty, too many dims, bad sample rate, ..."""
 
 
+class ConfigError(CsmlabError, ValueError):
+    """An option that names nothing csmlab knows: an unknown model, backend, method or speaker."""
+
+
 class CodesError(CsmlabError, ValueError):
     """Codec codes that are malformed: wrong codebook count, out of range, float dtype, ..."""
 

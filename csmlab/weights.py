@@ -30,7 +30,7 @@ from typing import Callable
 
 from filelock import FileLock
 
-from csmlab.errors import WeightsNotFoundError
+from csmlab.errors import ConfigError, WeightsNotFoundError
 
 MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 MOSHI_FILE = "model.safetensors"
@@ -137,7 +137,7 @@ SPECS = {
 
 def _spec(model: str) -> _Spec:
     if model not in SPECS:
-        raise ValueError(f"unknown model {model!r}; choose one of {sorted(SPECS)}")
+        raise ConfigError(f"unknown model {model!r}; choose one of {sorted(SPECS)}")
     return SPECS[model]
 
 
@@ -206,6 +206,7 @@ def _remove_stale(current: Path) -> None:
     for old in current.parent.glob(f"{model}-*"):
         if old.is_dir() and old != current:
             shutil.rmtree(old, ignore_errors=True)
+            old.with_name(old.name + ".lock").unlink(missing_ok=True)
 
 
 def resolve_offline(model: str, why: str = "offline requested") -> WeightsSource:

@@ -25,6 +25,18 @@ def test_layouts_dtypes_and_torch_all_give_the_same_mono(mono):
     assert audio.to_mono(pcm).dtype == np.float32
 
 
+def test_half_precision_from_a_model_is_accepted(mono):
+    for half in (torch.bfloat16, torch.float16):
+        expected = torch.from_numpy(mono).to(half).float().numpy()
+        assert np.array_equal(audio.to_mono(torch.from_numpy(mono).to(half)), expected)
+    assert np.array_equal(audio.to_mono(mono.astype(np.float16)), mono.astype(np.float16).astype(np.float32))
+
+
+def test_a_misspelt_layout_is_refused_even_for_mono(mono):
+    with pytest.raises(AudioFormatError, match="layout must be one of"):
+        audio.to_mono(mono, layout="channel_first")
+
+
 def test_stereo_is_averaged(mono):
     assert np.allclose(audio.to_mono(np.stack([mono, np.zeros_like(mono)])), mono / 2)
 

@@ -5,7 +5,7 @@ import torch
 
 from csmlab.codec import FRAME_SIZE, load_codec
 from csmlab.data import real_recording
-from csmlab.errors import AudioFormatError, CodesError, CsmlabError, StreamClosedError
+from csmlab.errors import AudioFormatError, CodesError, ConfigError, CsmlabError, StreamClosedError
 
 RATE = 16000
 
@@ -165,7 +165,7 @@ def test_load_codec_refuses_bad_requests():
         load_codec(33)
     with pytest.raises(CodesError, match="rustymimi always uses 8"):
         load_codec(4, "rustymimi")
-    with pytest.raises(ValueError, match="unknown backend"):
+    with pytest.raises(ConfigError, match="unknown backend"):
         load_codec(8, "encodec")
 
 

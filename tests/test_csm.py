@@ -174,7 +174,8 @@ def test_prompt_too_long_says_by_how_much(voice, recording):
 
 @pytest.mark.parametrize("segment, error", [
     (csm.Segment(0, "nan", np.full(4800, np.nan, dtype=np.float32)), AudioFormatError),
-    (csm.Segment(0, "stereo", np.zeros((2, 4800), dtype=np.float32)), AudioFormatError),
+    (csm.Segment(0, "batched", np.zeros((1, 2, 4800), dtype=np.float32)), AudioFormatError),
+    (csm.Segment(0, "no rate", np.zeros(4800, dtype=np.float32), sample_rate=0), AudioFormatError),
     (csm.Segment(0, "empty", np.zeros(0, dtype=np.float32)), AudioFormatError),
     (csm.Segment(-1, "who", np.zeros(4800, dtype=np.float32)), CsmlabError),
 ])
@@ -190,6 +191,17 @@ def test_bad_text_and_codes_are_refused(voice):
         voice.decode(torch.full((3, 32), 2049))  # a CSM special code: no Mimi entry
     with pytest.raises(CodesError):
         voice.decode(torch.zeros(3, 32))  # float codes
+
+
+def test_context_audio_follows_the_codec_rules(voice, recording):
+    """int16 PCM is scaled and stereo averaged, exactly as csmlab.codec takes audio."""
+    clip = recording.audio[: SAMPLE_RATE // 2]
+    pcm = np.round(clip * 32767).astype(np.int16)
+    as_float = voice.prompt(TEXT, context=[csm.Segment(0, "hi", pcm.astype(np.float32) / 32768)])
+    as_int16 = voice.prompt(TEXT, context=[csm.Segment(0, "hi", pcm)])
+    as_stereo = voice.prompt(TEXT, context=[csm.Segment(0, "hi", np.stack([pcm, pcm]))])
+    for prompt in (as_int16, as_stereo):
+        assert torch.equal(prompt["input_values"], as_float["input_values"])
 
 
 def test_context_at_16_khz_is_resampled(voice, recording):

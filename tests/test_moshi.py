@@ -2,6 +2,7 @@
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 from moshi.utils.compile import no_compile
@@ -158,6 +159,15 @@ def test_generation_survives_a_dropped_frame(model, caplog):
     silenced = user.clone()
     silenced[:, 2] = model.silence_codes()[0, :, 0]
     assert [s.text_token for s in _run(model, silenced, seed=5)] == [s.text_token for s in steps]
+
+
+def test_converse_refuses_audio_shorter_than_the_acoustic_delay(model):
+    from csmlab.errors import AudioFormatError
+
+    with pytest.raises(AudioFormatError, match="at least"):
+        M.converse(model, np.zeros(1920, dtype=np.float32))
+    with pytest.raises(AudioFormatError, match="empty"):
+        M.converse(model, np.zeros(0, dtype=np.float32))
 
 
 def test_monologue_puts_words_on_frames_between_padding(model):

@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from csmlab.checkpoint import checkpoint_state
 from csmlab.data import real_recording
-from csmlab.errors import CsmlabError, WeightsNotFoundError
+from csmlab.errors import ConfigError, CsmlabError, WeightsNotFoundError
 from csmlab.weights import MIMI_FILE, locate, resolve
 
 
@@ -48,7 +48,7 @@ def test_env_var_path_wins(tmp_path, monkeypatch):
 
 
 def test_unknown_model_is_rejected():
-    with pytest.raises(ValueError, match="choose one of"):
+    with pytest.raises(ConfigError, match="choose one of"):
         locate("whisper")
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from csmlab.audio import MIMI_RATE, to_mimi
 from csmlab.codec.backends import BACKENDS
 from csmlab.codec.stream import FRAME_SIZE, CodecSession
-from csmlab.errors import CodesError
+from csmlab.errors import CodesError, ConfigError
 from csmlab.weights import WeightsSource, resolve
 
 CODEBOOK_SIZE = 2048
@@ -106,7 +106,7 @@ def load_codec(num_codebooks: int = 8, backend: str = "moshi", weights: str | Pa
     Loaded models are cached, so loading the same codec twice is free.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
     if isinstance(num_codebooks, bool) or not isinstance(num_codebooks, int) or not 1 <= num_codebooks <= MAX_CODEBOOKS:
         raise CodesError(f"num_codebooks must be an int in 1..{MAX_CODEBOOKS} (Moshi uses 8), not {num_codebooks!r}")
     source = weights if isinstance(weights, WeightsSource) else resolve("mimi", weights)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from csmlab.errors import CodesError
+from csmlab.errors import CodesError, ComponentError
 
 FRAME_SIZE = 1920
 
@@ -77,7 +77,7 @@ class MoshiStream:
     @contextlib.contextmanager
     def _occupied(self):
         if self.model.is_streaming:
-            raise RuntimeError("this Mimi is already streaming outside csmlab; leave its streaming() context first")
+            raise ComponentError("this Mimi is already streaming outside csmlab; leave its streaming() context first")
         try:
             yield
         finally:

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from csmlab.errors import AudioFormatError, CodesError, ComponentError, CsmlabError, PromptTooLongError
+from csmlab.audio import to_mimi
+from csmlab.errors import AudioFormatError, CodesError, ComponentError, ConfigError, CsmlabError, PromptTooLongError
 from csmlab.metrics import SAMPLE_RATE, frame_ms
 from csmlab.weights import WeightsSource, resolve
 
@@ -85,17 +86,11 @@ class Sampling:
 
 
 def _check_audio(audio, sample_rate: int, what: str) -> np.ndarray:
-    """Context audio as float32 mono at 24 kHz, or an AudioFormatError saying what is wrong."""
-    audio = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
-    if audio.ndim != 1:
-        raise AudioFormatError(f"{what}: audio must be mono [T], got shape {audio.shape}; average the channels")
-    if audio.size == 0 or not np.isfinite(audio).all():
-        raise AudioFormatError(f"{what}: audio is empty or holds NaN/inf; pass a real recording")
-    if sample_rate != SAMPLE_RATE:
-        import soxr
-
-        audio = soxr.resample(audio, sample_rate, SAMPLE_RATE)
-    return audio.astype(np.float32)
+    """Context audio as float32 mono at 24 kHz by csmlab.audio's rules, or an AudioFormatError naming the turn."""
+    try:
+        return to_mimi(audio, sample_rate)
+    except AudioFormatError as err:
+        raise AudioFormatError(f"{what}: {err}") from err
 
 
 def _check_codes(codes: torch.Tensor, cardinality: int = 2048) -> torch.Tensor:
@@ -231,7 +226,7 @@ class CsmVoice:
         if method == "streamer":
             inputs = self.prompt(text, speaker, context)
             return self._threaded(inputs, self.frames_budget(inputs, max_audio_ms), sampling)
-        raise ValueError(f"method must be 'loop' or 'streamer', not {method!r}")
+        raise ConfigError(f"method must be 'loop' or 'streamer', not {method!r}")
 
     @torch.inference_mode()
     def _loop(self, inputs, frames: int, sampling: Sampling) -> Iterator[torch.Tensor]:

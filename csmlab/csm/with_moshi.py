@@ -29,16 +29,19 @@ def moshi_hears(voice: CsmVoice, codes: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def codec_agreement(voice: CsmVoice, audio_24k: np.ndarray) -> dict[str, np.ndarray]:
     """Per codebook, the fraction of frames where CSM's Mimi gives moshi's Mimi's code: window fix on, off."""
-    from csmlab.convert import fix_sliding_window
+    from csmlab.convert import fix_sliding_window, sliding_window_fixed
 
     x = torch.from_numpy(np.ascontiguousarray(audio_24k, dtype=np.float32))
     ours = torch.from_numpy(voice.codec().encode(x.numpy(), SAMPLE_RATE))  # [32, T] moshi's Mimi
     out = {}
-    for name, fixed in (("window fixed", True), ("transformers 4.57 as is", False)):
-        fix_sliding_window(fixed)
-        theirs = voice.model.codec_model.encode(x[None, None].to(voice.model.dtype)).audio_codes[0].cpu()
-        out[name] = (theirs == ours).float().mean(-1).numpy()  # [32]
-    fix_sliding_window(True)
+    was_fixed = sliding_window_fixed()
+    try:
+        for name, fixed in (("window fixed", True), ("transformers 4.57 as is", False)):
+            fix_sliding_window(fixed)
+            theirs = voice.model.codec_model.encode(x[None, None].to(voice.model.dtype)).audio_codes[0].cpu()
+            out[name] = (theirs == ours).float().mean(-1).numpy()  # [32]
+    finally:
+        fix_sliding_window(was_fixed)
     return out
 
 

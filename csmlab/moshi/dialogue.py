@@ -13,6 +13,8 @@ import torch
 from moshi.models.lm import LMModel
 from moshi.models.lm_utils import _delay_sequence
 
+from csmlab.audio import to_mono
+from csmlab.errors import AudioFormatError, ConfigError
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
 from csmlab.moshi.stream import END_OF_PADDING_ID, Moshi, MoshiStream, Step, _eager
 
@@ -25,7 +27,7 @@ def speaker_track(recording, speaker: str) -> np.ndarray:
             keep[int(turn.start * recording.sample_rate) : int(turn.end * recording.sample_rate)] = True
     if not keep.any():
         speakers = sorted({t.speaker for t in recording.transcript})
-        raise ValueError(f"no utterance by {speaker!r} in this recording; speakers: {speakers}")
+        raise ConfigError(f"no utterance by {speaker!r} in this recording; speakers: {speakers}")
     return np.where(keep, recording.audio, 0.0).astype(np.float32)
 
 
@@ -36,6 +38,7 @@ def encode_user(model: Moshi, audio_24k: np.ndarray) -> torch.Tensor:
     Encoded in one batch: Mimi is causal, so this equals encoding frame by frame as a live
     microphone would (notebook 01 checks it), and it is far cheaper on a CPU.
     """
+    audio_24k = to_mono(audio_24k)  # [T] float32: refuses empty, NaN, >2 dims; averages stereo
     frames = len(audio_24k) // FRAME_SIZE
     x = torch.from_numpy(np.ascontiguousarray(audio_24k[: frames * FRAME_SIZE]))[None, None]  # [1, 1, S]
     with _eager(model.lm.device):
@@ -64,6 +67,12 @@ class Dialogue:
 def converse(model: Moshi, user_audio_24k: np.ndarray, seed: int = 0, drop: tuple[int, ...] = (), **sampling) -> Dialogue:
     """Stream `user_audio_24k` through Moshi one 80 ms frame at a time (frames in `drop` are lost)."""
     user_codes = encode_user(model, user_audio_24k)[0]  # [K, T]
+    need = max(model.lm.delays) + 1  # the first steps only warm the acoustic delay up
+    if user_codes.shape[1] < need:
+        raise AudioFormatError(
+            f"converse() needs at least {need} frames ({need * 80} ms) of user audio, got {user_codes.shape[1]}; "
+            "pass a longer clip"
+        )
     with MoshiStream(model, seed=seed, **sampling) as stream:
         steps = [stream.step(None if t in drop else user_codes[:, t]) for t in range(user_codes.shape[1])]
     system = torch.stack([s.audio for s in steps if not s.warming_up], dim=1)  # [K, T']
