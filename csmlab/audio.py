@@ -19,8 +19,9 @@ import numpy as np
 import soxr
 
 from csmlab.errors import AudioFormatError
+from csmlab.metrics import SAMPLE_RATE
 
-MIMI_RATE = 24_000
+MIMI_RATE = SAMPLE_RATE  # Mimi takes 24 kHz audio
 LAYOUTS = ("auto", "channels_first", "channels_last")
 MAX_CHANNELS = 2
 _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}

@@ -29,8 +29,8 @@ import soundfile as sf
 import soxr
 
 from csmlab.errors import CsmlabError
+from csmlab.metrics import SAMPLE_RATE
 
-SAMPLE_RATE = 24_000
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data" / "corpus"
 
 # Accents (espeak-ng base voices) and voice variants (`+variant`), split train / held-out.

@@ -42,9 +42,9 @@ from safetensors.torch import save_file
 from csmlab import corpus, metrics
 from csmlab.checkpoint import checkpoint_state
 from csmlab.errors import CsmlabError
+from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
 
-SAMPLE_RATE = 24_000
-FRAME = 1920  # samples per 80 ms Mimi frame
+FRAME = FRAME_SIZE  # samples per 80 ms Mimi frame
 ASSET_DIR = Path(__file__).resolve().parent / "assets" / "mimi_small"
 
 _SEANET = {"channels": 1, "dimension": 128, "causal": True, "n_filters": 16, "n_residual_layers": 1,

@@ -23,11 +23,11 @@ import numpy as np
 
 from csmlab.audio import MIMI_RATE, to_mimi
 from csmlab.codec.backends import BACKENDS
-from csmlab.codec.stream import FRAME_SIZE, CodecSession
+from csmlab.codec.stream import CodecSession
 from csmlab.errors import CodesError, ConfigError
+from csmlab.metrics import CODEBOOK_SIZE, FRAME_SIZE
 from csmlab.weights import WeightsSource, resolve
 
-CODEBOOK_SIZE = 2048
 MAX_CODEBOOKS = 32
 
 __all__ = ["Codec", "CodecSession", "load_codec", "FRAME_SIZE", "CODEBOOK_SIZE"]

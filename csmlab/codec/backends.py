@@ -17,7 +17,6 @@ import torch
 
 from csmlab.errors import CodesError, ComponentError
 
-FRAME_SIZE = 1920
 
 
 def _codes(tensor: torch.Tensor) -> np.ndarray:

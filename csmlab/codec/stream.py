@@ -16,8 +16,8 @@ import numpy as np
 
 from csmlab.audio import Resampler, channels_axis, check_sample_rate, to_mono
 from csmlab.errors import AudioFormatError, StreamClosedError
+from csmlab.metrics import FRAME_SIZE
 
-FRAME_SIZE = 1920
 
 
 class CodecSession:
