@@ -191,6 +191,8 @@ def test_bad_text_and_codes_are_refused(voice):
         voice.decode(torch.full((3, 32), 2049))  # a CSM special code: no Mimi entry
     with pytest.raises(CodesError):
         voice.decode(torch.zeros(3, 32))  # float codes
+    with pytest.raises(CodesError):
+        voice.decode(torch.zeros(3, 32, dtype=torch.bool))  # bool codes are no codes
 
 
 def test_context_audio_follows_the_codec_rules(voice, recording):

@@ -96,7 +96,8 @@ def _check_audio(audio, sample_rate: int, what: str) -> np.ndarray:
 def _check_codes(codes: torch.Tensor, cardinality: int = 2048) -> torch.Tensor:
     """`[T, K]` integer codes inside Mimi's codebooks, or a CodesError saying what is wrong."""
     codes = torch.as_tensor(codes)
-    if codes.ndim != 2 or codes.dtype.is_floating_point or not 1 <= codes.shape[1] <= 32:
+    integer = not (codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool)
+    if codes.ndim != 2 or not integer or not 1 <= codes.shape[1] <= 32:
         raise CodesError(f"Mimi decodes integer codes [T, K<=32], got {tuple(codes.shape)} {codes.dtype}")
     if codes.numel() and not 0 <= int(codes.min()) <= int(codes.max()) < cardinality:
         raise CodesError(
@@ -203,9 +204,13 @@ class CsmVoice:
         """The whole utterance as 24 kHz audio, decoded once at the end (Sesame's reference way)."""
         return self.decode(self.generate_codes(text, speaker, context, max_audio_ms, sampling))
 
+    def _ends_audio(self, frames: torch.Tensor) -> torch.Tensor:
+        """Per `[..., 32]` frame: is it CSM's end-of-audio frame (codebooks 0..30 all `codebook_eos_token_id`)?"""
+        return (frames[..., :-1] == self.config.codebook_eos_token_id).all(-1)
+
     def _until_eos(self, codes: torch.Tensor) -> torch.Tensor:
-        """Cut `[T, 32]` codes at the first end-of-audio frame (codebooks 0..30 all `codebook_eos_token_id`)."""
-        eos = (codes[:, :-1] == self.config.codebook_eos_token_id).all(-1).nonzero()
+        """Cut `[T, 32]` codes at the first end-of-audio frame."""
+        eos = self._ends_audio(codes).nonzero()
         return codes[: int(eos[0])] if len(eos) else codes
 
     @torch.inference_mode()
@@ -238,7 +243,7 @@ class CsmVoice:
         for t in range(frames):
             hidden = out.hidden_states[-1][:, -1]  # [1, H] backbone state for the next frame
             frame = self._depth(hidden, sampling.pick(out.logits[:, -1].float()), sampling)  # [1, 32]
-            if (frame[0, :-1] == self.config.codebook_eos_token_id).all():
+            if self._ends_audio(frame[0]):
                 return
             yield frame[0]
             mask = F.pad(mask, (0, 1), value=1)
@@ -284,7 +289,7 @@ class CsmVoice:
         thread.start()
         try:
             while (frame := streamer.frames.get()) is not None:
-                if (frame[:-1] == self.config.codebook_eos_token_id).all():
+                if self._ends_audio(frame):
                     break
                 yield frame
         finally:
