@@ -141,17 +141,22 @@ def _spec(model: str) -> _Spec:
     return SPECS[model]
 
 
-def _from_cache(spec: _Spec) -> Path | None:
-    """The checkpoint from the local Hugging Face cache, without touching the network."""
+def _snapshot(spec: _Spec, local_only: bool) -> Path:
+    """The checkpoint from the Hugging Face cache (`local_only`) or the hub, with its progress bar."""
     from huggingface_hub import snapshot_download
 
+    folder = Path(snapshot_download(spec.repo, allow_patterns=list(spec.files) or None, local_files_only=local_only))
+    return folder / spec.files[0] if len(spec.files) == 1 else folder
+
+
+def _from_cache(spec: _Spec) -> Path | None:
+    """The checkpoint from the local Hugging Face cache, without touching the network."""
     try:
-        folder = Path(snapshot_download(spec.repo, allow_patterns=list(spec.files) or None, local_files_only=True))
+        found = _snapshot(spec, local_only=True)
     except Exception:  # noqa: BLE001 - any failure means "not cached"
         return None
-    if not all((folder / f).exists() for f in spec.files):
-        return None
-    return folder / spec.files[0] if len(spec.files) == 1 else folder
+    folder = found.parent if len(spec.files) == 1 else found
+    return found if all((folder / f).exists() for f in spec.files) else None
 
 
 def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
@@ -163,14 +168,6 @@ def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
             return True
     except OSError:
         return False
-
-
-def _from_hub(spec: _Spec) -> Path:
-    """Download (with huggingface_hub's progress bar) and return the checkpoint path."""
-    from huggingface_hub import snapshot_download
-
-    folder = Path(snapshot_download(spec.repo, allow_patterns=list(spec.files) or None))
-    return folder / spec.files[0] if len(spec.files) == 1 else folder
 
 
 def _explicit(model: str, path: str | Path | None) -> WeightsSource | None:
@@ -256,6 +253,6 @@ def resolve(model: str, path: str | Path | None = None) -> WeightsSource:
         return plan
     spec = _spec(model)
     try:
-        return WeightsSource(model, "hub", _from_hub(spec), f"downloaded {spec.repo}")
+        return WeightsSource(model, "hub", _snapshot(spec, local_only=False), f"downloaded {spec.repo}")
     except Exception as err:  # noqa: BLE001 - gated repo, auth, network: all fall back, and say why
         return resolve_offline(model, f"download of {spec.repo} failed ({type(err).__name__}: {err})")
