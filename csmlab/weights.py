@@ -14,10 +14,16 @@ Each model is resolved in this order, and the answer says which source won and w
 | `mimi`  | kyutai/moshiko-pytorch-bf16, Mimi checkpoint  | moshi-format Mimi `.safetensors` file    |
 | `moshi` | kyutai/moshiko-pytorch-bf16                   | folder: LM, Mimi, tokenizer (+config)    |
 | `csm`   | sesame/csm-1b (gated: accept its licence)     | transformers folder for `from_pretrained`|
+
+For *listening*, `resolve_listening()` swaps the offline Mimi for a fourth kind, `"small"`: a 2.6 M
+parameter Mimi trained on this project's CPU on synthetic speech and shipped in
+`csmlab/assets/mimi_small/` (notebook 01b). It speaks, roughly, where the full-size random Mimi
+plays noise; the full-size one stays the stand-in for compute and compatibility measurements.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import importlib
 import inspect
 import os
@@ -36,6 +42,7 @@ MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 MOSHI_FILE = "model.safetensors"
 MOSHI_TOKENIZER = "tokenizer_spm_32k_3.model"
 HUB_TIMEOUT_S = 3.0
+SMALL_MIMI_DIR = Path(__file__).resolve().parent / "assets" / "mimi_small"
 
 
 @dataclass(frozen=True)
@@ -49,18 +56,31 @@ class WeightsSource:
 
     @property
     def is_real(self) -> bool:
-        """True for released weights; False for the offline random-weight stand-ins."""
-        return self.kind != "offline"
+        """True for released weights; False for the offline stand-ins and the small trained Mimi."""
+        return self.kind not in ("offline", "small")
+
+    @property
+    def config(self) -> dict | None:
+        """The model config stored beside a small Mimi (its loaders need it); None for released formats."""
+        return json.loads((self.path.parent / "config.json").read_text()) if self.kind == "small" else None
 
     def __str__(self) -> str:
-        label = "REAL weights" if self.is_real else "OFFLINE stand-in (random weights, NOT the real model)"
-        return f"{self.model}: {label} [{self.kind}] {self.path} -- {self.why}"
+        label = {"offline": "OFFLINE stand-in (random weights, NOT the real model)",
+                 "small": "SMALL Mimi trained locally on synthetic speech (NOT Kyutai's Mimi)"}
+        return f"{self.model}: {label.get(self.kind, 'REAL weights')} [{self.kind}] {self.path} -- {self.why}"
 
     def banner(self) -> str:
         """A loud multi-line notice for notebooks and CLI output."""
         if self.is_real:
             return f"✅ {self.model}: real weights from {self.kind}: {self.path}"
         bar = "!" * 78
+        if self.kind == "small":
+            return (
+                f"{bar}\n!! MIMI: a SMALL Mimi trained on this project's CPU on synthetic espeak-ng speech\n"
+                f"!! (2.6 M parameters, 8 codebooks of 1024), NOT Kyutai's Mimi. It speaks, roughly;\n"
+                f"!! its codes are not Mimi's and its timings say nothing about Mimi. Why: {self.why}\n"
+                f"!! Get the real weights: run online (unset CSMLAB_OFFLINE) or set {_env_var(self.model)}.\n{bar}"
+            )
         return (
             f"{bar}\n!! {self.model.upper()}: OFFLINE weights in the real file format, NOT the released model.\n"
             f"!! Compute, memory and timing are real; its audio/text/codes are not what\n"
@@ -256,3 +276,16 @@ def resolve(model: str, path: str | Path | None = None) -> WeightsSource:
         return WeightsSource(model, "hub", _snapshot(spec, local_only=False), f"downloaded {spec.repo}")
     except Exception as err:  # noqa: BLE001 - gated repo, auth, network: all fall back, and say why
         return resolve_offline(model, f"download of {spec.repo} failed ({type(err).__name__}: {err})")
+
+
+def resolve_listening(path: str | Path | None = None) -> WeightsSource:
+    """Mimi for *hearing* results: the real one when `resolve("mimi")` would find it, else the small
+    trained Mimi, whose loopback is recognizable speech (the full-size stand-in's is noise)."""
+    plan = locate("mimi", path)
+    if plan.kind != "offline":
+        return resolve("mimi", path)
+    weights = SMALL_MIMI_DIR / "model.safetensors"
+    if not weights.exists():
+        raise WeightsNotFoundError(f"the small Mimi is missing from {SMALL_MIMI_DIR}: reinstall csmlab, "
+                                   "or train one with `csmlab train-codec`")
+    return WeightsSource("mimi", "small", weights, f"{plan.why}; the small trained Mimi is used for listening")

@@ -17,6 +17,7 @@ exactly as a session's `flush()` does, so batch and streaming see the same sampl
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from csmlab.codec.backends import BACKENDS
 from csmlab.codec.stream import CodecSession
 from csmlab.errors import CodesError, ConfigError
 from csmlab.metrics import CODEBOOK_SIZE, FRAME_SIZE
-from csmlab.weights import WeightsSource, resolve
+from csmlab.weights import WeightsSource, resolve, resolve_listening
 
 MAX_CODEBOOKS = 32
 
@@ -39,11 +40,11 @@ class Codec:
     sample_rate = MIMI_RATE
     frame_size = FRAME_SIZE
     frame_rate = MIMI_RATE / FRAME_SIZE  # 12.5 Hz
-    codebook_size = CODEBOOK_SIZE
 
     def __init__(self, backend, weights: WeightsSource):
         self.backend, self.weights = backend, weights
         self.num_codebooks: int = backend.num_codebooks
+        self.codebook_size: int = backend.codebook_size  # 2048 for Mimi, 1024 for the small one
 
     @property
     def name(self) -> str:
@@ -86,28 +87,35 @@ class Codec:
                 f"this codec uses {self.num_codebooks} codebooks but the codes have {codes.shape[0]}: "
                 f"load_codec(num_codebooks={codes.shape[0]}) or slice codes[:{self.num_codebooks}]"
             )
-        if codes.size and (codes.min() < 0 or codes.max() >= CODEBOOK_SIZE):
+        if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise CodesError(
-                f"codes must lie in [0, {CODEBOOK_SIZE}); got values from {codes.min()} to {codes.max()}"
+                f"codes must lie in [0, {self.codebook_size}); got values from {codes.min()} to {codes.max()}"
             )
         return np.ascontiguousarray(codes, dtype=np.int64)
 
 
 @functools.lru_cache(maxsize=8)
-def _backend(name: str, path: Path, num_codebooks: int):
-    return BACKENDS[name](path, num_codebooks)
+def _backend(name: str, path: Path, num_codebooks: int, config: str | None):
+    return BACKENDS[name](path, num_codebooks, config and json.loads(config))
 
 
-def load_codec(num_codebooks: int = 8, backend: str = "moshi", weights: str | Path | WeightsSource | None = None) -> Codec:
+def load_codec(num_codebooks: int = 8, backend: str = "moshi", weights: str | Path | WeightsSource | None = None,
+               listen: bool = False) -> Codec:
     """Load Mimi with `num_codebooks` (1..32; Moshi uses 8) on one of `"moshi"`, `"rustymimi"`, `"transformers"`.
 
     `weights` is a moshi-format checkpoint path or a `WeightsSource`; by default `resolve("mimi")`
     (real weights when available, else the offline stand-in: print `codec.weights.banner()`).
+    `listen=True` is for hearing the result: without real weights it loads the small Mimi trained
+    on synthetic speech (moshi backend, 1..8 codebooks of 1024) instead of the full-size stand-in.
     Loaded models are cached, so loading the same codec twice is free.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
     if isinstance(num_codebooks, bool) or not isinstance(num_codebooks, int) or not 1 <= num_codebooks <= MAX_CODEBOOKS:
         raise CodesError(f"num_codebooks must be an int in 1..{MAX_CODEBOOKS} (Moshi uses 8), not {num_codebooks!r}")
-    source = weights if isinstance(weights, WeightsSource) else resolve("mimi", weights)
-    return Codec(_backend(backend, Path(source.path), num_codebooks), source)
+    if isinstance(weights, WeightsSource):
+        source = weights
+    else:
+        source = resolve_listening(weights) if listen else resolve("mimi", weights)
+    config = source.config and json.dumps(source.config, sort_keys=True)  # hashable, for the cache
+    return Codec(_backend(backend, Path(source.path), num_codebooks, config), source)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from csmlab.errors import CodesError, ComponentError
+from csmlab.errors import CodesError, ComponentError, ConfigError
+from csmlab.metrics import CODEBOOK_SIZE
 
 
 
@@ -36,11 +37,15 @@ class MoshiBackend:
 
     name = "moshi"
 
-    def __init__(self, path: Path, num_codebooks: int):
+    def __init__(self, path: Path, num_codebooks: int, config: dict | None = None):
         from moshi.models.loaders import get_mimi
 
-        self.model = get_mimi(str(path), num_codebooks=num_codebooks, device="cpu").eval()
+        total = config["quantizer"]["n_q"] if config else 32
+        if num_codebooks > total:
+            raise CodesError(f"this Mimi has {total} codebooks; load_codec(num_codebooks=...) takes 1..{total}")
+        self.model = get_mimi(str(path), num_codebooks=num_codebooks, device="cpu", mimi_config=config).eval()
         self.num_codebooks = num_codebooks
+        self.codebook_size = self.model.cardinality
 
     @torch.inference_mode()
     def encode(self, x: np.ndarray) -> np.ndarray:
@@ -65,11 +70,14 @@ class MoshiStream:
     pipeline needs two) share one set of weights.
     """
 
+    FRAMES_PER_CALL = 4  # longer inputs are split: the attention caches are sized for this many frames
+
     def __init__(self, model):
         self.model = model
         self._stack = contextlib.ExitStack()
         with self._occupied():
             model._start_streaming(1, self._stack)
+            _widen_attention_caches(model, 2 * self.FRAMES_PER_CALL)
             self._state = model.get_streaming_state()
             model._stop_streaming()
 
@@ -90,12 +98,17 @@ class MoshiStream:
             self._state = self.model.get_streaming_state()
 
     def encode(self, x: np.ndarray) -> np.ndarray:
+        step = self.FRAMES_PER_CALL * 1920
         with self._installed():
-            return _codes(self.model.encode(_wave(x)))
+            codes = [_codes(self.model.encode(_wave(x[i : i + step]))) for i in range(0, len(x), step)]
+        return np.concatenate(codes, axis=1) if codes else np.zeros((self.model.num_codebooks, 0), np.int64)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
+        step = self.FRAMES_PER_CALL
         with self._installed():
-            return _audio(self.model.decode(torch.from_numpy(codes)[None]))
+            audio = [_audio(self.model.decode(torch.from_numpy(codes[:, i : i + step])[None]))
+                     for i in range(0, codes.shape[1], step)]
+        return np.concatenate(audio) if audio else np.zeros(0, np.float32)
 
     def reset(self) -> None:
         with self._installed():
@@ -106,14 +119,46 @@ class MoshiStream:
         self._state = None
 
 
+def _widen_attention_caches(model, tokens_per_call: int) -> None:
+    """Give every windowed attention a KV cache of `context + tokens_per_call - 1` entries.
+
+    Why: moshi sizes a streaming cache to exactly `context` entries, but a call adds several tokens
+    at once (2 per 80 ms frame, Mimi's transformers run at 25 Hz). Writing them overwrites keys that
+    the call's first queries still see in batch mode, so streaming attends to a shorter past than
+    batch once a clip outgrows the window (real Mimi: after 10 s; a small Mimi with a 32-step
+    context: after 1.28 s, where codes then differed on 2-4% of entries). The attention mask still
+    enforces `context`, so a larger ring changes nothing else.
+    """
+    from moshi.modules.transformer import RingKVCache, StreamingMultiheadAttention
+
+    for module in model.modules():
+        state = module._streaming_state if isinstance(module, StreamingMultiheadAttention) else None
+        cache = getattr(state, "kv_cache", None)
+        if cache is None or module.context is None:
+            continue
+        _, batch, heads, _, dim = cache.cache.shape
+        state.kv_cache = RingKVCache(batch, heads, dim, module.context + tokens_per_call - 1,
+                                     cache.respect_exec_mask, cache.cache.device, cache.cache.dtype)
+
+
+def _full_size_only(backend: str, config: dict | None) -> None:
+    """rustymimi and the converter know only Mimi's released configuration."""
+    if config is not None:
+        raise ConfigError(f"backend {backend!r} reads only the full-size Mimi; load this small Mimi with backend='moshi'")
+
+
 class RustyMimiBackend:
     """Kyutai's Rust Mimi (candle) through its Python binding; it always uses 8 codebooks."""
 
     name = "rustymimi"
     CODEBOOKS = 8
 
-    def __init__(self, path: Path, num_codebooks: int):
+    codebook_size = CODEBOOK_SIZE
+
+    def __init__(self, path: Path, num_codebooks: int, config: dict | None = None):
         import rustymimi
+
+        _full_size_only(self.name, config)
 
         if num_codebooks != self.CODEBOOKS:
             raise CodesError(
@@ -165,8 +210,12 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, path: Path, num_codebooks: int):
+    codebook_size = CODEBOOK_SIZE
+
+    def __init__(self, path: Path, num_codebooks: int, config: dict | None = None):
         from csmlab.convert import to_transformers_mimi
+
+        _full_size_only(self.name, config)
 
         self.model = to_transformers_mimi(path, num_codebooks, use_cache=True)
         self.num_codebooks = num_codebooks
