@@ -9,7 +9,7 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 
 from csmlab.bench import machine
-from csmlab.weights import SPECS, locate
+from csmlab.weights import SPECS, locate, locate_listening
 
 PACKAGES = ("torch", "moshi", "transformers", "rustymimi", "numpy")
 
@@ -33,5 +33,7 @@ def report() -> str:
     lines.append("weights:")
     sources = [locate(model) for model in SPECS]
     lines += [f"  {source}" for source in sources]
-    lines += [source.banner() for source in sources if not source.is_real]
+    listening = locate_listening()
+    lines.append(f"  for listening (load_codec(listen=True)): {listening}")
+    lines += [source.banner() for source in sources + [listening] if not source.is_real]
     return "\n".join(lines)

@@ -278,14 +278,20 @@ def resolve(model: str, path: str | Path | None = None) -> WeightsSource:
         return resolve_offline(model, f"download of {spec.repo} failed ({type(err).__name__}: {err})")
 
 
-def resolve_listening(path: str | Path | None = None) -> WeightsSource:
-    """Mimi for *hearing* results: the real one when `resolve("mimi")` would find it, else the small
-    trained Mimi, whose loopback is recognizable speech (the full-size stand-in's is noise)."""
+def locate_listening(path: str | Path | None = None) -> WeightsSource:
+    """Which Mimi `resolve_listening` would use, without downloading anything."""
     plan = locate("mimi", path)
     if plan.kind != "offline":
-        return resolve("mimi", path)
+        return plan
     weights = SMALL_MIMI_DIR / "model.safetensors"
     if not weights.exists():
         raise WeightsNotFoundError(f"the small Mimi is missing from {SMALL_MIMI_DIR}: reinstall csmlab, "
                                    "or train one with `csmlab train-codec`")
     return WeightsSource("mimi", "small", weights, f"{plan.why}; the small trained Mimi is used for listening")
+
+
+def resolve_listening(path: str | Path | None = None) -> WeightsSource:
+    """Mimi for *hearing* results: the real one when `resolve("mimi")` would find it, else the small
+    trained Mimi, whose loopback is recognizable speech (the full-size stand-in's is noise)."""
+    plan = locate_listening(path)
+    return plan if plan.kind == "small" else resolve("mimi", path)

@@ -172,3 +172,20 @@ def test_load_codec_refuses_bad_requests():
 def test_every_error_is_a_csmlab_error():
     for error in (AudioFormatError, CodesError, StreamClosedError):
         assert issubclass(error, CsmlabError)
+
+
+def test_the_listening_codec_offline_is_the_small_trained_mimi_and_says_so(monkeypatch, speech):
+    monkeypatch.setenv("CSMLAB_OFFLINE", "1")
+    small = load_codec(8, listen=True)
+    assert small.weights.kind == "small" and not small.weights.is_real
+    assert "NOT Kyutai's Mimi" in small.weights.banner() and "SMALL" in str(small.weights)
+    assert small.codebook_size == 1024
+    codes = small.encode(speech, RATE)
+    assert codes.shape[0] == 8 and codes.max() < 1024
+    with pytest.raises(CodesError, match=r"\[0, 1024\)"):
+        small.decode(np.full((8, 2), 1500))
+    with pytest.raises(CodesError, match="1..8"):
+        load_codec(9, listen=True)
+    with pytest.raises(ConfigError, match="backend='moshi'"):
+        load_codec(8, "rustymimi", listen=True)
+    assert load_codec(8).weights.kind == "offline"  # measurements keep the full-size stand-in

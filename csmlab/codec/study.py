@@ -84,20 +84,21 @@ class ResidualVQ:
 def quality_curve(codec, audio_24k: np.ndarray, counts=(1, 2, 4, 8, 32)) -> dict[int, dict]:
     """Encode once with all of `codec`'s codebooks; decode with the first k: audio and scores per k.
 
-    `codec` is a `load_codec(32, "moshi")`; moshi's decoder accepts any first k codebooks, which is
+    `codec` is a `load_codec(32, "moshi")` (or the small Mimi, `load_codec(8, listen=True)`: counts
+    above its 8 codebooks are skipped); moshi's decoder accepts any first k codebooks, which is
     exactly what dropping late codebooks (lowering the bitrate) means.
     """
     import torch
 
-    codes = codec.encode(audio_24k, 24_000)  # [32, T]
+    codes = codec.encode(audio_24k, 24_000)  # [K, T]
     out = {}
-    for k in counts:
+    for k in (k for k in counts if k <= codec.num_codebooks):
         with torch.inference_mode():
             audio = codec.backend.model.decode(torch.from_numpy(codes[:k])[None])[0, 0].numpy()
         audio = audio[: len(audio_24k)]
         out[k] = {
             "audio": audio,
-            "kbps": metrics.bitrate(k) / 1000,
+            "kbps": metrics.bitrate(k, codec.codebook_size) / 1000,
             "si_sdr": metrics.si_sdr(audio_24k, audio),
             "log_mel": metrics.log_mel_distance(audio_24k, audio, 24_000),
         }
