@@ -10,14 +10,19 @@ that suit long inputs and fail on short ones, not to arithmetic:
   the deep encoder/decoder convs on every call, for an output of a handful of steps.
 
 With a few output steps per call a convolution is a skinny matrix product whose cost is reading its
-weights once. So during a streaming call every ungrouped `Conv1d` on a short input (at most
-`GEMM_MAX_STEPS` steps: the deep, weight-heavy layers) becomes `unfold` + one `addmm` against its
-weight viewed as `[C_out, C_in * k]`, and every such `ConvTranspose1d` one `mm` followed by an
-overlap-add. Measured on this 2-core machine (CPU time per frame, 8 codebooks, 1 thread): moshi's
-kernels ~127 ms, all convs as GEMM ~81-87 ms, GEMM on short inputs only ~78-85 ms. No weight is copied; moshi's own streaming wrappers still manage the
-left context and the transposed convs' partial sums, so the state is moshi's, swapped per session
-as in `MoshiStream`. The arithmetic is the same up to float summation order: codes equal the batch
-path's except at float near-ties (measured in tests/test_codec_equivalence.py).
+weights once. So during a streaming call every ungrouped `Conv1d` with few output steps (at most
+`GEMM_MAX_STEPS`: the deep, weight-heavy layers) becomes `unfold` + one `addmm` against its weight
+viewed as `[C_out, C_in * k]`, every such `ConvTranspose1d` one `mm` followed by an overlap-add, and
+every `Linear` on a few tokens (the transformers get 2 per frame) `W @ x.T`. The layout matters as
+much as the kernel: BLAS reads `W` at memory speed only when the few-column operand is a transposed
+view of row-major rows; with a contiguous `[K, 2]` operand, or as `x @ W.T`, the same products took
+2-4x longer. Measured on this 2-core machine (per frame, 8 codebooks, 1 thread, quiet): moshi's
+kernels ~127 ms; convs as GEMM 78-85 ms; with the fast layouts and the Linear path 49-50 ms, against
+a batch cost of ~19 ms and a weight-read floor (every weight matrix times one vector) of ~23 ms.
+No weight is copied; moshi's own streaming wrappers still manage the left context and the
+transposed convs' partial sums, so the state is moshi's, swapped per session as in `MoshiStream`.
+The arithmetic is the same up to float summation order: codes equal the batch path's except at
+float near-ties (measured in tests/test_codec_equivalence.py).
 
 Threads: a frame is a few hundred small ops. With two intra-op threads each op pays a fork/join,
 and on a busy 2-core machine a join waits for a descheduled thread: we measured a 1 s stream cost
@@ -36,6 +41,7 @@ from csmlab.codec.backends import MoshiStream
 
 STREAM_THREADS = 1
 GEMM_MAX_STEPS = 64  # longer inputs (the first encoder / last decoder layers: small weights) keep oneDNN
+LINEAR_MAX_ROWS = 8  # tokens per call up to which a Linear is a weight read, not arithmetic
 
 
 def conv1d_gemm(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
@@ -46,11 +52,13 @@ def conv1d_gemm(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     if d > 1:
         cols = cols[..., ::d]  # [C_in, L', k]
     steps = cols.shape[1]
-    cols = cols.permute(0, 2, 1).reshape(c_in * k, steps)  # [C_in * k, L']
+    rows = cols.permute(1, 0, 2).reshape(steps, c_in * k)  # [L', C_in * k]
     weight = conv.weight.view(c_out, c_in * k)
+    # `rows.T` (a transposed view), not a contiguous [C_in * k, L']: with a few columns, the BLAS
+    # kernel for the contiguous layout ran 4x slower here (183 vs 45 ms for all of Mimi's weights).
     if conv.bias is None:
-        return torch.mm(weight, cols)[None]
-    return torch.addmm(conv.bias[:, None], weight, cols)[None]  # [1, C_out, L']
+        return torch.mm(weight, rows.T)[None]
+    return torch.addmm(conv.bias[:, None], weight, rows.T)[None]  # [1, C_out, L']
 
 
 def conv_transpose1d_gemm(convtr: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
@@ -68,13 +76,32 @@ def conv_transpose1d_gemm(convtr: nn.ConvTranspose1d, x: torch.Tensor) -> torch.
     return out.view(1, c_out, -1)  # [1, C_out, (L - 1) * s + k]
 
 
+def linear_gemm(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`linear(x)` for a few rows as `W @ x.T`: [..., in] -> [..., out].
+
+    A streaming frame brings 2 tokens to each transformer layer. For 2 rows, `F.linear` (x @ W.T)
+    took 24 ms for the 200 MB of Mimi's transformer weights here, `W @ x.T` with `x.T` a transposed
+    view 12 ms: the speed of reading the weights once.
+    """
+    rows = x.reshape(-1, x.shape[-1]).contiguous()  # row-major, so that rows.T is the fast layout
+    out = torch.mm(linear.weight, rows.T).T  # [rows, out], a transposed view
+    if linear.bias is not None:
+        out = out + linear.bias
+    return out.reshape(*x.shape[:-1], -1)
+
+
 def _short_input(gemm, stock, module: nn.Module):
-    """`gemm` for the few-step inputs of a streaming call, the stock kernel for long ones."""
-    return lambda x: gemm(module, x) if x.shape[-1] <= GEMM_MAX_STEPS else stock(module, x)
+    """`gemm` for the few-step outputs of a streaming call, the stock kernel for long ones.
+
+    Output steps decide, not input steps: a stride-6 conv gets ~100 steps per frame and makes 16."""
+    stride = module.stride[0] if isinstance(module, nn.Conv1d) else 1
+    return lambda x: gemm(module, x) if x.shape[-1] // stride <= GEMM_MAX_STEPS else stock(module, x)
 
 
 def _fast_forward(module: nn.Module):
     """The GEMM forward for `module`, or None where the stock kernel is already the right one."""
+    if type(module) is nn.Linear:
+        return lambda x: linear_gemm(module, x) if x[..., 0].numel() <= LINEAR_MAX_ROWS else nn.Linear.forward(module, x)
     if type(module) is nn.Conv1d and module.groups == 1 and module.padding == (0,):
         return _short_input(conv1d_gemm, nn.Conv1d.forward, module)
     if (
