@@ -30,9 +30,9 @@ def test_csm_frames_are_moshi_user_tokens(models):
 def test_moshi_monologue_is_voiced_by_csm(models):
     voice, moshi = models
     steps = [M.Step(0, 5, " hello", None, 0.0), M.Step(1, 3, "", None, 0.0), M.Step(2, 9, " there", None, 0.0)]
-    assert csm.moshi_says(moshi, steps) == "hello there"
-    chunks = list(csm.moshi_to_csm(voice, moshi, steps, max_audio_ms=240, sampling=csm.Sampling(greedy=True)))
+    assert csm.moshi_says(steps) == "hello there"
+    chunks = list(csm.moshi_to_csm(voice, steps, max_audio_ms=240, sampling=csm.Sampling(greedy=True)))
     assert [c.shape for c in chunks] == [(FRAME_SIZE,)] * 3
     assert all(np.isfinite(c).all() for c in chunks)
     with pytest.raises(CsmlabError, match="empty"):
-        csm.moshi_to_csm(voice, moshi, steps[1:2])
+        csm.moshi_to_csm(voice, steps[1:2])

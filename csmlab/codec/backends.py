@@ -55,11 +55,11 @@ class MoshiBackend:
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return _audio(self.model.decode(torch.from_numpy(codes)[None]))
 
-    def open_stream(self, fast: bool = True):
-        """csmlab's fast streaming path (`csmlab.codec.fast`); `fast=False`: moshi's kernels as they are."""
+    def open_stream(self):
+        """csmlab's fast streaming path (`csmlab.codec.fast`) on moshi's modules and state."""
         from csmlab.codec.fast import FastMimiStream
 
-        return FastMimiStream(self.model) if fast else MoshiStream(self.model)
+        return FastMimiStream(self.model)
 
 
 class MoshiStream:

@@ -57,15 +57,15 @@ def csm_codes_to_moshi(moshi, codes: torch.Tensor, seed: int = 0) -> list:
         return [stream.step(frame) for frame in user]
 
 
-def moshi_says(moshi, steps) -> str:
+def moshi_says(steps) -> str:
     """Moshi's inner monologue (its text stream, padding dropped) as plain text."""
     return "".join(step.text for step in steps).strip()
 
 
-def moshi_to_csm(voice: CsmVoice, moshi, steps, speaker: int = 1, context: Sequence[Segment] = (),
+def moshi_to_csm(voice: CsmVoice, steps, speaker: int = 1, context: Sequence[Segment] = (),
                  **stream_kwargs) -> Iterator[np.ndarray]:
     """CSM voices what Moshi's inner monologue says: Moshi thinks in text, CSM speaks it."""
-    text = moshi_says(moshi, steps)
+    text = moshi_says(steps)
     if not text:
         raise CsmlabError("Moshi's inner monologue is empty (only padding) so far: let it run more steps")
     return voice.stream(text, speaker, context, **stream_kwargs)
