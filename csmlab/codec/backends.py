@@ -62,7 +62,7 @@ class MoshiBackend:
         return FastMimiStream(self.model)
 
 
-class MoshiStream:
+class MimiStream:
     """moshi's own streaming API, with this session's state swapped in for each call.
 
     moshi keeps streaming state on the modules themselves, so one model serves one stream. Holding

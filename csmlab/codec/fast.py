@@ -20,7 +20,7 @@ view of row-major rows; with a contiguous `[K, 2]` operand, or as `x @ W.T`, the
 kernels ~127 ms; convs as GEMM 78-85 ms; with the fast layouts and the Linear path 49-50 ms, against
 a batch cost of ~19 ms and a weight-read floor (every weight matrix times one vector) of ~23 ms.
 No weight is copied; moshi's own streaming wrappers still manage the left context and the
-transposed convs' partial sums, so the state is moshi's, swapped per session as in `MoshiStream`.
+transposed convs' partial sums, so the state is moshi's, swapped per session as in `MimiStream`.
 The arithmetic is the same up to float summation order: codes equal the batch path's except at
 float near-ties (measured in tests/test_codec_equivalence.py).
 
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from csmlab.codec.backends import MoshiStream
+from csmlab.codec.backends import MimiStream
 
 STREAM_THREADS = 1
 GEMM_MAX_STEPS = 64  # longer inputs (the first encoder / last decoder layers: small weights) keep oneDNN
@@ -115,8 +115,8 @@ def _fast_forward(module: nn.Module):
     return None
 
 
-class FastMimiStream(MoshiStream):
-    """`MoshiStream` whose convolutions run as matrix products during its calls."""
+class FastMimiStream(MimiStream):
+    """`MimiStream` whose convolutions and few-token linears run as matrix products during its calls."""
 
     def __init__(self, model):
         super().__init__(model)
