@@ -41,6 +41,7 @@ from safetensors.torch import save_file
 
 from csmlab import corpus, metrics
 from csmlab.checkpoint import checkpoint_state
+from csmlab.data import real_recording
 from csmlab.errors import CsmlabError
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
 
@@ -265,11 +266,16 @@ class RunState:
     step: int = 0
     elapsed_s: float = 0.0
     history: list[dict] = field(default_factory=list)
+    sessions: list[dict] = field(default_factory=list)  # one per (re)start: where it began, how it ran
 
 
 def train(cfg: TrainConfig, out_dir: Path, waves: list[np.ndarray] | None = None, resume: bool = True,
-          progress=None) -> tuple[MimiModel, RunState]:
+          progress=None, command: str = "train()") -> tuple[MimiModel, RunState]:
     """Train for `cfg.minutes` of wall time, saving `out_dir/train_state.pt` every `save_every_s`.
+
+    A resumed run goes on until its total wall time reaches `cfg.minutes`, so a longer budget extends
+    a finished run (the cosine schedule stretches to the new budget); `RunState.sessions` records
+    every (re)start with its `command`.
 
     `progress`, if given, is called as `progress(state, losses)` after every step (the notebook
     uses it for its tqdm bar and loss plot). Returns the model in eval mode and the run state.
@@ -287,6 +293,9 @@ def train(cfg: TrainConfig, out_dir: Path, waves: list[np.ndarray] | None = None
         opt.load_state_dict(saved["opt"])
         state = RunState(**saved["state"])
         random.setstate(saved["py_rng"])
+    if state.elapsed_s < cfg.minutes * 60:  # a finished run resumed with the same budget only re-saves
+        state.sessions.append({"from_step": state.step, "from_minutes": round(state.elapsed_s / 60, 1),
+                               "budget_minutes": cfg.minutes, "threads": cfg.threads, "command": command})
     data = SpeechCrops(waves if waves is not None else corpus.load_split("train"),
                        cfg.segment_frames * FRAME, cfg.seed + state.step, cfg.level_db, cfg.noise_prob,
                        cfg.bandlimit_prob)
@@ -393,14 +402,6 @@ def reconstruct(model: MimiModel, wave: np.ndarray, num_codebooks: int) -> tuple
     return audio, codes
 
 
-def real_recording() -> np.ndarray:
-    """data/real/sample.wav (30 s, 16 kHz telephone speech), resampled to 24 kHz."""
-    path = Path(__file__).resolve().parent.parent / "data" / "real" / "sample.wav"
-    if not path.exists():
-        raise CsmlabError(f"{path} is missing: run `python data/fetch.py` first.")
-    return librosa.load(path, sr=SAMPLE_RATE)[0]
-
-
 def heldout_clips(n: int, seed: int = 0) -> list[np.ndarray]:
     """The first `n` held-out utterances (unseen texts and voices), synthesised afresh with espeak-ng.
 
@@ -447,11 +448,12 @@ def train_codec_cli(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = TrainConfig(minutes=args.minutes, threads=args.threads, seed=args.seed)
     print("Training a SMALL Mimi locally on synthetic espeak-ng speech (not Kyutai's Mimi).")
-    model, state = train(cfg, args.state_dir, resume=not args.no_resume, progress=_print_progress)
+    invoked = ["csmlab", "train-codec", *argv] if argv is not None else ["python", "-m", "csmlab.train", *sys.argv[1:]]
+    model, state = train(cfg, args.state_dir, resume=not args.no_resume, progress=_print_progress,
+                         command=shlex.join(invoked))
     save_checkpoint(model, args.out / "model.safetensors", dtype=torch.float16)
     shipped = load_small_mimi(args.out)  # evaluate what was written, fp16 rounding included
-    invoked = ["csmlab", "train-codec", *argv] if argv is not None else ["python", "-m", "csmlab.train", *sys.argv[1:]]
-    metrics = record_metrics(shipped, cfg, state, shlex.join(invoked))
+    metrics = record_metrics(shipped, cfg, state)
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     print(json.dumps({k: metrics[k] for k in ("heldout_espeak", "real_recording")}, indent=1))
     return 0
@@ -463,17 +465,18 @@ def _print_progress(state: RunState, losses: dict) -> None:
               f"log-mel {losses['log_mel']:.3f}  lr {losses['lr']:.2e}", flush=True)
 
 
-def record_metrics(model: MimiModel, cfg: TrainConfig, state: RunState, command: str) -> dict:
+def record_metrics(model: MimiModel, cfg: TrainConfig, state: RunState) -> dict:
     """Held-out figures for `model` and for an untrained twin, with everything needed to redo the run."""
     torch.set_num_threads(cfg.threads)
     manifest = json.loads((corpus.DEFAULT_ROOT / "manifest.json").read_text())
-    heldout, real = corpus.load_split("heldout"), [real_recording()]
+    heldout, real = corpus.load_split("heldout"), [real_recording(SAMPLE_RATE).audio]
     untrained = build_small_mimi(cfg.seed).eval()
     guard = evaluate(model, heldout_clips(GUARD_CLIPS, manifest["seed"]), codebooks=(8,))["by_codebooks"][8]
     return {
         "warning": "A SMALL Mimi trained locally on synthetic espeak-ng speech; NOT Kyutai's Mimi.",
         "parameters": sum(p.numel() for p in model.parameters()),
-        "command": command,
+        "command": state.sessions[-1]["command"] if state.sessions else None,
+        "sessions": state.sessions,
         "train_config": asdict(cfg),
         "data": {"seed": manifest["seed"], "generator": "python data/make_corpus.py",
                  **{f"{name}_utterances": len(items) for name, items in manifest["splits"].items()},

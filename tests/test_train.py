@@ -124,3 +124,15 @@ def test_shipped_checkpoint_keeps_its_recorded_heldout_quality(shipped):
     now = train.evaluate(shipped, clips, codebooks=(8,))["by_codebooks"][8]
     assert now["si_sdr"] >= guard["threshold"], (now, guard)
     assert now["log_mel"] <= guard["log_mel_threshold"], (now, guard)
+
+
+def test_a_resumed_run_goes_on_to_its_new_budget_and_records_each_session(tmp_path):
+    waves = [w[0].numpy() for w in tones(2, 20, seed=3)]
+    cfg = train.TrainConfig(minutes=0.01, batch=2, segment_frames=2, save_every_s=1e9)
+    _, first = train.train(cfg, tmp_path, waves=waves, command="first")
+    _, same = train.train(cfg, tmp_path, waves=waves, command="again")  # budget spent: nothing to do
+    assert same.step == first.step and [s["command"] for s in same.sessions] == ["first"]
+    longer = train.TrainConfig(minutes=0.05, batch=2, segment_frames=2, save_every_s=1e9)
+    _, resumed = train.train(longer, tmp_path, waves=waves, command="longer")
+    assert resumed.step > first.step
+    assert [(s["command"], s["from_step"]) for s in resumed.sessions] == [("first", 0), ("longer", first.step)]
