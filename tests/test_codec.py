@@ -5,7 +5,7 @@ import torch
 
 from csmlab.codec import FRAME_SIZE, load_codec
 from csmlab.data import real_recording
-from csmlab.errors import AudioFormatError, CodesError, ConfigError, CsmlabError, StreamClosedError
+from csmlab.errors import AudioFormatError, CodesError, ComponentError, ConfigError, CsmlabError, StreamClosedError
 
 RATE = 16000
 
@@ -189,3 +189,19 @@ def test_the_listening_codec_offline_is_the_small_trained_mimi_and_says_so(monke
     with pytest.raises(ConfigError, match="backend='moshi'"):
         load_codec(8, "rustymimi", listen=True)
     assert load_codec(8).weights.kind == "offline"  # measurements keep the full-size stand-in
+
+
+def test_a_codec_failure_mid_stream_stops_the_session_and_loses_no_audio(codec, speech, monkeypatch):
+    with codec.stream() as s:
+        first = s.encode(speech[:8000], RATE)  # 0.5 s: 6 frames, the rest waits
+        monkeypatch.setattr(s._stream, "encode", lambda x: (_ for _ in ()).throw(RuntimeError("device lost")))
+        with pytest.raises(ComponentError, match="device lost.*reset"):
+            s.encode(speech[8000:], RATE)
+        monkeypatch.undo()
+        with pytest.raises(ComponentError, match="reset"):  # the half-updated stream is not trusted
+            s.encode(speech[:100], RATE)
+        lost = s.unencoded
+        assert abs(len(lost) - (24000 - first.shape[1] * FRAME_SIZE)) <= 1  # all after the 6 frames (resampler rounding)
+        s.reset()
+        rest = np.concatenate([s.encode(lost, 24000), s.flush()], axis=1)
+    assert first.shape[1] + rest.shape[1] == codec.encode(speech, RATE).shape[1]

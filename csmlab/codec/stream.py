@@ -7,7 +7,9 @@ session sits in front of it and does what real audio needs:
     buffer -> whole frames -> backend stream -> codes [K, n]          (the rest waits in the buffer)
 
 Every check runs before any state changes, so a bad chunk raises a `CsmlabError` and the next good
-chunk carries on as if the bad one had never come. `flush()` ends the stream: it drains the
+chunk carries on as if the bad one had never come. A failure inside the codec itself is different:
+its streaming state is then half-updated, so the session raises `ComponentError` and refuses to go
+on until `reset()`; `session.unencoded` holds the audio that had not become codes. `flush()` ends the stream: it drains the
 resampler, pads the last partial frame with zeros (as the batch path does) and encodes it.
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from csmlab.audio import Resampler, channels_axis, check_sample_rate, to_mono
-from csmlab.errors import AudioFormatError, StreamClosedError
+from csmlab.errors import AudioFormatError, ComponentError, StreamClosedError
 from csmlab.metrics import FRAME_SIZE
 
 
@@ -35,11 +37,12 @@ class CodecSession:
         self._resampler: Resampler | None = None
         self._buffer = np.zeros(0, dtype=np.float32)  # [t] 24 kHz samples short of a frame
         self._flushed = False
+        self._failure: str | None = None  # set when a backend call failed: reset() before going on
 
     # -- encode -----------------------------------------------------------------------------------
     def encode(self, chunk, sample_rate, layout: str | None = None) -> np.ndarray:
         """Push a chunk of any length; returns codes `[K, n]` (int64, n >= 0) of the frames now complete."""
-        self._check_open()
+        self._check_usable()
         if self._flushed:
             raise StreamClosedError("this stream was flushed (it has ended); call reset() to start a new one")
         rate = check_sample_rate(sample_rate)
@@ -67,18 +70,32 @@ class CodecSession:
             return self._layout or "auto"  # with no layout seen yet, to_mono raises the clear error
 
     def _push(self, audio_24k: np.ndarray) -> np.ndarray:
-        buffer = np.concatenate([self._buffer, audio_24k])
+        self._buffer = buffer = np.concatenate([self._buffer, audio_24k])  # kept until encoded
         n = len(buffer) // FRAME_SIZE
         if n == 0:
-            self._buffer = buffer
             return np.zeros((self.codec.num_codebooks, 0), dtype=np.int64)
-        codes = self._stream.encode(buffer[: n * FRAME_SIZE])  # [K, n]
+        codes = self._backend(self._stream.encode, buffer[: n * FRAME_SIZE])  # [K, n]
         self._buffer = buffer[n * FRAME_SIZE :]
         return codes
 
+    def _backend(self, call, *args):
+        """Run a backend call. If it fails, its streaming state is half-updated and cannot be trusted:
+        the session refuses further calls until `reset()`, and `unencoded` keeps the audio not yet
+        turned into codes, so that nothing is lost (re-send it at 24 kHz after the reset)."""
+        try:
+            return call(*args)
+        except Exception as err:
+            self._failure = f"{type(err).__name__}: {err}"
+            if self._resampler is not None and not self._flushed:  # its delay line holds audio too
+                self._buffer = np.concatenate([self._buffer, self._resampler.push(np.zeros(0, np.float32), last=True)])
+            raise ComponentError(
+                f"the {self.codec.name} codec failed mid-stream ({self._failure}). Recover with: "
+                "audio = session.unencoded; session.reset(); session.encode(audio, 24000)"
+            ) from err
+
     def flush(self) -> np.ndarray:
         """End the stream: drain the resampler, zero-pad the last partial frame, return its codes."""
-        self._check_open()
+        self._check_usable()
         if self._flushed or self._resampler is None:
             self._flushed = True
             return np.zeros((self.codec.num_codebooks, 0), dtype=np.int64)
@@ -90,18 +107,19 @@ class CodecSession:
         return self._push(padded)
 
     @property
-    def buffered_samples(self) -> int:
-        """24 kHz samples waiting for the rest of their frame (the codec's algorithmic latency)."""
-        return len(self._buffer)
+    def unencoded(self) -> np.ndarray:
+        """The 24 kHz audio received but not yet encoded: the part of a frame still waiting for the
+        rest of it (the codec's algorithmic latency), or, after a backend failure, all that was lost."""
+        return self._buffer.copy()
 
     # -- decode -----------------------------------------------------------------------------------
     def decode(self, codes) -> np.ndarray:
         """Decode the next `[K, n]` codes; returns `n * 1920` float32 samples at 24 kHz."""
-        self._check_open()
+        self._check_usable()
         codes = self.codec.check_codes(codes)
         if codes.shape[1] == 0:
             return np.zeros(0, dtype=np.float32)
-        return self._stream.decode(codes)
+        return self._backend(self._stream.decode, codes)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -123,6 +141,11 @@ class CodecSession:
     def _check_open(self) -> None:
         if self._closed:
             raise StreamClosedError("this codec session is closed; open a new one with codec.stream()")
+
+    def _check_usable(self) -> None:
+        self._check_open()
+        if self._failure is not None:
+            raise ComponentError(f"this stream's codec failed earlier ({self._failure}); call reset() first")
 
     def __enter__(self) -> CodecSession:
         return self
