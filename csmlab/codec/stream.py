@@ -9,8 +9,9 @@ session sits in front of it and does what real audio needs:
 Every check runs before any state changes, so a bad chunk raises a `CsmlabError` and the next good
 chunk carries on as if the bad one had never come. A failure inside the codec itself is different:
 its streaming state is then half-updated, so the session raises `ComponentError` and refuses to go
-on until `reset()`; `session.unencoded` holds the audio that had not become codes. `flush()` ends the stream: it drains the
-resampler, pads the last partial frame with zeros (as the batch path does) and encodes it.
+on until `reset()`; `session.unencoded` holds the audio that had not become codes. `flush()` ends
+the stream: it drains the resampler, pads the last partial frame with zeros (as the batch path
+does) and encodes it.
 """
 from __future__ import annotations
 
