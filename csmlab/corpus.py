@@ -3,7 +3,8 @@
 Why synthetic: the course runs offline and in CI, so the training data must be made on the spot,
 reproducibly, from nothing but a seed. espeak-ng is a formant synthesiser, so its speech is far
 simpler than a person's, but with many accents, voice variants, speeds and pitches it covers
-enough of the speech spectrum for a small codec to learn to reconstruct recognizable words.
+enough of the speech spectrum for a small codec to learn what speech looks like (how far a CPU-sized
+run gets is recorded in csmlab/assets/mimi_small/metrics.json).
 
 Texts come from a small seeded grammar rather than a downloaded text corpus. The held-out split is
 *unseen twice*: its sentences use nouns that never occur in training, and its voices pair accents

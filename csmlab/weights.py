@@ -17,8 +17,9 @@ Each model is resolved in this order, and the answer says which source won and w
 
 For *listening*, `resolve_listening()` swaps the offline Mimi for a fourth kind, `"small"`: a 2.6 M
 parameter Mimi trained on this project's CPU on synthetic speech and shipped in
-`csmlab/assets/mimi_small/` (notebook 01b). It speaks, roughly, where the full-size random Mimi
-plays noise; the full-size one stays the stand-in for compute and compatibility measurements.
+`csmlab/assets/mimi_small/` (notebook 01b). Its output follows the speech it is given (rhythm,
+loudness, broad spectrum; not yet clear words) where the full-size random Mimi plays noise; the
+full-size one stays the stand-in for compute and compatibility measurements.
 """
 from __future__ import annotations
 
@@ -77,8 +78,9 @@ class WeightsSource:
         if self.kind == "small":
             return (
                 f"{bar}\n!! MIMI: a SMALL Mimi trained on this project's CPU on synthetic espeak-ng speech\n"
-                f"!! (2.6 M parameters, 8 codebooks of 1024), NOT Kyutai's Mimi. It speaks, roughly;\n"
-                f"!! its codes are not Mimi's and its timings say nothing about Mimi. Why: {self.why}\n"
+                f"!! (2.6 M parameters, 8 codebooks of 1024), NOT Kyutai's Mimi. Its audio keeps the\n"
+                f"!! rhythm and broad colour of speech, not clear words; its codes are not Mimi's and\n"
+                f"!! its timings say nothing about Mimi. Why: {self.why}\n"
                 f"!! Get the real weights: run online (unset CSMLAB_OFFLINE) or set {_env_var(self.model)}.\n{bar}"
             )
         return (
@@ -292,6 +294,6 @@ def locate_listening(path: str | Path | None = None) -> WeightsSource:
 
 def resolve_listening(path: str | Path | None = None) -> WeightsSource:
     """Mimi for *hearing* results: the real one when `resolve("mimi")` would find it, else the small
-    trained Mimi, whose loopback is recognizable speech (the full-size stand-in's is noise)."""
+    trained Mimi, whose loopback follows the speech it is given (the full-size stand-in's is noise)."""
     plan = locate_listening(path)
     return plan if plan.kind == "small" else resolve("mimi", path)
