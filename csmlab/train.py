@@ -44,9 +44,10 @@ from csmlab.checkpoint import checkpoint_state
 from csmlab.data import real_recording
 from csmlab.errors import CsmlabError
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
+from csmlab.weights import SMALL_MIMI_DIR
 
 FRAME = FRAME_SIZE  # samples per 80 ms Mimi frame
-ASSET_DIR = Path(__file__).resolve().parent / "assets" / "mimi_small"
+ASSET_DIR = SMALL_MIMI_DIR  # where the shipped checkpoint lives; csmlab.weights offers it for listening
 
 _SEANET = {"channels": 1, "dimension": 128, "causal": True, "n_filters": 16, "n_residual_layers": 1,
            "activation": "ELU", "compress": 2, "dilation_base": 2, "disable_norm_outer_blocks": 0,

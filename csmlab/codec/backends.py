@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from csmlab.errors import CodesError, ComponentError, ConfigError
-from csmlab.metrics import CODEBOOK_SIZE
+from csmlab.metrics import CODEBOOK_SIZE, FRAME_SIZE
 
 
 
@@ -98,7 +98,7 @@ class MimiStream:
             self._state = self.model.get_streaming_state()
 
     def encode(self, x: np.ndarray) -> np.ndarray:
-        step = self.FRAMES_PER_CALL * 1920
+        step = self.FRAMES_PER_CALL * FRAME_SIZE
         with self._installed():
             codes = [_codes(self.model.encode(_wave(x[i : i + step]))) for i in range(0, len(x), step)]
         return np.concatenate(codes, axis=1) if codes else np.zeros((self.model.num_codebooks, 0), np.int64)
