@@ -6,6 +6,9 @@
   the sound but not the waveform scores low. That is why we also report
 - **log-mel distance**: the mean absolute difference of log mel spectrograms (librosa), close to what
   codec papers (EnCodec, Mimi) use as a perceptual proxy.
+- **periodicity**: how strongly each 40 ms frame repeats itself at a voice pitch period (60-400 Hz),
+  from its normalized autocorrelation: ~0.7-0.9 on voiced speech, ~0.1-0.3 on noise or whisper. It
+  tells whether a codec kept the *voice* (harmonics), which log-mel distance barely sees.
 - **bitrate**: `K` codebooks of `N` entries at `frame_rate` Hz carry `K * log2(N) * frame_rate` bit/s.
 - **frames and latency**: Mimi cuts 24 kHz audio into 1920-sample frames (80 ms, 12.5 Hz); a sample
   waits for the rest of its frame before it can be encoded, which is the codec's algorithmic latency.
@@ -62,6 +65,43 @@ def log_mel_distance(ref, est, sample_rate: int, n_mels: int = 64, n_fft: int = 
     ref_mel = librosa.feature.melspectrogram(y=ref, **mel)
     est_mel = librosa.feature.melspectrogram(y=est, **mel)
     return float(np.mean(np.abs(np.log(ref_mel + 1e-5) - np.log(est_mel + 1e-5))))
+
+
+def periodicity(audio, sample_rate: int, frame_ms: float = 40.0, fmin: float = 60.0,
+                fmax: float = 400.0) -> np.ndarray:
+    """Per frame (hop = half a frame): the highest normalized autocorrelation at a pitch lag.
+
+    About 1 for a periodic frame, near 0 for white noise, 0 for silent frames. Autocorrelation
+    through the FFT (zero-padded to twice the frame), so a minute of audio takes milliseconds; each
+    lag is scaled by `win / (win - lag)` because fewer samples overlap at longer lags.
+    """
+    x = np.asarray(audio, dtype=np.float64).reshape(-1)
+    win = int(sample_rate * frame_ms / 1000)
+    lo, hi = int(sample_rate / fmax), int(sample_rate / fmin)
+    if hi >= win:
+        raise ValueError(f"frames of {frame_ms} ms are too short for pitches down to {fmin} Hz")
+    if len(x) < win:
+        raise ValueError(f"periodicity needs at least one {frame_ms} ms frame, got {len(x)} samples")
+    frames = np.lib.stride_tricks.sliding_window_view(x, win)[::win // 2]
+    frames = frames - frames.mean(axis=1, keepdims=True)
+    ac = np.fft.irfft(np.abs(np.fft.rfft(frames, 2 * win)) ** 2)[:, :hi + 1]
+    energy = ac[:, 0]
+    lags = np.arange(lo, hi + 1)
+    peak = (ac[:, lags] * (win / (win - lags))).max(axis=1)
+    return np.where(energy > 1e-12, np.minimum(peak / np.maximum(energy, 1e-12), 1.0), 0.0)
+
+
+def voiced_periodicity(ref, est, sample_rate: int, voiced: float = 0.6) -> tuple[float, float]:
+    """Mean periodicity of `ref` and of `est` over the frames where `ref` is voiced (> `voiced`).
+
+    A codec that keeps the voice scores near `ref`'s own value; one that whispers, near 0.2.
+    """
+    ref, est = _pair(ref, est)
+    p_ref, p_est = periodicity(ref, sample_rate), periodicity(est, sample_rate)
+    mask = p_ref > voiced
+    if not mask.any():
+        raise ValueError("the reference has no voiced frame: periodicity is undefined")
+    return float(p_ref[mask].mean()), float(p_est[mask].mean())
 
 
 def bitrate(num_codebooks: int, codebook_size: int = CODEBOOK_SIZE, frame_rate: float = FRAME_RATE) -> float:

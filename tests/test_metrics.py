@@ -58,3 +58,26 @@ def test_bitrate_and_frame_arithmetic_match_mimi():
 def test_percentiles_names_median_p95_and_max():
     p = metrics.percentiles(np.arange(1, 101))
     assert p["p50"] == pytest.approx(50.5) and p["max"] == 100 and 95 <= p["p95"] <= 96
+
+
+def test_periodicity_tells_a_voice_from_noise_at_any_pitch_in_range():
+    t = np.arange(24000) / 24000
+    noise = np.random.default_rng(1).standard_normal(len(t))
+    for f0 in (70, 150, 380):
+        saw = (t * f0) % 1 - 0.5  # a buzz with all harmonics, like a glottal source
+        assert metrics.periodicity(saw, 24000).mean() > 0.95
+    assert metrics.periodicity(noise, 24000).mean() < 0.2
+    assert metrics.periodicity(np.zeros(2400), 24000).max() == 0.0  # silence is not periodic
+
+
+def test_voiced_periodicity_scores_the_estimate_on_the_references_voiced_frames():
+    t = np.arange(24000) / 24000
+    voice = np.where(t < 0.5, np.sin(2 * np.pi * 140 * t), 0.01 * np.random.default_rng(2).standard_normal(len(t)))
+    whisper = np.random.default_rng(3).standard_normal(len(t))
+    ref_p, same_p = metrics.voiced_periodicity(voice, voice, 24000)
+    assert ref_p == same_p > 0.9
+    assert metrics.voiced_periodicity(voice, whisper, 24000)[1] < 0.3
+    with pytest.raises(ValueError, match="no voiced frame"):
+        metrics.voiced_periodicity(whisper, voice, 24000)
+    with pytest.raises(ValueError, match="at least one"):
+        metrics.periodicity(voice[:100], 24000)
