@@ -40,10 +40,11 @@ class MoshiBackend:
     def __init__(self, path: Path, num_codebooks: int, config: dict | None = None):
         from moshi.models.loaders import get_mimi
 
-        total = config["quantizer"]["n_q"] if config else 32
+        self.model = get_mimi(str(path), device="cpu", mimi_config=config).eval()
+        total = self.model.total_codebooks  # 32 for Kyutai's Mimi, 8 for the small one: the checkpoint says
         if num_codebooks > total:
             raise CodesError(f"this Mimi has {total} codebooks; load_codec(num_codebooks=...) takes 1..{total}")
-        self.model = get_mimi(str(path), num_codebooks=num_codebooks, device="cpu", mimi_config=config).eval()
+        self.model.set_num_codebooks(num_codebooks)
         self.num_codebooks = num_codebooks
         self.codebook_size = self.model.cardinality
 
