@@ -44,6 +44,7 @@ from csmlab.checkpoint import checkpoint_state
 from csmlab.data import real_recording
 from csmlab.errors import CsmlabError
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
+from csmlab.noise_vocoder import noise_vocode
 from csmlab.weights import SMALL_MIMI_DIR
 
 FRAME = FRAME_SIZE  # samples per 80 ms Mimi frame
@@ -391,16 +392,36 @@ def silent_aware_si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
     return metrics.si_sdr(ref, est) if np.any(est) else float("-inf")
 
 
+def _frames(wave: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.pad(wave, (0, -len(wave) % FRAME)).astype(np.float32))[None, None]  # [1, 1, T]
+
+
 @torch.no_grad()
 def reconstruct(model: MimiModel, wave: np.ndarray, num_codebooks: int) -> tuple[np.ndarray, torch.Tensor]:
     """Encode then decode a 24 kHz waveform with `num_codebooks`; returns (audio, codes [1, K, T])."""
     model.eval()
     model.set_num_codebooks(num_codebooks)
-    x = torch.from_numpy(np.pad(wave, (0, -len(wave) % FRAME)).astype(np.float32))[None, None]
-    codes = model.encode(x)
+    codes = model.encode(_frames(wave))
     audio = model.decode(codes)[0, 0, :len(wave)].numpy()
     model.set_num_codebooks(8)
     return audio, codes
+
+
+@torch.no_grad()
+def reconstruct_unquantized(model: MimiModel, wave: np.ndarray) -> np.ndarray:
+    """Encode and decode *without* the codebooks: the path half of each training batch takes.
+
+    Why: comparing it with `reconstruct` separates what the quantizer loses from what the encoder
+    and decoder never learned. It follows `MimiModel.forward` with `no_quantization_rate=1`: the
+    latent goes through both quantizers' projections, skipping their codebooks.
+    """
+    model.eval()
+    latent = model._encode_to_unquantized_latent(_frames(wave))  # [1, D, frames]
+    q = model.quantizer
+    latent = sum(rvq.output_proj(rvq.input_proj(latent)) for rvq in (q.rvq_first, q.rvq_rest))
+    latent = model._to_encoder_framerate(latent)
+    (latent,) = model.decoder_transformer(latent)
+    return model.decoder(latent)[0, 0, :len(wave)].numpy()
 
 
 def heldout_clips(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -414,22 +435,49 @@ def heldout_clips(n: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def evaluate(model: MimiModel, waves: list[np.ndarray], codebooks=(1, 2, 4, 8)) -> dict:
-    """Mean SI-SDR (dB) and log-mel distance per codebook count, and held-out code perplexity."""
+    """Per codebook count: mean SI-SDR (dB), log-mel distance and periodicity in voiced frames
+    (`metrics.voiced_periodicity`); and the code perplexity at 8 codebooks."""
     out, codes8 = {}, []
     for k in codebooks:
         scores = []
         for wave in waves:
             audio, codes = reconstruct(model, wave, k)
-            scores.append((silent_aware_si_sdr(wave, audio), metrics.log_mel_distance(wave, audio, SAMPLE_RATE)))
+            scores.append((silent_aware_si_sdr(wave, audio), metrics.log_mel_distance(wave, audio, SAMPLE_RATE),
+                           metrics.voiced_periodicity(wave, audio, SAMPLE_RATE)[1]))
             if k == 8:
                 codes8.append(codes[0])
-        out[k] = {"si_sdr": round(float(np.mean([s for s, _ in scores])), 2),
-                  "log_mel": round(float(np.mean([m for _, m in scores])), 3)}
+        si_sdr, log_mel, periodicity = np.mean(scores, axis=0)
+        out[k] = {"si_sdr": round(float(si_sdr), 2), "log_mel": round(float(log_mel), 3),
+                  "periodicity": round(float(periodicity), 3)}
     flat = torch.cat(codes8, dim=-1) if codes8 else None
     perplexity = [] if flat is None else [
         round(float(torch.exp(-(p * torch.log(p.clamp(min=1e-12))).sum())), 1)
         for p in (torch.bincount(row, minlength=1024).float() / row.numel() for row in flat)]
     return {"by_codebooks": out, "perplexity": perplexity}
+
+
+def diagnose(model: MimiModel, waves: list[np.ndarray]) -> dict:
+    """Where the quality goes: the codec with and without its codebooks, beside yardsticks.
+
+    Log-mel distance and voiced periodicity (means over `waves`) for: the original itself
+    (periodicity only), the codec at 8 codebooks, the codec's unquantized path, and noise vocoders
+    of the original with 8 and 16 bands (intelligible speech without pitch, `csmlab.noise_vocoder`).
+    """
+    versions = {"codec_8": lambda w: reconstruct(model, w, 8)[0],
+                "unquantized": lambda w: reconstruct_unquantized(model, w),
+                "noise_vocoder_16": lambda w: noise_vocode(w, SAMPLE_RATE, 16),
+                "noise_vocoder_8": lambda w: noise_vocode(w, SAMPLE_RATE, 8)}
+    rows = {name: [] for name in versions}
+    original = []
+    for wave in waves:
+        for name, make in versions.items():
+            audio = make(wave)
+            ref_p, est_p = metrics.voiced_periodicity(wave, audio, SAMPLE_RATE)
+            rows[name].append((metrics.log_mel_distance(wave, audio, SAMPLE_RATE), est_p))
+        original.append(ref_p)
+    out = {name: {"log_mel": round(float(np.mean([m for m, _ in r])), 3),
+                  "periodicity": round(float(np.mean([p for _, p in r])), 3)} for name, r in rows.items()}
+    return {"original": {"periodicity": round(float(np.mean(original)), 3)}, **out}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -489,6 +537,7 @@ def record_metrics(model: MimiModel, cfg: TrainConfig, state: RunState) -> dict:
         "heldout_espeak": evaluate(model, heldout),
         "real_recording": evaluate(model, real),
         "untrained": {"heldout_espeak": evaluate(untrained, heldout), "real_recording": evaluate(untrained, real)},
+        "diagnosis": {"heldout_espeak": diagnose(model, heldout), "real_recording": diagnose(model, real)},
         "guard": {"clips": GUARD_CLIPS, "si_sdr_8": guard["si_sdr"], "threshold": round(guard["si_sdr"] - 1.5, 2),
                   "log_mel_8": guard["log_mel"], "log_mel_threshold": round(guard["log_mel"] + 0.15, 3)},
         "loss_curve": [[h["step"], round(h["minutes"], 2), round(h["total"], 4), round(h["log_mel"], 4)]

@@ -136,3 +136,26 @@ def test_a_resumed_run_goes_on_to_its_new_budget_and_records_each_session(tmp_pa
     _, resumed = train.train(longer, tmp_path, waves=waves, command="longer")
     assert resumed.step > first.step
     assert [(s["command"], s["from_step"]) for s in resumed.sessions] == [("first", 0), ("longer", first.step)]
+
+
+def test_the_unquantized_path_is_the_one_training_takes_without_codebooks():
+    """`reconstruct_unquantized` must equal MimiModel.forward with every item skipping quantization,
+    else the notebook's "the quantizer is (not) the bottleneck" comparison would compare the wrong thing."""
+    torch.manual_seed(0)
+    model = train.build_small_mimi(seed=1)
+    x = tones(1, 6, seed=4)
+    quantized = train.reconstruct(model, x[0, 0].numpy(), 8)[0]  # before forward() fills the codebooks
+    for rvq in (model.quantizer.rvq_first, model.quantizer.rvq_rest):
+        rvq.no_quantization_rate = 1.0
+    with torch.no_grad():
+        forward = model.train()(x).x[0, 0].numpy()  # train mode: the path half of each batch takes
+    np.testing.assert_allclose(train.reconstruct_unquantized(model, x[0, 0].numpy()), forward, atol=1e-6)
+    assert not np.allclose(quantized, forward, atol=1e-3)  # so the comparison can tell them apart
+
+
+def test_diagnose_agrees_with_evaluate_and_orders_its_yardsticks(shipped):
+    clips = train.heldout_clips(2)
+    report = train.diagnose(shipped, clips)
+    assert report["codec_8"]["log_mel"] == train.evaluate(shipped, clips, codebooks=(8,))["by_codebooks"][8]["log_mel"]
+    assert report["noise_vocoder_16"]["log_mel"] < report["noise_vocoder_8"]["log_mel"]  # more bands, closer
+    assert report["original"]["periodicity"] > 0.6  # the voiced frames it scores are voiced
