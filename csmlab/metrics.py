@@ -7,8 +7,9 @@
 - **log-mel distance**: the mean absolute difference of log mel spectrograms (librosa), close to what
   codec papers (EnCodec, Mimi) use as a perceptual proxy.
 - **periodicity**: how strongly each 40 ms frame repeats itself at a voice pitch period (60-400 Hz),
-  from its normalized autocorrelation: ~0.7-0.9 on voiced speech, ~0.1-0.3 on noise or whisper. It
-  tells whether a codec kept the *voice* (harmonics), which log-mel distance barely sees.
+  from its normalized autocorrelation: ~0.7-0.9 on voiced speech, ~0.1 on white noise, up to ~0.4 on
+  noise shaped like speech (low frequencies dominate, and low-pass noise is smooth over a few ms).
+  It tells whether a codec kept the *voice* (harmonics), which log-mel distance barely sees.
 - **bitrate**: `K` codebooks of `N` entries at `frame_rate` Hz carry `K * log2(N) * frame_rate` bit/s.
 - **frames and latency**: Mimi cuts 24 kHz audio into 1920-sample frames (80 ms, 12.5 Hz); a sample
   waits for the rest of its frame before it can be encoded, which is the codec's algorithmic latency.
@@ -94,7 +95,7 @@ def periodicity(audio, sample_rate: int, frame_ms: float = 40.0, fmin: float = 6
 def voiced_periodicity(ref, est, sample_rate: int, voiced: float = 0.6) -> tuple[float, float]:
     """Mean periodicity of `ref` and of `est` over the frames where `ref` is voiced (> `voiced`).
 
-    A codec that keeps the voice scores near `ref`'s own value; one that whispers, near 0.2.
+    A codec that keeps the voice scores near `ref`'s own value; one that whispers, 0.2-0.4.
     """
     ref, est = _pair(ref, est)
     p_ref, p_est = periodicity(ref, sample_rate), periodicity(est, sample_rate)
