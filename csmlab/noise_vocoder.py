@@ -24,8 +24,8 @@ def band_edges(bands: int, sample_rate: int, fmin: float = 80.0) -> np.ndarray:
 def noise_vocode(audio, sample_rate: int, bands: int = 16, seed: int = 0) -> np.ndarray:
     """`audio` rebuilt from noise that carries each band's loudness, frame by frame (5 ms hops at 24 kHz).
 
-    Deterministic for a given `seed`. Bands narrower than one FFT bin are merged into their neighbours'
-    bins, so very low band counts and very high ones both work.
+    Deterministic for a given `seed`. A band narrower than one FFT bin (low bands, high counts) gets
+    no bin of its own and its neighbour covers its range, so any band count works.
     """
     x = np.asarray(audio, dtype=np.float64).reshape(-1)
     if len(x) < N_FFT:

@@ -434,6 +434,20 @@ def heldout_clips(n: int, seed: int = 0) -> list[np.ndarray]:
     return [corpus.synthesize(text, voice, speed, pitch) for _, voice, speed, pitch, text in plan]
 
 
+def _voice_kept(ref: np.ndarray, est: np.ndarray) -> float:
+    """`est`'s periodicity in `ref`'s voiced frames; NaN when `ref` has none (noise, silence), so
+    that such a clip is left out of the mean instead of stopping the evaluation."""
+    try:
+        return metrics.voiced_periodicity(ref, est, SAMPLE_RATE)[1]
+    except ValueError:
+        return float("nan")
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if not np.isnan(v)]
+    return round(float(np.mean(values)), 3) if values else None
+
+
 def evaluate(model: MimiModel, waves: list[np.ndarray], codebooks=(1, 2, 4, 8)) -> dict:
     """Per codebook count: mean SI-SDR (dB), log-mel distance and periodicity in voiced frames
     (`metrics.voiced_periodicity`); and the code perplexity at 8 codebooks."""
@@ -443,12 +457,12 @@ def evaluate(model: MimiModel, waves: list[np.ndarray], codebooks=(1, 2, 4, 8)) 
         for wave in waves:
             audio, codes = reconstruct(model, wave, k)
             scores.append((silent_aware_si_sdr(wave, audio), metrics.log_mel_distance(wave, audio, SAMPLE_RATE),
-                           metrics.voiced_periodicity(wave, audio, SAMPLE_RATE)[1]))
+                           _voice_kept(wave, audio)))
             if k == 8:
                 codes8.append(codes[0])
-        si_sdr, log_mel, periodicity = np.mean(scores, axis=0)
-        out[k] = {"si_sdr": round(float(si_sdr), 2), "log_mel": round(float(log_mel), 3),
-                  "periodicity": round(float(periodicity), 3)}
+        si_sdr, log_mel, periodicity = zip(*scores)
+        out[k] = {"si_sdr": round(float(np.mean(si_sdr)), 2), "log_mel": round(float(np.mean(log_mel)), 3),
+                  "periodicity": _mean(periodicity)}
     flat = torch.cat(codes8, dim=-1) if codes8 else None
     perplexity = [] if flat is None else [
         round(float(torch.exp(-(p * torch.log(p.clamp(min=1e-12))).sum())), 1)
@@ -468,16 +482,14 @@ def diagnose(model: MimiModel, waves: list[np.ndarray]) -> dict:
                 "noise_vocoder_16": lambda w: noise_vocode(w, SAMPLE_RATE, 16),
                 "noise_vocoder_8": lambda w: noise_vocode(w, SAMPLE_RATE, 8)}
     rows = {name: [] for name in versions}
-    original = []
+    original = [_voice_kept(wave, wave) for wave in waves]
     for wave in waves:
         for name, make in versions.items():
             audio = make(wave)
-            ref_p, est_p = metrics.voiced_periodicity(wave, audio, SAMPLE_RATE)
-            rows[name].append((metrics.log_mel_distance(wave, audio, SAMPLE_RATE), est_p))
-        original.append(ref_p)
-    out = {name: {"log_mel": round(float(np.mean([m for m, _ in r])), 3),
-                  "periodicity": round(float(np.mean([p for _, p in r])), 3)} for name, r in rows.items()}
-    return {"original": {"periodicity": round(float(np.mean(original)), 3)}, **out}
+            rows[name].append((metrics.log_mel_distance(wave, audio, SAMPLE_RATE), _voice_kept(wave, audio)))
+    out = {name: {"log_mel": round(float(np.mean([m for m, _ in r])), 3), "periodicity": _mean([p for _, p in r])}
+           for name, r in rows.items()}
+    return {"original": {"periodicity": _mean(original)}, **out}
 
 
 # ----------------------------------------------------------------------------- command line

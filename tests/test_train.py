@@ -159,3 +159,12 @@ def test_diagnose_agrees_with_evaluate_and_orders_its_yardsticks(shipped):
     assert report["codec_8"]["log_mel"] == train.evaluate(shipped, clips, codebooks=(8,))["by_codebooks"][8]["log_mel"]
     assert report["noise_vocoder_16"]["log_mel"] < report["noise_vocoder_8"]["log_mel"]  # more bands, closer
     assert report["original"]["periodicity"] > 0.6  # the voiced frames it scores are voiced
+
+
+def test_evaluate_leaves_clips_without_voice_out_of_the_periodicity(shipped):
+    noise = (0.05 * np.random.default_rng(0).standard_normal(train.SAMPLE_RATE)).astype(np.float32)
+    voiced = train.heldout_clips(1)[0]
+    only_noise = train.evaluate(shipped, [noise], codebooks=(8,))["by_codebooks"][8]
+    assert only_noise["periodicity"] is None and np.isfinite(only_noise["log_mel"])
+    mixed = train.evaluate(shipped, [noise, voiced], codebooks=(8,))["by_codebooks"][8]
+    assert mixed["periodicity"] == train.evaluate(shipped, [voiced], codebooks=(8,))["by_codebooks"][8]["periodicity"]
