@@ -33,7 +33,7 @@ def _pair(ref, est) -> tuple[np.ndarray, np.ndarray]:
     est = np.asarray(est, dtype=np.float64).reshape(-1)
     n = min(len(ref), len(est))
     if n == 0:
-        raise ValueError("si_sdr/log_mel_distance need non-empty signals")
+        raise ValueError("codec metrics (si_sdr, snr, log_mel_distance, voiced_periodicity) need non-empty signals")
     return ref[:n], est[:n]
 
 

@@ -19,7 +19,6 @@ from csmlab.errors import CodesError, ComponentError, ConfigError
 from csmlab.metrics import CODEBOOK_SIZE, FRAME_SIZE
 
 
-
 def _codes(tensor: torch.Tensor) -> np.ndarray:
     return tensor.reshape(tensor.shape[-2], tensor.shape[-1]).to(torch.int64).numpy()  # [K, n]
 
