@@ -105,18 +105,22 @@ def _rows(state, rows: int):
     return view, sliced
 
 
-def clear_rows(model, slots: list[int], batch_size: int) -> None:
+def clear_rows(model, slots: list[int], batch_size: int, also=None) -> None:
     """Reset rows `slots` of the state installed on `model` to a new stream's, the others untouched.
 
     `reset_streaming(reset_mask)` rewinds offsets and conv buffers; the KV cache rows are zeroed too,
     because a rewound cache still holds the old keys and values, and a NaN among them would survive
-    the attention mask (0 x NaN is NaN)."""
+    the attention mask (0 x NaN is NaN). `also`: a detached module whose caches `model` resets
+    through its own state (LMGen resets its LM), to zero as well."""
     if not slots:
         return
     mask = torch.zeros(batch_size, dtype=torch.bool)
     mask[slots] = True
     model.reset_streaming(mask)
-    for state in model.get_streaming_state().values():
+    states = list(model.get_streaming_state().values())
+    if also is not None:
+        states += also.get_streaming_state().values()
+    for state in states:
         cache = getattr(state, "kv_cache", None)
         if cache is not None:
             cache.cache[:, mask] = 0
