@@ -1,0 +1,96 @@
+"""N duplex conversations on one model: one codec forward and one brain forward per 80 ms step.
+
+    pool = ConversationPool(M.load(), max_conversations=8)       # Moshi + Mimi, shared
+    sessions = [DuplexSession(pool.brain(seed=i)) for i in range(3)]   # each in its own thread
+    ... session.push(chunk, rate) as usual; pool.report() says how full the forwards were
+
+    codec = SharedCodec(load_codec(8), size=8)                    # codec only (any brain on codes)
+    session = DuplexSession(LoopbackBrain(codec=codec))
+
+A `DuplexSession` opts in through its brain and nothing else: the pool's brain hands the session a
+`SharedCodec` (`brain.codec()`), so the session's user and system codec sessions become rows of
+shared codec batches, and the brain's step becomes a row of a `MoshiBatch`. Each session still runs
+its own thread and clock, and gets what it would get alone (tests/test_batch_pipeline.py): the
+`csmlab.gather` step waits at most `window_ms` for the other conversations, then steps whoever came.
+A conversation beyond `max_conversations` is refused with `CapacityError` when its brain is made.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from csmlab.codec import Codec, load_codec
+from csmlab.codec.batch import SharedCodec
+from csmlab.gather import Gather, GatherGroup
+from csmlab.metrics import frame_ms
+from csmlab.moshi.batch import MoshiBatch
+from csmlab.moshi.stream import Moshi
+from csmlab.pipeline.brain import SILENT, Brain, Heard, Said
+
+__all__ = ["ConversationPool", "PooledMoshiBrain", "SharedCodec"]
+
+
+class ConversationPool:
+    """One Moshi and one Mimi shared by up to `max_conversations` duplex sessions, stepped together.
+
+    `sampling` takes `MoshiStream`'s options. `codec` defaults to the Mimi that `load_codec` gives for
+    Moshi's user codebooks (the offline stand-in without real weights: its banner says so)."""
+
+    def __init__(self, model: Moshi, max_conversations: int = 8, window_ms: float = 20.0,
+                 codec: Codec | None = None, **sampling):
+        self.model, self.max_conversations = model, max_conversations
+        self.moshi = MoshiBatch(model, max_conversations, **sampling)
+        group = GatherGroup(lambda: self.moshi.slots.in_use)  # each conversation: encode, Moshi, decode
+        self.gather = Gather(self.moshi.step, window_ms, group)
+        codec = codec or load_codec(model.num_user_codebooks)
+        self.codec = SharedCodec(codec, max_conversations, window_ms, group)
+
+    def brain(self, seed: int = 0) -> PooledMoshiBrain:
+        """A brain for one `DuplexSession`: a slot in the pool (`CapacityError` when all are taken)."""
+        return PooledMoshiBrain(self, seed)
+
+    def report(self) -> dict:
+        """How full the shared forwards were: mean conversations per Moshi step and per codec step."""
+        return {"max_conversations": self.max_conversations, "in_use": self.moshi.slots.in_use,
+                "moshi_per_step": round(self.gather.occupancy, 3),
+                "codec_per_step": {k: round(v, 3) for k, v in self.codec.occupancy.items()}}
+
+
+class PooledMoshiBrain(Brain):
+    """Moshi for one conversation, as a row of its pool's `MoshiBatch`: the `MoshiStream` tokens for
+    its seed, at a share of one forward per step. A concealed user frame reaches Moshi as a lost one
+    (Mimi's silence stands in, as in `MoshiStream`)."""
+
+    name = "moshi"
+    hears_codes = speaks_codes = True
+
+    def __init__(self, pool: ConversationPool, seed: int = 0):
+        super().__init__()
+        self.pool, self.seed = pool, seed
+        self.slot = pool.moshi.join(seed)
+
+    def codec(self) -> SharedCodec:
+        return self.pool.codec
+
+    def step(self, heard: Heard) -> Said:
+        model = self.pool.model
+        codes = None if heard.concealed or heard.codes is None else np.asarray(heard.codes)[: model.num_user_codebooks]
+        out = self.pool.gather.submit(self.slot, codes)
+        if out.audio is None:  # Moshi's acoustic delay: no frame yet
+            return SILENT
+        return Said(codes=out.audio.numpy(), text=out.text)
+
+    def reset(self) -> None:
+        self.pool.moshi.restart(self.slot)
+
+    def close(self) -> None:
+        if self.slot is not None:
+            self.pool.gather.leave(self.slot)
+            self.pool.moshi.leave(self.slot)
+            self.slot = None
+
+    def algorithmic_ms(self) -> dict[str, float]:
+        return {"moshi acoustic delay": self.pool.moshi.gen.max_delay * frame_ms()}
+
+    @property
+    def weights(self) -> str:
+        return self.pool.model.source.kind
