@@ -35,7 +35,7 @@ from csmlab.metrics import FRAME_SIZE
 from csmlab.slots import Slots, clear_rows, row_views
 
 
-class CodecBatch(FastMimiStream):
+class CodecBatch:
     """`size` streaming sessions of one moshi Mimi, stepped together one 80 ms frame at a time."""
 
     def __init__(self, codec: Codec, size: int = 8):
@@ -43,7 +43,13 @@ class CodecBatch(FastMimiStream):
             raise ConfigError(f"batched streaming runs on the moshi backend, not {codec.name!r}: "
                               "load_codec(..., backend='moshi')")
         self.codec, self.slots = codec, Slots(size, "codec stream")
-        super().__init__(codec.backend.model, size)
+        self.model = codec.backend.model
+        self._rows = FastMimiStream(self.model, size)  # `size` rows of state, installed with the fast kernels
+
+    @property
+    def state(self) -> dict:
+        """Every module's streaming state, `size` rows each (held here, on the model only during a step)."""
+        return self._rows._state
 
     def join(self) -> int:
         """A free slot, holding a new stream from its next step (`CapacityError` when all are taken)."""
@@ -79,9 +85,9 @@ class CodecBatch(FastMimiStream):
         rows = max(active) + 1
         mask = torch.zeros(rows, dtype=torch.bool)
         mask[list(active)] = True
-        with self._installed():
-            clear_rows(self.model, self.slots.pop_fresh(), self.batch_size)
-            with row_views(self.model, self._state, rows):
+        with self._rows._installed():
+            clear_rows(self.model, self.slots.pop_fresh(), self.slots.size)
+            with row_views(self.model, self.state, rows):
                 self.model.set_exec_mask(mask)
                 return forward()
 

@@ -101,8 +101,10 @@ class MoshiBatch:
     def close(self) -> None:
         self._state, self._closed = None, True
 
-    def index(self, slot: int) -> int:
-        return self._index[slot]
+    @property
+    def states(self) -> tuple[dict, dict]:
+        """LMGen's and the LM's streaming states, `size` rows each (on the model only during a step)."""
+        return self._state
 
     @contextmanager
     def _exclusive(self):
