@@ -12,6 +12,7 @@ a `csmlab.codec` session for the user -> a `brain` -> a `csmlab.codec` session f
 `session` runs them on a `clock` and writes every layer's `events` to one log.
 
 - `brain`: the brain interface, `LoopbackBrain`, `ScriptedBrain`, `make_brain`;
+- `moshi_brain`: `MoshiBrain`, true full duplex (loaded on first use: it imports moshi);
 - `faults`: lossy, jittery, broken sources and brains, for tests and the notebook;
 - `bridge`: CSM next to Moshi (the config table, codes from one to the other). Brain and voice meet
   here, never inside `csmlab.csm`.
@@ -22,8 +23,18 @@ from csmlab.pipeline.events import Event, EventLog
 from csmlab.pipeline.jitter import JitterBuffer
 from csmlab.pipeline.session import DuplexSession, Packet, Step, packets
 
+
+def __getattr__(name):
+    """`MoshiBrain` loads moshi (the package) only when asked for."""
+    if name == "MoshiBrain":
+        from csmlab.pipeline.moshi_brain import MoshiBrain
+
+        return MoshiBrain
+    raise AttributeError(f"module 'csmlab.pipeline' has no attribute {name!r}")
+
+
 __all__ = [
     "BRAINS", "Brain", "DuplexSession", "Event", "EventLog", "Heard", "JitterBuffer", "LoopbackBrain",
-    "Packet", "RealtimeClock", "Said", "ScriptedBrain", "SimulatedClock", "Step", "Utterance",
+    "MoshiBrain", "Packet", "RealtimeClock", "Said", "ScriptedBrain", "SimulatedClock", "Step", "Utterance",
     "make_brain", "packets",
 ]
