@@ -34,19 +34,10 @@ class MoshiBrain(Brain):
         self.model = model if model is not None else moshi.load()
         self.stream = moshi.MoshiStream(self.model, seed=seed, **sampling)
         self.tokens: deque[int | None] = deque(maxlen=history)  # text token per step (None while warming up)
-        self._codec = None
         self._failed = False
 
     def codec(self):
-        """Moshi's own Mimi (the checkpoint beside the LM), as a `csmlab.codec` with Moshi's codebook count."""
-        if self._codec is None:
-            from csmlab.codec import load_codec
-            from csmlab.weights import MIMI_FILE, WeightsSource
-
-            source = self.model.source
-            mimi = WeightsSource("mimi", source.kind, source.path / MIMI_FILE, f"Moshi's own Mimi ({source.why})")
-            self._codec = load_codec(self.model.num_user_codebooks, backend="moshi", weights=mimi)
-        return self._codec
+        return moshi_codec(self.model)
 
     def step(self, heard: Heard) -> Said:
         if self._failed:
@@ -74,3 +65,13 @@ class MoshiBrain(Brain):
     @property
     def weights(self) -> str:
         return self.model.source.kind
+
+
+def moshi_codec(model):
+    """Moshi's own Mimi (the checkpoint beside the LM), as a `csmlab.codec` with Moshi's codebook count."""
+    from csmlab.codec import load_codec
+    from csmlab.weights import MIMI_FILE, WeightsSource
+
+    source = model.source
+    mimi = WeightsSource("mimi", source.kind, source.path / MIMI_FILE, f"Moshi's own Mimi ({source.why})")
+    return load_codec(model.num_user_codebooks, backend="moshi", weights=mimi)  # cached: loading twice is free
