@@ -75,3 +75,25 @@ def test_ogg_page_check_accepts_sphn_pages_and_refuses_cut_or_foreign_ones():
         with pytest.raises(ProtocolError) as err:
             check_ogg_pages(bad)
         assert err.value.kind == kind
+
+
+def test_deploy_files_agree_with_the_server():
+    """The port, the install path, the config path and the flags the deploy files use are real."""
+    import yaml
+
+    from csmlab.cli import build_parser
+
+    deploy = DEPLOY_TOML.parent
+    port = str(Settings().port)
+    compose = yaml.safe_load((deploy / "compose.yaml").read_text())
+    assert compose["services"]["csmlab"]["expose"] == [port]
+    assert compose["services"]["csmlab"]["build"]["dockerfile"] == "deploy/Dockerfile"
+    dockerfile = (deploy / "Dockerfile").read_text()
+    assert "bash scripts/install.sh" in dockerfile and f"EXPOSE {port}" in dockerfile
+    entry = yaml.safe_load(dockerfile.split("ENTRYPOINT", 1)[1].strip())  # a JSON list is YAML too
+    unit = next(line for line in (deploy / "csmlab.service").read_text().splitlines() if line.startswith("ExecStart="))
+    for argv in (entry[1:] + ["--brain", "loopback"], unit.split()[1:]):
+        args = build_parser().parse_args(argv)  # every flag the deploy files pass exists
+        assert args.command == "serve" and args.config == "/etc/csmlab/csmlab.toml"
+    nginx = (deploy / "nginx.conf").read_text()
+    assert f"127.0.0.1:{port}" in nginx and "proxy_set_header Upgrade $http_upgrade" in nginx
