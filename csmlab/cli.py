@@ -9,6 +9,7 @@ import argparse
 import importlib
 import json
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from csmlab.bench import BENCHES, machine
@@ -28,7 +29,9 @@ def _bench(args: argparse.Namespace) -> int:
     figures = module.run(opts)
     if opts.json:
         Path(opts.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(opts.json).write_text(json.dumps({"machine": machine(), **figures}, indent=2, default=str))
+        stamp = {"machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "command": f"csmlab bench {args.what} {' '.join(args.rest)}".strip()}
+        Path(opts.json).write_text(json.dumps({**stamp, **figures}, indent=2, default=str))
         print(f"wrote {opts.json}")
     return 0
 
