@@ -63,6 +63,8 @@ def _add_serve(sub) -> None:
     serve.add_argument("--port", type=int, help="port (default 8998, moshi's)")
     serve.add_argument("--brain", help="loopback | moshi | cascade | scripted")
     serve.add_argument("--weights", help="checkpoint path for the brain (default: csmlab.weights resolves it)")
+    serve.add_argument("--listen", action="store_true", default=None,
+                       help="offline: decode with the small trained Mimi, so the audio follows the speech")
     serve.add_argument("--device", help="cpu or cuda")
     serve.add_argument("--threads", type=int, help="torch threads per session")
     serve.add_argument("--max-sessions", type=int, dest="max_sessions")

@@ -14,6 +14,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from csmlab.pipeline import ScriptedBrain, Utterance
 from csmlab.serve import Settings
 from csmlab.serve.app import serve_in_thread
 from csmlab.serve.client import FRAME, MoshiClient, Refused, converse
@@ -22,9 +23,21 @@ RATE = 24_000
 TIMEOUT = 10.0
 
 
-def tone(seconds: float, hz: float = 440.0) -> np.ndarray:
+def tone(seconds: float, hz: float = 440.0, amplitude: float = 0.3) -> np.ndarray:
     t = np.arange(int(seconds * RATE)) / RATE
-    return (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+    return (amplitude * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def settings(**overrides) -> Settings:
+    return Settings(**{"port": 0, "listen": True, **overrides})
+
+
+SCRIPT = [Utterance(0, tone(0.32, amplitude=0.3), RATE, "hello"), Utterance(400, tone(0.32, 880, 0.05), RATE, " world")]
+
+
+def scripted() -> ScriptedBrain:
+    """Known audio and text at known steps, and no codec: the protocol's own behaviour, cheaply."""
+    return ScriptedBrain(SCRIPT)
 
 
 def url(server, path: str = "/api/chat") -> str:
@@ -33,7 +46,7 @@ def url(server, path: str = "/api/chat") -> str:
 
 @pytest.fixture(scope="module")
 def server():
-    with serve_in_thread(Settings(port=0, max_sessions=2, idle_timeout_s=5)) as running:
+    with serve_in_thread(settings(max_sessions=2, idle_timeout_s=5), scripted) as running:
         yield running
 
 
@@ -44,8 +57,8 @@ async def _audio_round_trip(client: MoshiClient, frames: int = 4) -> int:
     got = 0
     while got < frames * FRAME:
         kind, payload = await client.receive(TIMEOUT)
-        assert kind == "audio", (kind, payload)
-        got += len(payload)
+        assert kind in ("audio", "text"), (kind, payload)
+        got += len(payload) if kind == "audio" else 0
     return got
 
 
@@ -58,12 +71,23 @@ async def _with_client(server, body, **connect):
             await client.close()
 
 
-def test_handshake_then_streamed_audio_comes_back(server):
-    audio = tone(1.0)
+def test_handshake_then_streamed_audio_and_text_come_back(server):
+    audio = tone(1.2)
     talk = asyncio.run(converse(url(server), audio, realtime=False))
-    assert talk.errors == [] and talk.frames_sent == len(audio) // FRAME
+    assert talk.errors == [] and talk.frames_sent == len(audio) // FRAME == 15
     assert len(talk.audio) == talk.frames_sent * FRAME  # one 80 ms step out per 80 ms in
-    assert np.sqrt(np.mean(talk.audio[FRAME:] ** 2)) > 0.05  # sound, not silence
+    assert talk.texts == ["hello", " world"]
+    rms = np.sqrt((talk.audio.reshape(-1, FRAME) ** 2).mean(axis=1))  # [15] level of each step, through Opus
+    assert np.all(rms[1:4] > 0.15) and np.all((0.01 < rms[6:9]) & (rms[6:9] < 0.06)) and np.all(rms[11:] < 0.01)
+
+
+def test_loopback_brain_from_the_settings_round_trips_through_the_codec():
+    with serve_in_thread(settings()) as echo:  # the default brain: loopback on the small trained Mimi
+        talk = asyncio.run(converse(url(echo), tone(0.8), realtime=False))
+        metrics = echo.metrics.text().decode()
+    assert talk.errors == [] and len(talk.audio) == talk.frames_sent * FRAME
+    for layer in ("encode", "brain", "decode"):  # every step went through the codec and the brain
+        assert f'csmlab_step_compute_seconds_count{{layer="{layer}"}} {talk.frames_sent}.0' in metrics
 
 
 BAD_MESSAGES = {
@@ -95,7 +119,7 @@ def test_bad_message_is_answered_and_the_connection_keeps_working(server, case):
 
 
 def test_oversized_message_closes_with_1009_and_a_new_connection_works():
-    with serve_in_thread(Settings(port=0, max_message_bytes=4096)) as small:
+    with serve_in_thread(settings(max_message_bytes=4096)) as small:
         async def oversized(client: MoshiClient):
             await client.send_raw(b"\x01" + bytes(8192))
             return await client.receive(TIMEOUT)
@@ -143,7 +167,7 @@ def test_sessions_beyond_the_maximum_get_an_error_and_a_close_not_a_wait(server)
 
 
 def test_idle_session_is_closed_with_a_reason():
-    with serve_in_thread(Settings(port=0, idle_timeout_s=0.3)) as quick:
+    with serve_in_thread(settings(idle_timeout_s=0.3)) as quick:
         async def idle(client: MoshiClient):
             return [await client.receive(TIMEOUT), await client.receive(TIMEOUT)]
 
@@ -153,7 +177,7 @@ def test_idle_session_is_closed_with_a_reason():
 
 
 def test_session_over_its_length_limit_is_closed_with_a_reason():
-    with serve_in_thread(Settings(port=0, max_session_s=0.5)) as short:
+    with serve_in_thread(settings(max_session_s=0.5)) as short:
         talk = asyncio.run(converse(url(short), tone(1.5), realtime=True))
         assert any("0.5 s limit" in e for e in talk.errors) and talk.close_code == 1008
         assert len(talk.audio) < len(tone(1.5))
@@ -180,7 +204,7 @@ def test_healthz_and_metrics_report_sessions_steps_and_errors(server):
 
 def test_token_on_a_non_loopback_bind_is_required_and_checked():
     """Binds all interfaces (so the token rule applies) but connects through 127.0.0.1 only."""
-    with serve_in_thread(Settings(host="0.0.0.0", port=0, token="s3cret-token")) as exposed:
+    with serve_in_thread(settings(host="0.0.0.0", token="s3cret-token")) as exposed:
         async def attempts():
             results = {}
             async with aiohttp.ClientSession() as http:
@@ -205,7 +229,8 @@ def test_token_on_a_non_loopback_bind_is_required_and_checked():
 
 def test_sigterm_closes_sessions_with_a_reason_and_exits_0():
     env = {**os.environ, "CSMLAB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "csmlab.cli", "serve", "--port", "0"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "csmlab.cli", "serve", "--port", "0", "--brain", "scripted"],
+                            env=env,
                             stderr=subprocess.PIPE, text=True)
     try:
         port = None

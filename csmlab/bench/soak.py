@@ -30,6 +30,7 @@ from csmlab.serve.client import RATE, converse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=1.0, help="how long to stream (CI: 1)")
     parser.add_argument("--brain", default="loopback", help="the server's brain")
+    parser.add_argument("--listen", action="store_true", help="offline: the small trained Mimi instead of the full-size one")
     parser.add_argument("--sessions", type=int, default=1, help="concurrent clients")
     parser.add_argument("--clip-s", type=float, default=15.0, help="seconds per session before reconnecting")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per session in the server")
@@ -119,7 +120,7 @@ def summarize(args, rss: list, talks: list, metrics: dict, exit_code: int, log: 
     turnaround = np.concatenate([t.turnaround_ms for t in talks if t.turnaround_ms] or [np.zeros(0)])
     sent = sum(t.frames_sent for t in talks)
     return {
-        "minutes": args.minutes, "brain": args.brain, "sessions": args.sessions, "conversations": len(talks),
+        "minutes": args.minutes, "brain": args.brain, "listen": args.listen, "sessions": args.sessions, "conversations": len(talks),
         "frames_sent": sent, "frames_received": int(sum(len(t.audio) for t in talks) // 1920),
         "steps": metrics.get("steps", 0), "late_frames": metrics.get("late", 0), "dropped_frames": metrics.get("dropped", 0),
         "server_errors": metrics["errors"], "client_errors": [e for t in talks for e in t.errors],
@@ -147,7 +148,7 @@ def _print(fig: dict) -> None:
 def run(args) -> dict:
     clip = real_recording(RATE).audio[: int(args.clip_s * RATE)]  # [T] float32, the real call at 24 kHz
     flags = ("--brain", args.brain, "--threads", str(args.threads), "--max-sessions", str(args.sessions),
-             "--max-session-s", str(60 * args.minutes + 60))
+             "--max-session-s", str(60 * args.minutes + 60), *(("--listen",) if args.listen else ()))
     with server_process(*flags) as (proc, port, log):
         rss, talks, text = asyncio.run(_soak(port, proc.pid, args, clip))
         proc.terminate()

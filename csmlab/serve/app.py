@@ -16,14 +16,16 @@ import threading
 import time
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
+from typing import Callable
 
-import numpy as np
 from aiohttp import web
+import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from csmlab.serve.access import access_denied
-from csmlab.serve.chat import CLOSE_GOING_AWAY, FRAME, Chat, refuse
+from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
+from csmlab.pipeline import Brain, DuplexSession, make_brain
+from csmlab.serve.chat import CLOSE_GOING_AWAY, Chat, refuse
 from csmlab.serve.config import Settings
 from csmlab.serve.metrics import ServerMetrics
 
@@ -36,32 +38,41 @@ def _thread_setup(threads: int) -> None:
     torch.set_num_threads(threads)  # a new thread starts with torch's default count (DEVELOPERS.md)
 
 
-class _EchoSession:
-    """TEMPORARY until csmlab.pipeline lands on main: answers each 80 ms with the same 80 ms."""
+def brain_factory(settings: Settings) -> Callable[[], Brain]:
+    """A new brain per session, as the settings say; loaded models are shared (csmlab caches them)."""
+    kwargs = {}
+    if settings.brain == "loopback":
+        from csmlab.codec import load_codec
 
-    def __init__(self):
-        self.buffer, self.index = np.zeros(0, np.float32), 0
+        kwargs["codec"] = load_codec(8, weights=settings.weights or None, listen=settings.listen)
+    return lambda: make_brain(settings.brain, **kwargs)
 
-    def push(self, chunk, sample_rate, seq=None):
-        self.buffer = np.concatenate([self.buffer, chunk])
-        steps = []
-        while self.buffer.size >= FRAME:
-            t0 = time.perf_counter()
-            pcm, self.buffer = self.buffer[:FRAME], self.buffer[FRAME:]
-            ms = {"brain": 1000 * (time.perf_counter() - t0)}
-            steps.append(SimpleNamespace(index=self.index, pcm=pcm, text="", seq=seq, late=False, compute_ms=ms))
-            self.index += 1
-        return steps
 
-    def close(self):
-        pass
+def _announce_weights(brain: Brain) -> None:
+    """Say which weights speak; loudly, line by line, when they are not the released model's."""
+    codec = brain.codec()
+    if codec is None and brain.weights == "none":
+        log.info("brain %s uses no model weights", brain.name)
+        return
+    banner = codec.weights.banner() if codec is not None else ""
+    if codec is not None and codec.weights.is_real and brain.weights in ("local", "hub", "real"):
+        log.info("brain %s on real weights: %s", brain.name, banner)
+        return
+    log.warning("OFFLINE WEIGHTS: brain %r runs on %r weights, NOT the released model: "
+                "its audio and text are not what the real model would say", brain.name, brain.weights)
+    for line in banner.splitlines():
+        log.warning("%s", line)
 
 
 class Server:
-    """One `csmlab serve` process: settings, brain, sessions, metrics."""
+    """One `csmlab serve` process: settings, brain, sessions, metrics.
 
-    def __init__(self, settings: Settings):
+    `new_brain` makes the brain of each session (default: from the settings); tests pass their own.
+    """
+
+    def __init__(self, settings: Settings, new_brain: Callable[[], Brain] | None = None):
         self.settings = settings
+        self.new_brain = new_brain
         self.metrics = ServerMetrics()
         self.executor = ThreadPoolExecutor(settings.max_sessions + 1, thread_name_prefix="csmlab-session",
                                            initializer=_thread_setup, initargs=(settings.threads,))
@@ -93,12 +104,18 @@ class Server:
         self.loading = asyncio.get_running_loop().run_in_executor(self.executor, self._load)
 
     def _load(self) -> None:
-        self.ready = True  # the echo adapter needs no weights
+        """Load the models once (every session's brain shares them), say which weights, warm up."""
+        if self.new_brain is None:
+            self.new_brain = brain_factory(self.settings)
+        with self._open_session() as warm:
+            _announce_weights(warm.brain)
+            warm.push(np.zeros(2 * FRAME_SIZE, np.float32), SAMPLE_RATE)  # first-call costs, paid before clients come
+        self.ready = True
         self.metrics.ready.set(1)
         log.info("brain %s ready", self.settings.brain)
 
-    def _open_session(self):
-        return _EchoSession()
+    def _open_session(self) -> DuplexSession:
+        return DuplexSession(self.new_brain(), clock="realtime")
 
     async def stop(self, reason: str = "server shutting down") -> None:
         """Graceful: stop accepting, close sessions with `reason`, let worker threads finish."""
@@ -183,7 +200,7 @@ async def _serve_until_signal(settings: Settings) -> int:
 
 
 @contextmanager
-def serve_in_thread(settings: Settings, ready_timeout: float = 600.0):
+def serve_in_thread(settings: Settings, new_brain: Callable[[], Brain] | None = None, ready_timeout: float = 600.0):
     """A `Server` running on its own event loop in a background thread (tests, notebooks).
 
     Yields the server once it is ready (`server.port` is the bound port); stops it gracefully on exit.
@@ -191,7 +208,7 @@ def serve_in_thread(settings: Settings, ready_timeout: float = 600.0):
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="csmlab-serve", daemon=True)
     thread.start()
-    server = Server(settings)
+    server = Server(settings, new_brain)
     try:
         asyncio.run_coroutine_threadsafe(server.start(), loop).result(timeout=30)
         asyncio.run_coroutine_threadsafe(asyncio.wait_for(server.loading, ready_timeout), loop).result()

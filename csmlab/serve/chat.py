@@ -21,12 +21,11 @@ import sphn
 from aiohttp import web
 
 from csmlab.errors import CsmlabError
+from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
 from csmlab.serve.metrics import ServerMetrics
 from csmlab.serve.protocol import HANDSHAKE, ProtocolError, audio_message, audio_payload, error_message, text_message
 
 log = logging.getLogger("csmlab.serve")
-SAMPLE_RATE = 24_000
-FRAME = 1920  # one 80 ms step at 24 kHz
 BACKLOG_S = 2.0  # audio waiting for compute beyond this is dropped, oldest first, and counted
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_ERROR, CLOSE_TRY_LATER = 1000, 1001, 1008, 1011, 1013
 
@@ -116,7 +115,7 @@ class Chat:
         while self.backlog_samples > BACKLOG_S * SAMPLE_RATE and self.backlog.qsize() > 1:
             dropped = self.backlog.get_nowait()
             self.backlog_samples -= dropped.size
-            self.metrics.dropped.inc(dropped.size / FRAME)
+            self.metrics.dropped.inc(dropped.size / FRAME_SIZE)
 
     async def _work_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -21,6 +21,7 @@ import sphn
 
 RATE = 24_000
 FRAME = 1920
+QUIET_S = 3.0  # after the last frame is sent, the answer is over once the server is this long quiet
 _KINDS = {0: "handshake", 1: "audio", 2: "text", 5: "error"}
 
 
@@ -92,7 +93,7 @@ async def _collect(client: MoshiClient, sent_at: list[float], talk: Conversation
     pcm = []
     while True:
         try:
-            kind, payload = await client.receive(timeout=10.0 if done.is_set() else 30.0)
+            kind, payload = await client.receive(timeout=QUIET_S if done.is_set() else 30.0)
         except asyncio.TimeoutError:
             break
         if kind == "closed":

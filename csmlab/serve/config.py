@@ -21,7 +21,7 @@ BRAINS = ("loopback", "moshi", "cascade", "scripted")
 TOKEN_ENV = "CSMLAB_TOKEN"
 SECTIONS = {
     "server": ("host", "port", "token", "insecure"),
-    "brain": ("brain", "weights", "device", "threads"),
+    "brain": ("brain", "weights", "listen", "device", "threads"),
     "limits": ("max_sessions", "max_session_s", "max_message_bytes", "idle_timeout_s"),
 }
 
@@ -36,6 +36,7 @@ class Settings:
     insecure: bool = False  # allow a non-loopback bind without a token (behind a trusted proxy only)
     brain: str = "loopback"
     weights: str = ""  # a checkpoint path; "" lets csmlab.weights resolve it
+    listen: bool = False  # offline: the small trained Mimi, so that the audio follows the speech
     device: str = "cpu"
     threads: int = 1  # torch threads per session worker
     max_sessions: int = 2

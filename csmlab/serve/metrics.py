@@ -33,6 +33,8 @@ class ServerMetrics:
         self.steps.inc()
         if step.late:
             self.late.inc()
+        if step.fault:  # the pipeline survived it (silence went out) and says which layer failed
+            self.errors.labels(step.fault).inc()
         for layer, ms in step.compute_ms.items():
             self.step_seconds.labels(layer).observe(ms / 1000)
 
