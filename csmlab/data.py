@@ -15,6 +15,11 @@ from csmlab.errors import CsmlabError
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
+# The call's two files name its speakers differently: the RTTM (who speaks when) says speaker90 and
+# speaker91, the STM transcript says Diane and Sheila (the RTTM's first turn, at 6.69 s, is the
+# STM's first "Hello?" by Diane, at 6.68 s). Every Turn this module returns uses the STM's names.
+SPEAKER_NAMES = {"speaker90": "Diane", "speaker91": "Sheila"}
+
 
 @dataclass(frozen=True)
 class Turn:
@@ -60,7 +65,7 @@ def _read_rttm(path: Path) -> list[Turn]:
     for line in path.read_text().splitlines():
         fields = line.split()
         start, duration = float(fields[3]), float(fields[4])
-        turns.append(Turn(fields[7], start, start + duration))
+        turns.append(Turn(SPEAKER_NAMES.get(fields[7], fields[7]), start, start + duration))
     return turns
 
 
