@@ -101,11 +101,17 @@ def speaking_time(turns: list[Turn]) -> dict[str, float]:
     return totals
 
 
-def overlap_seconds(turns: list[Turn]) -> float:
-    """Seconds during which two different speakers talk at once: what full duplex must handle."""
-    total = 0.0
+def overlap_intervals(turns: list[Turn]) -> list[tuple[float, float]]:
+    """(start, end) of every stretch where two different speakers talk at once, in time order."""
+    spans = []
     for i, a in enumerate(turns):
         for b in turns[i + 1:]:
-            if a.speaker != b.speaker:
-                total += max(0.0, min(a.end, b.end) - max(a.start, b.start))
-    return total
+            start, end = max(a.start, b.start), min(a.end, b.end)
+            if a.speaker != b.speaker and end > start:
+                spans.append((start, end))
+    return sorted(spans)
+
+
+def overlap_seconds(turns: list[Turn]) -> float:
+    """Seconds during which two different speakers talk at once: what full duplex must handle."""
+    return sum(end - start for start, end in overlap_intervals(turns))
