@@ -13,6 +13,13 @@ Mimi (Défossez et al., "Moshi: a speech-text foundation model for real-time dia
 `audio` may be numpy or torch, float32/float64/int16, mono or stereo, `[T]`, `[C, T]` or `[T, C]`,
 at any sample rate (see `csmlab.audio`). The batch path pads the end with zeros to a whole frame,
 exactly as a session's `flush()` does, so batch and streaming see the same samples.
+
+Threads: one `Codec` may serve any number of sessions and batch calls from any threads, and each
+gives exactly the codes (and audio) it gives alone. Every backend call holds the model's lock
+(`csmlab.locks`): calls on one codec run one at a time, and each session's streaming state is
+installed only for its own calls. A session is one ordered stream: feed it from one thread at a
+time (its own lock keeps concurrent calls from corrupting it, but cannot order your chunks).
+A session dropped without `close()` holds nothing of the codec's.
 """
 from __future__ import annotations
 

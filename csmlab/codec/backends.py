@@ -10,12 +10,14 @@ validation, resampling and buffering, once for all three.
 from __future__ import annotations
 
 import contextlib
+import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from csmlab.errors import CodesError, ComponentError, ConfigError
+from csmlab.errors import CodesError, ConfigError, StreamClosedError
+from csmlab.locks import exclusive
 from csmlab.metrics import CODEBOOK_SIZE, FRAME_SIZE
 
 
@@ -32,7 +34,11 @@ def _wave(x: np.ndarray) -> torch.Tensor:
 
 
 class MoshiBackend:
-    """Kyutai's PyTorch Mimi (`moshi.models.loaders.get_mimi`), the reference implementation."""
+    """Kyutai's PyTorch Mimi (`moshi.models.loaders.get_mimi`), the reference implementation.
+
+    One model serves the batch path and every session: each call holds the model's lock
+    (`csmlab.locks`), and a batch call runs with no session's streaming state installed.
+    """
 
     name = "moshi"
 
@@ -47,13 +53,13 @@ class MoshiBackend:
         self.num_codebooks = num_codebooks
         self.codebook_size = self.model.cardinality
 
-    @torch.inference_mode()
     def encode(self, x: np.ndarray) -> np.ndarray:
-        return _codes(self.model.encode(_wave(x)))
+        with _exclusive(self.model):
+            return _codes(self.model.encode(_wave(x)))
 
-    @torch.inference_mode()
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        return _audio(self.model.decode(torch.from_numpy(codes)[None]))
+        with _exclusive(self.model):
+            return _audio(self.model.decode(torch.from_numpy(codes)[None]))
 
     def open_stream(self):
         """csmlab's fast streaming path (`csmlab.codec.fast`) on moshi's modules and state."""
@@ -62,40 +68,47 @@ class MoshiBackend:
         return FastMimiStream(self.model)
 
 
+@contextlib.contextmanager
+def _exclusive(model):
+    """The model to ourselves, with no session's state in it, in inference mode."""
+    with exclusive(model, "Mimi"), torch.inference_mode():
+        yield
+
+
 class MimiStream:
     """moshi's own streaming API, with this session's state swapped in for each call.
 
-    moshi keeps streaming state on the modules themselves, so one model serves one stream. Holding
-    each session's state and installing it around every call lets several sessions (the duplex
-    pipeline needs two) share one set of weights.
+    moshi keeps streaming state on the modules themselves, so one model serves one stream at a
+    time. Each session holds its own state and installs it around every call, under the model's
+    lock, so several sessions (the duplex pipeline needs two) and the batch path share one set of
+    weights from any threads. Between calls the model holds no state: a session that is dropped
+    without `close()` frees nothing shared. `reset()` builds a fresh state rather than rewinding the
+    old one, so nothing a past input left in the caches survives it.
     """
 
     FRAMES_PER_CALL = 4  # longer inputs are split: the attention caches are sized for this many frames
 
     def __init__(self, model):
         self.model = model
-        self._stack = contextlib.ExitStack()
-        with self._occupied():
-            model._start_streaming(1, self._stack)
-            _widen_attention_caches(model, 2 * self.FRAMES_PER_CALL)
-            self._state = model.get_streaming_state()
-            model._stop_streaming()
+        self._state = self._fresh_state()
 
-    @contextlib.contextmanager
-    def _occupied(self):
-        if self.model.is_streaming:
-            raise ComponentError("this Mimi is already streaming outside csmlab; leave its streaming() context first")
-        try:
-            yield
-        finally:
-            self.model._stop_streaming()
+    def _fresh_state(self) -> dict:
+        with _exclusive(self.model):
+            self.model._start_streaming(1, contextlib.ExitStack())  # moshi's states need no exit
+            _widen_attention_caches(self.model, 2 * self.FRAMES_PER_CALL)
+            return self.model.get_streaming_state()
+
+    def _kernels(self):
+        """What runs the modules during a call; `FastMimiStream` swaps in faster kernels."""
+        return contextlib.nullcontext()
 
     @contextlib.contextmanager
     def _installed(self):
-        with self._occupied(), torch.inference_mode():
+        if self._state is None:
+            raise StreamClosedError("this codec stream is closed; open a new one with codec.stream()")
+        with _exclusive(self.model), self._kernels():
             self.model.set_streaming_state(self._state)
             yield
-            self._state = self.model.get_streaming_state()
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         step = self.FRAMES_PER_CALL * FRAME_SIZE
@@ -111,11 +124,9 @@ class MimiStream:
         return np.concatenate(audio) if audio else np.zeros(0, np.float32)
 
     def reset(self) -> None:
-        with self._installed():
-            self.model.reset_streaming()
+        self._state = self._fresh_state()
 
     def close(self) -> None:
-        self._stack.close()
         self._state = None
 
 
@@ -167,19 +178,23 @@ class RustyMimiBackend:
             )
         self.path, self.num_codebooks = path, num_codebooks
         self.model = rustymimi.Tokenizer(str(path))
+        self._lock = threading.Lock()  # a Tokenizer takes one caller at a time ("Already borrowed")
 
     def encode(self, x: np.ndarray) -> np.ndarray:
-        return self.model.encode(x[None, None])[0].astype(np.int64)
+        with self._lock:
+            return self.model.encode(x[None, None])[0].astype(np.int64)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        return self.model.decode(codes[None].astype(np.uint32)).reshape(-1)
+        with self._lock:
+            return self.model.decode(codes[None].astype(np.uint32)).reshape(-1)
 
     def open_stream(self):
         return RustyMimiStream(self.path)
 
 
 class RustyMimiStream:
-    """One `rustymimi.Tokenizer` per session: `encode_step`/`decode_step` keep their own state.
+    """One `rustymimi.Tokenizer` per session: `encode_step`/`decode_step` keep their own state, so
+    sessions never share one (the session's own lock keeps its calls one at a time).
 
     `reset()` loads a fresh tokenizer: rustymimi 0.4.1's own `Tokenizer.reset()` leaves some state
     behind (measured: after a few frames and `reset()`, codebook 0 of the next first frame differs

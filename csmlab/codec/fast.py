@@ -20,7 +20,8 @@ view of row-major rows; with a contiguous `[K, 2]` operand, or as `x @ W.T`, the
 kernels ~127 ms; convs as GEMM 78-85 ms; with the fast layouts and the Linear path 49-50 ms, against
 a batch cost of ~19 ms and a weight-read floor (every weight matrix times one vector) of ~23 ms.
 No weight is copied; moshi's own streaming wrappers still manage the left context and the
-transposed convs' partial sums, so the state is moshi's, swapped per session as in `MimiStream`.
+transposed convs' partial sums, so the state is moshi's, swapped per session as in `MimiStream`, and
+the kernels are installed only inside a call, under the model's lock (`csmlab.locks`).
 The arithmetic is the same up to float summation order: codes equal the batch path's except at
 float near-ties (measured in tests/test_codec_equivalence.py).
 
@@ -123,14 +124,15 @@ class FastMimiStream(MimiStream):
         self._fast = [(m, f) for m in model.modules() if (f := _fast_forward(m)) is not None]
 
     @contextlib.contextmanager
-    def _installed(self):
+    def _kernels(self):
+        """The GEMM forwards and `STREAM_THREADS`, for the length of one call (under the model's lock:
+        another thread's call on the same modules never sees them half-installed)."""
         threads = torch.get_num_threads()
         torch.set_num_threads(STREAM_THREADS)
         for module, forward in self._fast:
             module.forward = forward  # an instance attribute shadows the class's forward
         try:
-            with super()._installed():
-                yield
+            yield
         finally:
             for module, _ in self._fast:
                 del module.forward

@@ -12,8 +12,16 @@ its streaming state is then half-updated, so the session raises `ComponentError`
 on until `reset()`; `session.unencoded` holds the audio that had not become codes. `flush()` ends
 the stream: it drains the resampler, pads the last partial frame with zeros (as the batch path
 does) and encodes it.
+
+Threads: sessions on one codec are independent and may run in different threads, next to batch
+calls on the same codec (`csmlab.codec` states the contract). One session is one ordered stream:
+its calls take the session's own lock, so two threads sharing a session cannot corrupt it, but
+only the caller can say in what order its chunks belong.
 """
 from __future__ import annotations
+
+import functools
+import threading
 
 import numpy as np
 
@@ -22,12 +30,23 @@ from csmlab.errors import AudioFormatError, ComponentError, StreamClosedError
 from csmlab.metrics import FRAME_SIZE
 
 
+def _serialized(method):
+    """Run `method` holding the session's lock: one call at a time on one session."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return call
+
 
 class CodecSession:
     """One audio stream through one codec; open it with `codec.stream()`, use it as a context manager."""
 
     def __init__(self, codec):
         self.codec = codec
+        self._lock = threading.RLock()
         self._stream = codec.backend.open_stream()
         self._closed = False
         self._clear()
@@ -41,6 +60,7 @@ class CodecSession:
         self._failure: str | None = None  # set when a backend call failed: reset() before going on
 
     # -- encode -----------------------------------------------------------------------------------
+    @_serialized
     def encode(self, chunk, sample_rate, layout: str | None = None) -> np.ndarray:
         """Push a chunk of any length; returns codes `[K, n]` (int64, n >= 0) of the frames now complete."""
         self._check_usable()
@@ -94,6 +114,7 @@ class CodecSession:
                 "audio = session.unencoded; session.reset(); session.encode(audio, 24000)"
             ) from err
 
+    @_serialized
     def flush(self) -> np.ndarray:
         """End the stream: drain the resampler, zero-pad the last partial frame, return its codes."""
         self._check_usable()
@@ -114,6 +135,7 @@ class CodecSession:
         return self._buffer.copy()
 
     # -- decode -----------------------------------------------------------------------------------
+    @_serialized
     def decode(self, codes) -> np.ndarray:
         """Decode the next `[K, n]` codes; returns `n * 1920` float32 samples at 24 kHz."""
         self._check_usable()
@@ -123,12 +145,14 @@ class CodecSession:
         return self._backend(self._stream.decode, codes)
 
     # -- lifecycle --------------------------------------------------------------------------------
+    @_serialized
     def reset(self) -> None:
         """Forget everything: start a new stream (a new rate is allowed) on the same session."""
         self._check_open()
         self._stream.reset()
         self._clear()
 
+    @_serialized
     def close(self) -> None:
         """Release the backend's streaming state; any later call raises `StreamClosedError`."""
         if not self._closed:

@@ -8,8 +8,11 @@
 from __future__ import annotations
 
 import logging
+import math
+import numbers
+import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +20,8 @@ from moshi.models import LMGen
 from moshi.models.lm import LMModel
 from moshi.utils.compile import no_compile
 
-from csmlab.errors import CodesError, StreamClosedError
+from csmlab.errors import CodesError, ComponentError, ConfigError, StreamClosedError
+from csmlab.locks import exclusive
 from csmlab.metrics import FRAME_SIZE
 from csmlab.weights import WeightsSource, resolve
 
@@ -43,7 +47,7 @@ class Moshi:
     def silence_codes(self) -> torch.Tensor:
         """Mimi's codes for one 80 ms frame of silence, `[1, K, 1]`: what a dropped user frame becomes."""
         if self._silence is None:
-            with torch.no_grad(), _eager(self.lm.device):
+            with exclusive(self.mimi, "Mimi"), torch.no_grad(), _eager(self.lm.device):
                 zeros = torch.zeros(1, 1, FRAME_SIZE, device=self.lm.device)
                 self._silence = self.mimi.encode(zeros)[:, : self.num_user_codebooks]  # [1, K, 1]
         return self._silence
@@ -111,34 +115,71 @@ def check_user_codes(codes, num_codebooks: int, card: int) -> torch.Tensor:
     return codes.reshape(1, num_codebooks, 1).long()
 
 
+SAMPLING = ("use_sampling", "temp", "temp_text", "top_k", "top_k_text")  # LMGen's sampling options
+HOOKS = ("on_text_hook", "on_text_logits_hook", "on_audio_hook")  # LMGen's callbacks, passed through
+
+
+def check_sampling(sampling: dict) -> dict:
+    """LMGen's options, checked: names it knows, positive temperatures, top-k counts of at least 1.
+
+    moshi would take `temp=0` as greedy, and `top_k=0` as no cut, silently; here greedy is said
+    out loud (`use_sampling=False`) and a top-k is a count of tokens."""
+    unknown = sorted(set(sampling) - set(SAMPLING) - set(HOOKS))
+    if unknown:
+        raise ConfigError(f"MoshiStream takes no option {', '.join(unknown)}; its sampling options are {', '.join(SAMPLING)}")
+    for name in ("temp", "temp_text"):
+        value = sampling.get(name, 1.0)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+            raise ConfigError(f"{name} must be a positive finite number (Moshi uses 0.8 / 0.7), not {value!r}; "
+                              "for greedy decoding pass use_sampling=False")
+    for name in ("top_k", "top_k_text"):
+        value = sampling.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ConfigError(f"{name} must be an int >= 1 (Moshi uses 250 / 25), not {value!r}")
+    if not isinstance(sampling.get("use_sampling", True), bool):
+        raise ConfigError(f"use_sampling must be True or False, not {sampling['use_sampling']!r}")
+    return sampling
+
+
 class MoshiStream:
     """Moshi one 80 ms step at a time: user codes in, Moshi's text token and audio codes out.
 
     A thin wrapper around `moshi.models.LMGen` that validates inputs, decodes text, times each
     step, substitutes silence for a dropped user frame (and logs it), and says explicitly when
     there is no output yet. Seeded: the same seed and inputs give the same tokens.
+
+    Threads: any number of streams may run on one loaded `Moshi`, from any threads, and each gives
+    the tokens it gives alone. moshi keeps streaming state on the model's modules; each stream
+    keeps its own (LMGen's and the LM's KV caches) and installs it only during its own `step`,
+    holding the model's lock (`csmlab.locks`), so steps on one model run one at a time. Sampling
+    draws from torch's global RNG, which each step swaps for the stream's own under one
+    process-wide lock; other code drawing from that RNG on another thread at the same moment can
+    change which tokens a stream samples (never their validity). Between steps the model holds no
+    stream's state: a stream dropped without `close()` frees the model, and re-running
+    `st = MoshiStream(m)` in a notebook works.
     """
 
     def __init__(self, model: Moshi, seed: int = 0, **sampling):
         self.model = model
         self.seed = seed
-        self.gen = LMGen(model.lm, **sampling)
-        self._session = self.gen.streaming(1)  # holds LMGen's and the LM's caches until close()
+        self.gen = LMGen(model.lm, **check_sampling(sampling))
+        self._state: tuple[dict, dict] | None = None  # (LMGen's, the LM's) streaming state while open
+        self._closed = False
         self.dropped = 0
         self.reset()
 
     def reset(self) -> None:
-        """Start a new conversation: empty caches, step 0, the same seed."""
+        """Start a new conversation: fresh caches (nothing of the old survives), step 0, the same seed."""
         self._require_open()
-        self.gen.reset_streaming()
+        with self._exclusive():
+            self.gen._start_streaming(1, ExitStack())  # also starts the LM's; moshi's states need no exit
+            self._state = (self.gen.get_streaming_state(), self.model.lm.get_streaming_state())
         self.index = 0
         self._rng_state = None  # seeded from `seed` on the first step
 
     def close(self) -> None:
-        """Free the caches and give the model back (its non-streaming `forward` works again)."""
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        """Free the caches; the model never held them between steps, so it is free already."""
+        self._state, self._closed = None, True
 
     def __enter__(self) -> "MoshiStream":
         return self
@@ -147,22 +188,38 @@ class MoshiStream:
         self.close()
 
     def _require_open(self) -> None:
-        if self._session is None:
+        if self._closed:
             raise StreamClosedError("this MoshiStream was closed; open a new one with MoshiStream(model)")
+
+    @contextmanager
+    def _exclusive(self):
+        """The model to ourselves, with no stream's state in it on entry, and none left on exit."""
+        with exclusive(self.model.lm, "Moshi"):
+            try:
+                yield
+            finally:
+                self.gen._stop_streaming()
 
     def step(self, user_codes=None) -> Step:
         """Advance 80 ms with one frame of user codes, or `None` for a frame lost on the way."""
         self._require_open()
         dropped = user_codes is None
         if dropped:
-            self.dropped += 1
-            log.warning("step %d: user frame missing, fed Mimi's silence codes instead", self.index)
             codes = self.model.silence_codes()
         else:
             codes = check_user_codes(user_codes, self.model.num_user_codebooks, self.model.lm.card)
+        if self._state is None:
+            raise ComponentError("this MoshiStream failed in an earlier step; call reset() to start again")
+        if dropped:
+            self.dropped += 1
+            log.warning("step %d: user frame missing, fed Mimi's silence codes instead", self.index)
         start = time.perf_counter()
-        with _private_rng(self), _eager(self.model.lm.device):
+        state, self._state = self._state, None  # a step that fails leaves half-updated caches: refuse them
+        with self._exclusive(), _private_rng(self), _eager(self.model.lm.device):
+            self.gen.set_streaming_state(state[0])
+            self.model.lm.set_streaming_state(state[1])
             out = self.gen.step(codes.to(self.model.lm.device))  # [1, 1 + dep_q, 1] or None
+        self._state = state
         ms = 1000 * (time.perf_counter() - start)
         self.index += 1
         if out is None:
@@ -171,13 +228,16 @@ class MoshiStream:
         return Step(self.index - 1, token, self.model.piece(token), out[0, 1:, 0].cpu(), ms, dropped)
 
 
+_RNG_LOCK = threading.Lock()  # torch's global RNG is one per process
+
+
 @contextmanager
 def _private_rng(stream: "MoshiStream"):
     """Run a block with torch's global RNG (which moshi's sampler draws from) set to the stream's own
     state, so two streams, or other code between steps, never shift each other's samples."""
     device = stream.model.lm.device
     cuda = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
+    with _RNG_LOCK, torch.random.fork_rng(devices=cuda):
         if stream._rng_state is None:
             torch.manual_seed(stream.seed)
         else:
