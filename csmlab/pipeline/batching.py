@@ -3,6 +3,7 @@
     pool = ConversationPool(M.load(), max_conversations=8)       # Moshi + Mimi, shared
     sessions = [DuplexSession(pool.brain(seed=i)) for i in range(3)]   # each in its own thread
     ... session.push(chunk, rate) as usual; pool.report() says how full the forwards were
+    Server(settings, new_brain=pool.brain)                        # csmlab serve: one pool per process
 
     codec = SharedCodec(load_codec(8), size=8)                    # codec only (any brain on codes)
     session = DuplexSession(LoopbackBrain(codec=codec))
@@ -10,21 +11,22 @@
 A `DuplexSession` opts in through its brain and nothing else: the pool's brain hands the session a
 `SharedCodec` (`brain.codec()`), so the session's user and system codec sessions become rows of
 shared codec batches, and the brain's step becomes a row of a `MoshiBatch`. Each session still runs
-its own thread and clock, and gets what it would get alone (tests/test_batch_pipeline.py): the
-`csmlab.gather` step waits at most `window_ms` for the other conversations, then steps whoever came.
+its own thread and clock, and gets what it would get alone with `MoshiBrain(model, seed)`
+(tests/test_batch_pipeline.py): the `csmlab.gather` step waits at most `window_ms` for the other
+conversations, then steps whoever came.
 A conversation beyond `max_conversations` is refused with `CapacityError` when its brain is made.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from csmlab.codec import Codec, load_codec
+from csmlab.codec import Codec
 from csmlab.codec.batch import SharedCodec
 from csmlab.gather import Gather, GatherGroup
-from csmlab.metrics import frame_ms
 from csmlab.moshi.batch import MoshiBatch
 from csmlab.moshi.stream import Moshi
-from csmlab.pipeline.brain import SILENT, Brain, Heard, Said
+from csmlab.pipeline.brain import FRAME_MS, Brain, Heard, Said
+from csmlab.pipeline.moshi_brain import moshi_codec
 
 __all__ = ["ConversationPool", "PooledMoshiBrain", "SharedCodec"]
 
@@ -32,8 +34,7 @@ __all__ = ["ConversationPool", "PooledMoshiBrain", "SharedCodec"]
 class ConversationPool:
     """One Moshi and one Mimi shared by up to `max_conversations` duplex sessions, stepped together.
 
-    `sampling` takes `MoshiStream`'s options. `codec` defaults to the Mimi that `load_codec` gives for
-    Moshi's user codebooks (the offline stand-in without real weights: its banner says so)."""
+    `sampling` takes `MoshiStream`'s options. `codec` defaults to Moshi's own Mimi (`moshi_codec`)."""
 
     def __init__(self, model: Moshi, max_conversations: int = 8, window_ms: float = 20.0,
                  codec: Codec | None = None, **sampling):
@@ -41,7 +42,7 @@ class ConversationPool:
         self.moshi = MoshiBatch(model, max_conversations, **sampling)
         group = GatherGroup(lambda: self.moshi.slots.in_use)  # each conversation: encode, Moshi, decode
         self.gather = Gather(self.moshi.step, window_ms, group)
-        codec = codec or load_codec(model.num_user_codebooks)
+        codec = codec or moshi_codec(model)
         self.codec = SharedCodec(codec, max_conversations, window_ms, group)
 
     def brain(self, seed: int = 0) -> PooledMoshiBrain:
@@ -56,9 +57,9 @@ class ConversationPool:
 
 
 class PooledMoshiBrain(Brain):
-    """Moshi for one conversation, as a row of its pool's `MoshiBatch`: the `MoshiStream` tokens for
-    its seed, at a share of one forward per step. A concealed user frame reaches Moshi as a lost one
-    (Mimi's silence stands in, as in `MoshiStream`)."""
+    """`MoshiBrain` for one conversation, as a row of its pool's `MoshiBatch`: the same tokens for its
+    seed (`MoshiStream`'s), at a share of one forward per step. Recovery as `MoshiBrain`: after a
+    failed step the next one starts a fresh conversation in the same slot (logged `moshi_reset`)."""
 
     name = "moshi"
     hears_codes = speaks_codes = True
@@ -67,16 +68,21 @@ class PooledMoshiBrain(Brain):
         super().__init__()
         self.pool, self.seed = pool, seed
         self.slot = pool.moshi.join(seed)
+        self._failed = False
 
     def codec(self) -> SharedCodec:
         return self.pool.codec
 
     def step(self, heard: Heard) -> Said:
-        model = self.pool.model
-        codes = None if heard.concealed or heard.codes is None else np.asarray(heard.codes)[: model.num_user_codebooks]
+        if self._failed:
+            self.reset()
+            self.log("moshi_reset", "the last step failed: a fresh conversation starts")
+        codes = None if heard.codes is None else np.asarray(heard.codes)  # [K]; None: Moshi hears silence
+        self._failed = True
         out = self.pool.gather.submit(self.slot, codes)
-        if out.audio is None:  # Moshi's acoustic delay: no frame yet
-            return SILENT
+        self._failed = False
+        if out.audio is None:  # warming up: the acoustic codebooks are not complete yet
+            return Said(text=out.text)
         return Said(codes=out.audio.numpy(), text=out.text)
 
     def reset(self) -> None:
@@ -89,7 +95,7 @@ class PooledMoshiBrain(Brain):
             self.slot = None
 
     def algorithmic_ms(self) -> dict[str, float]:
-        return {"moshi acoustic delay": self.pool.moshi.gen.max_delay * frame_ms()}
+        return {"acoustic delay": max(self.pool.model.lm.delays) * FRAME_MS}
 
     @property
     def weights(self) -> str:
