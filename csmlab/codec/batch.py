@@ -64,6 +64,9 @@ class CodecBatch:
 
     def encode(self, frames: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         """One frame of 24 kHz audio per slot (`[1920]` float32) -> that frame's codes (`[K]` int64) per slot."""
+        if not frames:
+            return {}
+        self.slots.check(frames)
         rows = max(frames) + 1
         x = np.zeros((rows, 1, FRAME_SIZE), np.float32)  # [B, 1, 1920]
         for slot, frame in frames.items():
@@ -73,6 +76,9 @@ class CodecBatch:
 
     def decode(self, codes: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         """One frame of codes per slot (`[K]`) -> its 1920 samples at 24 kHz per slot."""
+        if not codes:
+            return {}
+        self.slots.check(codes)
         rows = max(codes) + 1
         x = torch.zeros(rows, self.codec.num_codebooks, 1, dtype=torch.long)  # [B, K, 1]
         for slot, frame in codes.items():

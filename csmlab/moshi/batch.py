@@ -121,6 +121,9 @@ class MoshiBatch:
         it out. Returns slot -> `Step`; `ms` is the whole batch's compute time."""
         if self._closed:
             raise StreamClosedError("this MoshiBatch was closed; build a new one")
+        if not user:
+            return {}
+        self.slots.check(user)
         lm, k = self.model.lm, self.model.num_user_codebooks
         rows = max(user) + 1
         codes = self.model.silence_codes().repeat(rows, 1, 1)  # [B, K, 1]; rows sitting out get silence
