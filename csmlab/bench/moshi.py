@@ -148,10 +148,12 @@ def _real_size_batched(args, sizes: list[int]) -> dict:
     """7B arithmetic at B conversations per forward: time the real-size model truncated to a few
     temporal layers at each B, fit fixed + 32 x per-layer, and count the conversations that fit 80 ms."""
     dtype = args.dtypes[0]
-    print(f"real-size architecture, random weights, {dtype} on {args.device}, conversations per forward {sizes}:")
-    times = measure_depths_batched(args.layers, sizes, DTYPES[dtype], args.device, steps=args.steps)
+    clock = time.thread_time if args.device == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+    print(f"real-size architecture, random weights, {dtype} on {args.device}, conversations per forward {sizes}, "
+          f"{'CPU time' if clock is time.thread_time else 'wall clock'}:")
+    times = measure_depths_batched(args.layers, sizes, DTYPES[dtype], args.device, steps=args.steps, clock=clock)
     gc.collect()
-    out = {"dtype": dtype, "device": args.device, "by_streams": {}}
+    out = {"dtype": dtype, "device": args.device, "clock": clock.__name__, "by_streams": {}}
     for b, by_depth in times.items():
         fit = M.extrapolate({d: float(np.median(ms)) for d, ms in by_depth.items()})
         per_conv = fit["full_step_ms"] / b
