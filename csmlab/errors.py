@@ -40,3 +40,7 @@ class PromptTooLongError(CsmlabError, ValueError):
 
 class ComponentError(CsmlabError, RuntimeError):
     """A pipeline component crashed or stalled; the message names it and what was kept."""
+
+
+class CapacityError(CsmlabError, RuntimeError):
+    """A shared batch has no free slot for another conversation; the message says how to make room."""

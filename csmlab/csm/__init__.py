@@ -6,11 +6,14 @@
         ...
 
 - `voice`: loading (`csmlab.weights`), the prompt, whole-utterance and frame-by-frame generation;
-- `architecture`: the real 1B on `meta`, a random-weight twin for timings, the CSM/Moshi table;
-- `with_moshi`: what Moshi hears of CSM, Mimi agreement, the CSM <-> Moshi pipeline.
+- `architecture`: the real 1B on `meta`, a random-weight twin for timings;
+- `mimi`: what Moshi's 8-codebook Mimi hears of CSM, and CSM's Mimi against moshi's.
+
+The CSM <-> Moshi bridge (and the config table of both) is `csmlab.pipeline.bridge`: this package
+never imports `csmlab.moshi`.
 """
-from csmlab.csm.architecture import compatibility_table, meta_csm, parameter_counts, random_csm
-from csmlab.csm.with_moshi import codec_agreement, csm_codes_to_moshi, moshi_hears, moshi_says, moshi_to_csm
+from csmlab.csm.architecture import meta_csm, parameter_counts, random_csm
+from csmlab.csm.mimi import codec_agreement, moshi_hears
 from csmlab.csm.voice import (
     DEFAULT_MAX_AUDIO_MS,
     FRAME_MS,
@@ -25,6 +28,6 @@ from csmlab.csm.voice import (
 
 __all__ = [
     "CsmVoice", "DEFAULT_MAX_AUDIO_MS", "FRAME_MS", "MOSHI_CODEBOOKS", "SAMPLE_RATE", "Sampling", "Segment",
-    "codec_agreement", "compatibility_table", "conversation_context", "csm_codes_to_moshi", "load_csm",
-    "meta_csm", "moshi_hears", "moshi_says", "moshi_to_csm", "parameter_counts", "random_csm",
+    "codec_agreement", "conversation_context", "load_csm", "meta_csm", "moshi_hears", "parameter_counts",
+    "random_csm",
 ]

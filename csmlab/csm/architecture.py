@@ -3,7 +3,8 @@
 The default `CsmConfig` is `sesame/csm-1b`'s: a 1.24 B backbone (text embeddings, 16 Llama layers,
 codebook-0 head), a 0.31 B depth decoder (with the audio-code embeddings it shares with the
 backbone) and Mimi (0.08 B). Random weights cost the same compute as the released ones, so
-per-frame timings on `random_csm()` are real figures (`csmlab bench csm`).
+per-frame timings on `random_csm()` are real figures (`csmlab bench csm`). The table that sets CSM
+next to Moshi is `csmlab.pipeline.bridge.compatibility_table` (csmlab.csm does not import csmlab.moshi).
 """
 from __future__ import annotations
 
@@ -49,30 +50,3 @@ def random_csm(config=None, dtype: torch.dtype = torch.float32, device: str = "c
             param.normal_(0.0, 0.02, generator=gen)
     return model.to(dtype).eval()
 
-
-def compatibility_table(csm_config=None, moshi_config: dict | None = None) -> list[tuple[str, str, str]]:
-    """(property, CSM, Moshi) rows computed from the configs (default: the released ones), not typed in."""
-    from transformers import CsmConfig
-
-    from csmlab.moshi import REAL_CONFIG
-
-    c, m = csm_config or CsmConfig(), moshi_config or REAL_CONFIG
-    mimi = c.codec_config
-    users = m["n_q"] - m["dep_q"]
-    return [
-        ("sample rate (Hz)", f"{mimi.sampling_rate}", "24000 (same Mimi)"),
-        ("frame rate (Hz)", f"{mimi.frame_rate}", f"{mimi.frame_rate} (same Mimi)"),
-        ("codebooks per frame", f"{c.num_codebooks}", f"{m['dep_q']} (Moshi) + {users} (user)"),
-        ("codes per codebook", f"{mimi.codebook_size} (+3 specials: vocab {c.vocab_size})", f"{m['card']}"),
-        ("audio bitrate (kbps)", f"{c.num_codebooks * 11 * mimi.frame_rate / 1000:.1f}",
-         f"{m['dep_q'] * 11 * mimi.frame_rate / 1000:.1f} per speaker"),
-        ("text vocabulary", f"{c.text_vocab_size} (Llama-3 BPE)", f"{m['text_card']} (SentencePiece)"),
-        ("text placement", "before the audio, per turn", "time-aligned, 1 token per frame"),
-        ("context", f"{c.max_position_embeddings} positions (text tokens + frames)",
-         f"{m['context']} frames ({m['context'] / mimi.frame_rate:.0f} s)"),
-        ("codebook delays", "none (depth decoder, in order)", f"{m['delays'][1:1 + m['dep_q']]}"),
-        ("special text tokens", f"bos {c.bos_token_id}, <|AUDIO|> {c.audio_token_id}, <|audio_eos|> "
-         f"{c.audio_eos_token_id}", f"pad {m['existing_text_padding_id']}, end-of-padding 0"),
-        ("special audio codes", f"end of audio: all {c.codebook_eos_token_id}; pad {c.codebook_pad_token_id}",
-         f"initial token {m['card']}"),
-    ]

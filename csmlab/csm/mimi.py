@@ -1,20 +1,19 @@
-"""CSM next to Moshi: one Mimi, two models. What Moshi hears of CSM, and a pipeline between them.
+"""CSM's Mimi seen from Moshi's side: what an 8-codebook listener hears, and whether two Mimis agree.
 
 - `moshi_hears`: CSM's 32-codebook frames through Moshi's 8-codebook Mimi;
 - `codec_agreement`: CSM's Mimi (transformers) against moshi's Mimi, with and without the fix of
-  transformers 4.57.6's missing 250-step window;
-- `csm_codes_to_moshi` / `moshi_to_csm`: CSM's frames as Moshi's user stream (codes, no audio round
-  trip), and Moshi's inner monologue as the text CSM speaks.
+  transformers 4.57.6's missing 250-step window.
+
+Nothing here needs the Moshi LM: the bridge between the two models (CSM's frames as Moshi's user
+stream, Moshi's monologue voiced by CSM) lives in `csmlab.pipeline.bridge`, where brain and voice meet.
 """
 from __future__ import annotations
-
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from csmlab.csm.voice import MOSHI_CODEBOOKS, CsmVoice, Segment
-from csmlab.errors import CodesError, CsmlabError
+from csmlab.csm.voice import MOSHI_CODEBOOKS, CsmVoice
+from csmlab.errors import CodesError
 from csmlab.metrics import SAMPLE_RATE
 
 
@@ -43,29 +42,3 @@ def codec_agreement(voice: CsmVoice, audio_24k: np.ndarray) -> dict[str, np.ndar
     finally:
         fix_sliding_window(was_fixed)
     return out
-
-
-def csm_codes_to_moshi(moshi, codes: torch.Tensor, seed: int = 0) -> list:
-    """Feed CSM's frames to Moshi as the user's stream, code to code: no decode, no re-encode.
-
-    Both speak Mimi, so CSM's first 8 codebooks *are* Moshi user tokens. Returns Moshi's `Step`s.
-    """
-    from csmlab.moshi import MoshiStream
-
-    user = torch.as_tensor(codes)[:, : moshi.num_user_codebooks]  # [T, 8]
-    with MoshiStream(moshi, seed=seed) as stream:
-        return [stream.step(frame) for frame in user]
-
-
-def moshi_says(steps) -> str:
-    """Moshi's inner monologue (its text stream, padding dropped) as plain text."""
-    return "".join(step.text for step in steps).strip()
-
-
-def moshi_to_csm(voice: CsmVoice, steps, speaker: int = 1, context: Sequence[Segment] = (),
-                 **stream_kwargs) -> Iterator[np.ndarray]:
-    """CSM voices what Moshi's inner monologue says: Moshi thinks in text, CSM speaks it."""
-    text = moshi_says(steps)
-    if not text:
-        raise CsmlabError("Moshi's inner monologue is empty (only padding) so far: let it run more steps")
-    return voice.stream(text, speaker, context, **stream_kwargs)

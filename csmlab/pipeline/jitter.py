@@ -1,0 +1,131 @@
+"""The input layer's jitter buffer: sender frames with sequence numbers in, an ordered stream out.
+
+Audio from a network arrives late, twice, out of order or not at all. The policy, frame by frame
+(a "frame" is whatever one `push` carried, tagged with the sender's `seq`):
+
+- **in order**: released at once;
+- **early** (a gap before it): held; a missing frame is waited for while fewer than `window` later
+  frames are held, then declared lost and **concealed** with silence of the neighbours' length;
+- **duplicate** (already held or already released): dropped and counted;
+- **late** (its slot was already concealed): dropped and counted; the silence has gone out;
+- **a jump** of more than `max_gap` frames either way: the sender restarted (a reconnect); what is
+  held is released (gaps concealed) and numbering restarts at the new frame;
+- `seq=None`: no numbering, so no reordering: released in arrival order.
+
+Every frame pushed is accounted for: `received == consumed + duplicate + late + held`, and the
+stream out is `consumed + concealed` frames long. Nothing is lost silently.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from csmlab.errors import ConfigError
+
+
+@dataclass
+class JitterCounts:
+    received: int = 0
+    consumed: int = 0
+    concealed: int = 0
+    duplicate: int = 0
+    late: int = 0
+    restarts: int = 0
+
+    @property
+    def dropped(self) -> int:
+        return self.duplicate + self.late
+
+
+@dataclass(frozen=True)
+class Released:
+    """One frame out of the buffer, in order: the sender's audio, or silence in a lost frame's place."""
+
+    seq: int | None
+    audio: np.ndarray  # [n] float32 mono, at the source's rate
+    concealed: bool = False
+
+
+@dataclass
+class JitterBuffer:
+    """Reorders within `window` frames, conceals what is lost, drops duplicates and late frames."""
+
+    window: int = 3
+    max_gap: int = 50
+    log: Callable[[str, str], None] = lambda kind, detail: None
+    counts: JitterCounts = field(default_factory=JitterCounts)
+
+    def __post_init__(self):
+        if self.window < 1 or self.max_gap <= self.window:
+            raise ConfigError(f"need window >= 1 and max_gap > window, got window={self.window}, max_gap={self.max_gap}")
+        self._held: dict[int, np.ndarray] = {}
+        self._next: int | None = None  # the seq expected next
+        self._released: deque[int] = deque(maxlen=2 * self.max_gap)  # recent seqs actually released
+        self._frame_len = 0  # samples of the last frame seen: the length of a concealed one
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def push(self, seq: int | None, audio: np.ndarray) -> list[Released]:
+        """Take one sender frame; return the frames that are now in order (possibly none)."""
+        self.counts.received += 1
+        self._frame_len = len(audio)
+        if seq is None:
+            self.counts.consumed += 1
+            return [Released(None, audio)]
+        seq = int(seq)
+        out: list[Released] = []
+        if self._next is None:
+            self._next = seq
+        elif abs(seq - self._next) > self.max_gap:
+            self.counts.restarts += 1
+            self.log("restart", f"seq jumped from {self._next} to {seq}: the sender restarted; released what was held")
+            out += self.flush()
+            self._next = seq
+        if seq in self._held or seq in self._released:
+            self.counts.duplicate += 1
+            self.log("duplicate", f"seq {seq} arrived twice: dropped")
+            return out
+        if seq < self._next:
+            self.counts.late += 1
+            self.log("late", f"seq {seq} arrived after its slot was concealed: dropped")
+            return out
+        self._held[seq] = audio
+        return out + self._release()
+
+    def _release(self, everything: bool = False) -> list[Released]:
+        out = []
+        while self._held:
+            if self._next in self._held:
+                out.append(self._take(self._next))
+            elif everything or max(self._held) - self._next >= self.window:
+                out.append(self._conceal(self._next))
+            else:
+                break
+            self._next += 1
+        return out
+
+    def _take(self, seq: int) -> Released:
+        self.counts.consumed += 1
+        self._released.append(seq)
+        return Released(seq, self._held.pop(seq))
+
+    def _conceal(self, seq: int) -> Released:
+        self.counts.concealed += 1
+        self.log("concealed", f"seq {seq} lost: {self._frame_len} samples of silence in its place")
+        return Released(seq, np.zeros(self._frame_len, dtype=np.float32), concealed=True)
+
+    def flush(self) -> list[Released]:
+        """Release everything held, concealing the gaps between (end of stream, or a disconnect)."""
+        return self._release(everything=True)
+
+    def restart(self) -> list[Released]:
+        """A new source: release what is held, then accept any numbering."""
+        out = self.flush()
+        self._next = None
+        self._released.clear()
+        return out
