@@ -236,3 +236,19 @@ def test_bad_names_and_closed_sessions_are_refused():
     session.close()  # idempotent
     with pytest.raises(StreamClosedError):
         session.push(np.zeros(1920, np.float32), RATE)
+
+
+def test_bench_duplex_reports_layers_frames_and_memory(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "duplex.json"
+    done = subprocess.run([sys.executable, "-m", "csmlab.cli", "bench", "duplex", "--brain", "scripted", "--minutes", "0.6",
+                           "--json", str(out)], capture_output=True, text=True, env={**os.environ, "CSMLAB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    r = json.loads(out.read_text())["brains"]["scripted"]
+    assert r["steps"] == 450 and r["frames"]["consumed"] == 450 and r["steps_late"] == 0
+    assert set(r["compute_ms"]) == {"input", "brain", "decode", "total"} and r["rss_mb"]["growth"] < 50
+    assert "scripted" in done.stdout and "RSS growth" in done.stdout

@@ -50,3 +50,12 @@ def stereo(user, user_rate: int, system_24k: np.ndarray) -> np.ndarray:
     out = np.zeros((2, n), np.float32)
     out[0, : len(left)], out[1, : len(system_24k)] = left, system_24k
     return out
+
+
+def replay_side(recording: Recording, name: str):
+    """A `ScriptedBrain` that says what `name` said in the call, when they said it (STM utterances)."""
+    from csmlab.pipeline.brain import ScriptedBrain, Utterance
+
+    rate = recording.sample_rate
+    return ScriptedBrain([Utterance(1000 * t.start, recording.audio[int(t.start * rate): int(t.end * rate)], rate, t.text)
+                          for t in recording.transcript if t.speaker == name])
