@@ -5,7 +5,8 @@ played in a loop for `--minutes`, through a `DuplexSession` with each brain. For
 per-layer compute (p50/p95), the real-time factor, late and dropped frames, the cascade's response
 latency, and the process's RSS sampled every 10 s of audio (growth after the first loop, which
 warms caches up). `--clock realtime` runs on the wall clock (a 60 s run takes 60 s): the test of
-whether the machine holds real time. `--real-size` adds the real Moshi-7B and CSM-1B per-step
+whether the machine holds real time. `--split` measures whether running Moshi's user encode on a
+second thread, beside the LM and the decode, pays. `--real-size` adds the real Moshi-7B and CSM-1B per-step
 figures (random weights, the same compute) next to the brains' measured codec and VAD costs.
 Offline, Mimi, Moshi and CSM have random weights: compute is real, audio and text are not.
 """
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from csmlab.data import real_recording
 from csmlab.metrics import frame_ms
+from csmlab.weights import resolve
 from csmlab.pipeline import BRAINS, DuplexSession, Packet, make_brain
 from csmlab.pipeline.call import Side, replay_side, user_side
 
@@ -35,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--voice", default="auto", help="the cascade's voice: auto (CSM when real, else espeak-ng), csm, espeak")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy machine)")
     parser.add_argument("--real-size", action="store_true", help="also time Moshi-7B and CSM-1B per step (minutes, ~8 GB)")
+    parser.add_argument("--split", type=float, default=0.0, metavar="SECONDS",
+                        help="also measure Moshi's layers on two threads (user encode beside LM + decode) over this much audio")
 
 
 def looped(side: Side, minutes: float, chunk_ms: float = 80.0) -> Iterator[Packet]:
@@ -77,6 +81,52 @@ def measure(name: str, side: Side, args, shared: dict) -> dict:
     report["rss_mb"] = {"after_first_loop": round(warm[0], 1), "end": round(warm[-1], 1),
                         "growth": round(warm[-1] - warm[0], 1), "max": round(max(warm), 1), "samples": rss}
     return report
+
+
+def split_gain(model, side: Side, seconds: float) -> dict:
+    """Does a second thread pay for Moshi's layers? Per-step wall time with encode -> LM -> decode in one
+    thread, against encoding frame t+1 on a second thread while the LM and the decode run frame t.
+
+    Every frame is available at once (a backlog), so this measures throughput; live, the overlap would
+    cost one frame (80 ms) of latency. Both ways must give the same tokens (checked)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from csmlab.audio import to_mimi
+    from csmlab.metrics import FRAME_SIZE
+    from csmlab.moshi import MoshiStream
+    from csmlab.pipeline.moshi_brain import moshi_codec
+
+    audio = to_mimi(side.audio[: int(seconds * side.sample_rate)], side.sample_rate)
+    frames = audio[: len(audio) // FRAME_SIZE * FRAME_SIZE].reshape(-1, FRAME_SIZE)  # [T, 1920]
+    codec, threads = moshi_codec(model), torch.get_num_threads()
+
+    def one_way(pool) -> tuple[float, list]:
+        tokens = []
+        with codec.stream() as enc, codec.stream() as dec, MoshiStream(model) as lm:
+            start = time.perf_counter()
+            pending = pool.submit(enc.encode, frames[0], 24000) if pool else None
+            for t in range(len(frames)):
+                if pool:
+                    codes = pending.result()
+                    if t + 1 < len(frames):
+                        pending = pool.submit(enc.encode, frames[t + 1], 24000)
+                else:
+                    codes = enc.encode(frames[t], 24000)
+                out = lm.step(torch.from_numpy(codes[:, 0]))
+                tokens.append(out.text_token)
+                if out.audio is not None:
+                    dec.decode(out.audio.numpy()[:, None])
+            return 1000 * (time.perf_counter() - start) / len(frames), tokens
+
+    with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        one_way(None)  # warm-up
+        sequential, a = one_way(None)
+        split, b = one_way(pool)
+    out = {"steps": len(frames), "sequential_ms": round(sequential, 1), "split_ms": round(split, 1),
+           "speedup": round(sequential / split, 2), "same_tokens": a == b}
+    print(f"two threads for Moshi's layers ({len(frames)} steps, all frames ready): {sequential:.1f} ms per step in one "
+          f"thread, {split:.1f} ms with the encode beside LM + decode: x{sequential / split:.2f}, same tokens: {a == b}")
+    return out
 
 
 def _print(name: str, r: dict) -> None:
@@ -126,8 +176,12 @@ def run(args) -> dict:
     for name in args.brain:
         figures[name] = measure(name, side, args, shared)
         _print(name, figures[name])
-    if "moshi" in shared:
-        print(shared["moshi"].source.banner())
+    if args.split:
+        from csmlab import moshi
+
+        figures["split"] = split_gain(shared.get("moshi") or moshi.load(), side, args.split)
+    if "moshi" in shared or args.split:
+        print(resolve("moshi").banner())
     if args.real_size:
         figures["real_size"] = real_size(figures)
     return {"user": USER, "minutes": args.minutes, "clock": args.clock, "brains": figures}
