@@ -107,13 +107,18 @@ class DuplexWorker:
             self._thread.join(timeout)
 
     @property
+    def queued(self) -> int:
+        """Frames waiting for the session now (at most `max_queue`)."""
+        return len(self._frames)
+
+    @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 
     def report(self) -> dict:
         """Counts, queue, status; and the session's own report (per-layer compute, late, faults)."""
         out = {"status": self.status, "reason": self.reason, "brain": str(self.brain), **self.counts,
-               "queue": len(self._frames), "queue_max": self.queue_max, "max_queue": self.max_queue,
+               "queue": self.queued, "queue_max": self.queue_max, "max_queue": self.max_queue,
                "warmup_ms": self.warmup_ms}
         if self.session is not None:
             out["session"] = self.session.report()
