@@ -76,7 +76,8 @@ class DuplexWidget(anywidget.AnyWidget):
         kwargs = self.brain_kwargs if self.brain_kwargs is not None else BRAIN_DEFAULTS.get(self.brain, {})
         worker = DuplexWorker(self.brain, lambda c, b: self._from_worker(worker, c, b), max_queue=self.max_queue,
                               on_stats=lambda report: self._on_stats(worker, report), **kwargs)
-        self.worker = worker.start()
+        self.worker = worker  # before it starts: its first message must find it current
+        worker.start()
 
     def stop(self, wait: bool = False) -> None:
         """Stop the worker (it closes its session and exits); `wait=True` joins its thread."""
