@@ -17,7 +17,6 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,15 +92,6 @@ def jupyter_lab(root: Path, timeout_s: float = 60):
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
-
-
-def best_lag(x: np.ndarray, y: np.ndarray, max_lag: int) -> tuple[int, float]:
-    """The lag (samples, y behind x) in [0, max_lag] where y best matches x, and their correlation there."""
-    n = 1 << int(np.ceil(np.log2(2 * len(x))))
-    xc = np.fft.irfft(np.fft.rfft(y, n) * np.conj(np.fft.rfft(x, n)), n)[: max_lag + 1]
-    lag = int(np.argmax(xc))
-    a, b = x[: len(x) - lag], y[lag:]
-    return lag, float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
 
 
 @contextmanager

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from browser_support import REPO, best_lag, chromium_path, fake_mic_wav, jupyter_lab, launch_chromium, static_server
+from browser_support import REPO, chromium_path, fake_mic_wav, jupyter_lab, launch_chromium, static_server
 from csmlab.widget.frames import KIND_MIC, KIND_SYSTEM, pack_frame, unpack_frame
+from csmlab.widget.replay import best_lag, log_energy
 
 AUDIO_JS = REPO / "csmlab" / "assets" / "widget" / "duplex-audio.js"
 NOTEBOOK = REPO / "notebooks" / "05_live_duplex_demo.ipynb"
@@ -63,20 +64,13 @@ def _fetch_recording(element, audio: str = "el.duplex") -> dict:
     return {k: np.frombuffer(base64.b64decode(got[k]), dtype="<f4") for k in ("input", "output")} | {"rate": got["rate"]}
 
 
-def _log_energy(x: np.ndarray, hop: int) -> np.ndarray:
-    """Log energy per `hop` samples, centred: what survives a codec that does not keep the waveform."""
-    n = len(x) // hop
-    e = np.log(1e-7 + (x[: n * hop].reshape(n, hop) ** 2).mean(axis=1))
-    return e - e.mean()
-
-
 def _echo_alignment(recording: dict, max_lag_s: float = 2.0, envelope_ms: float | None = None) -> dict:
     """Best lag and correlation of the page's speaker output against its mic input, per 1 s window;
     on the waveform, or on the log-energy envelope (`envelope_ms` hops) when a codec is in the loop."""
     x, y, rate = np.asarray(recording["input"]), np.asarray(recording["output"]), recording["rate"]
     if envelope_ms:
         hop = round(rate * envelope_ms / 1000)
-        x, y, rate = _log_energy(x, hop), _log_energy(y, hop), rate / hop
+        x, y, rate = log_energy(x, hop), log_energy(y, hop), rate / hop
     lags, corrs = [], []
     max_lag = int(max_lag_s * rate)
     step = round(rate)

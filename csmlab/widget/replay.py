@@ -31,6 +31,30 @@ def level_db(pcm: np.ndarray) -> float:
     return max(-90.0, 10 * np.log10(float(np.mean(np.square(pcm, dtype=np.float64))) + 1e-12))
 
 
+def best_lag(x: np.ndarray, y: np.ndarray, max_lag: int) -> tuple[int, float]:
+    """The lag (samples, `y` behind `x`) in [0, max_lag] where `y` best matches `x`, and their correlation."""
+    x, y = x - x.mean(), y - y.mean()
+    n = 1 << int(np.ceil(np.log2(2 * len(x))))
+    xc = np.fft.irfft(np.fft.rfft(y, n) * np.conj(np.fft.rfft(x, n)), n)[: max_lag + 1]
+    lag = int(np.argmax(xc))
+    a, b = x[: len(x) - lag], y[lag:]
+    return lag, float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
+
+
+def log_energy(x: np.ndarray, hop: int) -> np.ndarray:
+    """Log energy per `hop` samples, centred: what survives a codec that does not keep the waveform."""
+    n = len(x) // hop
+    e = np.log(1e-7 + np.mean(np.square(x[: n * hop].reshape(n, hop), dtype=np.float64), axis=1))  # [n]
+    return e - e.mean()
+
+
+def echo_lag(sent: np.ndarray, heard: np.ndarray, rate: int, hop_ms: float = 10.0, max_lag_ms: float = 2000.0):
+    """(lag ms, correlation) where the log-energy envelope of `heard` best matches that of `sent`."""
+    hop = round(rate * hop_ms / 1000)
+    lag, corr = best_lag(log_energy(sent, hop), log_energy(heard, hop), int(max_lag_ms / hop_ms))
+    return lag * hop_ms, corr
+
+
 @dataclass
 class Replay:
     """Per step: what the page would show. Times in ms on the virtual page clock."""
@@ -73,13 +97,17 @@ class _Collector:
                 raise ComponentError(f"the kernel handler failed: {self.errors[0]}")
 
 
-def replay(audio, sample_rate: int, brain="loopback", *, jitter_ms: float = 60.0, timeout_s: float = 60.0,
-           **brain_kwargs) -> Replay:
-    """Stream `audio` through a `DuplexWorker` on `brain` as the page would, and what it would show."""
+def replay(audio, sample_rate: int, brain="loopback", *, jitter_ms: float = 60.0, clock: str = "realtime",
+           timeout_s: float = 60.0, **brain_kwargs) -> Replay:
+    """Stream `audio` through a `DuplexWorker` on `brain` as the page would, and what it would show.
+
+    `clock="realtime"` is the widget's: a step over 80 ms sends silence (`late`). `"simulated"` keeps
+    every step's audio whatever the machine's load (compute is still measured: `kernel_ms`).
+    """
     pcm = to_mimi(audio, sample_rate)  # [T] at 24 kHz
     frames = pcm[: len(pcm) // FRAME_SIZE * FRAME_SIZE].reshape(-1, FRAME_SIZE)  # [N, 1920]
     sink = _Collector()
-    worker = DuplexWorker(brain, sink, **brain_kwargs).start()
+    worker = DuplexWorker(brain, sink, clock=clock, **brain_kwargs).start()
     try:
         sink.wait_for(lambda: sink.status != "starting", timeout_s, "opening the session")  # as the page waits
         for seq, frame in enumerate(frames):
