@@ -63,6 +63,7 @@ class DuplexWorker:
         self.warmup_ms: float | None = None
         self.status, self.reason = "starting", ""
         self.session = None
+        self._session_report: dict | None = None
         self._frames: deque = deque()  # (Frame, arrival s), at most max_queue
         self._arrivals: dict[int, float] = {}  # seq -> arrival s, until a step consumes it
         self._cond = threading.Condition()
@@ -116,12 +117,17 @@ class DuplexWorker:
         return self._thread.is_alive()
 
     def report(self) -> dict:
-        """Counts, queue, status; and the session's own report (per-layer compute, late, faults)."""
+        """Counts, queue, status; and the session's own report (per-layer compute, late, faults).
+
+        From another thread while the worker runs, the session part is the one the worker published
+        last (at most `STATS_EVERY_S` old): the session is not safe to read while it steps."""
         out = {"status": self.status, "reason": self.reason, "brain": str(self.brain), **self.counts,
                "queue": self.queued, "queue_max": self.queue_max, "max_queue": self.max_queue,
                "warmup_ms": self.warmup_ms}
-        if self.session is not None:
-            out["session"] = self.session.report()
+        if self.session is not None and (threading.current_thread() is self._thread or not self.alive):
+            self._session_report = self.session.report()
+        if self._session_report is not None:
+            out["session"] = self._session_report
         return out
 
     # -- worker thread ------------------------------------------------------------------------------
