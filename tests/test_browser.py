@@ -113,6 +113,11 @@ def browser_run(tmp_path_factory):
             time.sleep(LISTEN_S)
             result["page"] = widget.evaluate("el => el.duplex.stats()")
             result["shown"] = widget.locator(".csmlab-figures").inner_text()
+            widget.evaluate("el => el.duplex.send(new ArrayBuffer(10))")  # a malformed frame, as a broken page would
+            page.wait_for_function("el => el.textContent.includes('16-byte header')",
+                                   arg=widget.locator(".csmlab-error").element_handle(), timeout=30_000)
+            result["error_shown"] = widget.locator(".csmlab-error").inner_text()
+            page.wait_for_function("([el, n]) => el.duplex.stats().counts.played > n", arg=[widget.element_handle(), result["page"]["counts"]["played"]], timeout=30_000)
             result["recording"] = _fetch_recording(widget)
             widget.screenshot(path=str(OUT / "widget.png"))
             widget.locator(".csmlab-start").click()  # Stop
@@ -135,8 +140,13 @@ def test_frames_reach_the_kernel(browser_run):
     kernel, page = browser_run["kernel"], browser_run["page"]
     assert kernel["received"] >= 0.7 * LISTEN_S * 12.5, kernel  # 12.5 frames per second of speech
     assert kernel["received"] <= browser_run["page_final"]["counts"]["sent"]
-    assert kernel["malformed"] == 0 and kernel["errors"] == 0
+    assert kernel["malformed"] == 1 and kernel["errors"] == 0  # the one malformed frame the test sent
     assert kernel["steps"] >= kernel["received"] - kernel["dropped"] - kernel["max_queue"]
+
+
+def test_a_malformed_frame_is_shown_and_the_session_goes_on(browser_run):
+    assert "16-byte header" in browser_run["error_shown"]
+    assert browser_run["kernel"]["status"] == "stopped" and browser_run["kernel"]["reason"] == "stopped"
 
 
 def test_stop_leaves_no_worker_thread(browser_run):

@@ -211,6 +211,8 @@ class DuplexWorker:
 
     def _publish_stats(self, force: bool = False) -> None:
         now = time.monotonic()
-        if self.on_stats is not None and (force or now - self._last_stats >= STATS_EVERY_S):
+        if force or now - self._last_stats >= STATS_EVERY_S:
             self._last_stats = now
-            self.on_stats(self.report())
+            report = self.report()  # in the worker thread: this also refreshes the session part
+            if self.on_stats is not None:
+                self.on_stats(report)
