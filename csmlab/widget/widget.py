@@ -47,9 +47,12 @@ class DuplexWidget(anywidget.AnyWidget):
     jitter_ms = traitlets.Float(60.0).tag(sync=True)
     max_queue = traitlets.Int(4).tag(sync=True)
 
-    def __init__(self, brain: str = "loopback", brain_kwargs: dict | None = None, **kwargs):
-        """`brain_kwargs` go to `make_brain` (e.g. `{"delay_ms": 240}`); `kwargs` set traits (`jitter_ms`)."""
-        self.brain_kwargs = brain_kwargs
+    def __init__(self, brain: str = "loopback", brain_kwargs: dict | None = None, clock: str = "realtime", **kwargs):
+        """`brain_kwargs` go to `make_brain` (e.g. `{"delay_ms": 240}`); `kwargs` set traits (`jitter_ms`).
+
+        `clock="realtime"` (live): a step that overruns 80 ms sends silence and counts as late.
+        `"simulated"` sends every step's audio however long it took (compute is still measured)."""
+        self.brain_kwargs, self.clock = brain_kwargs, clock
         super().__init__(brain=brain, **kwargs)
         self.worker: DuplexWorker | None = None
         self.on_msg(self._on_page_message)
@@ -74,7 +77,7 @@ class DuplexWidget(anywidget.AnyWidget):
         self.brain = brain or self.brain
         self.error, self.text, self.status, self.stats = "", "", "starting", {}
         kwargs = self.brain_kwargs if self.brain_kwargs is not None else BRAIN_DEFAULTS.get(self.brain, {})
-        worker = DuplexWorker(self.brain, lambda c, b: self._from_worker(worker, c, b), max_queue=self.max_queue,
+        worker = DuplexWorker(self.brain, lambda c, b: self._from_worker(worker, c, b), max_queue=self.max_queue, clock=self.clock,
                               on_stats=lambda report: self._on_stats(worker, report), **kwargs)
         self.worker = worker  # before it starts: its first message must find it current
         worker.start()
