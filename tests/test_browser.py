@@ -4,11 +4,11 @@ First duplex-audio.js alone (as `csmlab serve` uses it) on a plain page, with th
 page: framing matches Python's byte for byte, and at 24 kHz and at the device rate (resampled) the
 played audio is the captured audio, delayed by the round trip the page measures.
 
-Then notebook 05 in JupyterLab.
-The widget runs the loopback brain; the test checks that frames reached the kernel (the kernel's own
+Then notebook 05 in JupyterLab: its live widget runs the loopback brain; the test checks that frames reached the kernel (the kernel's own
 count), that the echoed audio came back to the page and matches the input once the loopback delay is
 aligned, that the round-trip latency the page shows is finite (and consistent with that alignment),
-that stopping leaves no worker thread, and that the console has no JavaScript error. The latency
+that a malformed frame from the page is shown and the session goes on, that stopping leaves no
+worker thread, and that the console has no JavaScript error. The latency
 figures go to `out/browser/latency.json` with the screenshot; `csmlab bench` is where latency is judged.
 """
 from __future__ import annotations
@@ -36,11 +36,12 @@ LISTEN_S = 12  # seconds of fake microphone streamed through the kernel
 MIN_CORRELATION = 0.9  # the page's own echo against its input, per window (median): 0.99998 measured here
 LAG_TOLERANCE_MS = 25  # echo lag vs measured round trip: two render quanta of 128 samples + margin
 # Through the kernel the echo passes the small trained Mimi, which keeps the energy envelope, not the
-# waveform: envelopes in 10 ms hops. Offline (DuplexSession on the real recording) they correlate
-# 0.96 at exactly the loopback delay; through the browser, measured here: see out/browser/latency.json.
+# waveform: envelopes in 10 ms hops. Offline they correlate 0.96 (DuplexSession on the real call) and
+# 0.94 (notebook 05's twin) at exactly the loopback delay. Through the browser the real-time clock
+# sends silence for a step over 80 ms: on this project's shared 2-core machine at load 10-37 nearly
+# every step was late, so no in-browser value is recorded yet; the small Mimi costs 26 ms CPU a step.
 ENVELOPE_MS = 10
 MIN_ENVELOPE_CORRELATION = 0.6
-
 
 
 def _cell(page, text: str):
