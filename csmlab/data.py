@@ -15,6 +15,11 @@ from csmlab.errors import CsmlabError
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
+# The call's two files name its speakers differently: the RTTM (who speaks when) says speaker90 and
+# speaker91, the STM transcript says Diane and Sheila (the RTTM's first turn, at 6.69 s, is the
+# STM's first "Hello?" by Diane, at 6.68 s). Every Turn this module returns uses the STM's names.
+SPEAKER_NAMES = {"speaker90": "Diane", "speaker91": "Sheila"}
+
 
 @dataclass(frozen=True)
 class Turn:
@@ -60,7 +65,7 @@ def _read_rttm(path: Path) -> list[Turn]:
     for line in path.read_text().splitlines():
         fields = line.split()
         start, duration = float(fields[3]), float(fields[4])
-        turns.append(Turn(fields[7], start, start + duration))
+        turns.append(Turn(SPEAKER_NAMES.get(fields[7], fields[7]), start, start + duration))
     return turns
 
 
@@ -96,11 +101,17 @@ def speaking_time(turns: list[Turn]) -> dict[str, float]:
     return totals
 
 
-def overlap_seconds(turns: list[Turn]) -> float:
-    """Seconds during which two different speakers talk at once: what full duplex must handle."""
-    total = 0.0
+def overlap_intervals(turns: list[Turn]) -> list[tuple[float, float]]:
+    """(start, end) of every stretch where two different speakers talk at once, in time order."""
+    spans = []
     for i, a in enumerate(turns):
         for b in turns[i + 1:]:
-            if a.speaker != b.speaker:
-                total += max(0.0, min(a.end, b.end) - max(a.start, b.start))
-    return total
+            start, end = max(a.start, b.start), min(a.end, b.end)
+            if a.speaker != b.speaker and end > start:
+                spans.append((start, end))
+    return sorted(spans)
+
+
+def overlap_seconds(turns: list[Turn]) -> float:
+    """Seconds during which two different speakers talk at once: what full duplex must handle."""
+    return sum(end - start for start, end in overlap_intervals(turns))

@@ -337,7 +337,7 @@ class DuplexSession:
             "steps_faulted": self._faulted,
             "faults": {f"{layer}/{kind}": c for (layer, kind), c in sorted(self.events.counts.items()) if kind in FAULTS},
             "events": {f"{layer}/{kind}": c for (layer, kind), c in sorted(self.events.counts.items())},
-            "latency_ms": {"algorithmic": {"frame": FRAME_MS, **self.brain.algorithmic_ms()}},
+            "latency_ms": {"algorithmic": {"frame": FRAME_MS, **self.brain.algorithmic_ms()}, **self.brain.latency_ms()},
         }
 
     # ---- lifecycle ----------------------------------------------------------------------------

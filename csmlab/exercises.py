@@ -1,0 +1,277 @@
+"""The course's exercise checks: each takes the learner's answer and says whether it is right.
+
+An exercise in a notebook is three cells: the learner's (it starts unanswered, `answer = ...`), a check
+from this module, and a collapsed solution cell that runs the same check:
+
+    from csmlab import exercises as ex
+    ex.frames_in_call(answer)                 # "not answered yet", a hint, or "correct: ..."
+    ex.frames_in_call(375).must_pass()        # the solution: raises WrongAnswer unless right
+
+A check returns a `Verdict` (shown as its message) and never raises on a wrong answer, so a learner
+sees a hint rather than a traceback. The truth is computed here from the package or from what the
+notebook measured and passes in, never typed, so a check stays right when a measurement moves.
+`tests/test_exercises.py` feeds every check a plausible wrong answer and expects a rejection.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from csmlab import metrics
+from csmlab.errors import CsmlabError
+
+
+class WrongAnswer(CsmlabError, AssertionError):
+    """A solution cell's answer did not pass its check (`Verdict.must_pass`)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a check decided: `status` is "unanswered", "wrong" or "right"; `message` says why."""
+
+    status: str
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "right"
+
+    def must_pass(self) -> Verdict:
+        """For solution cells: the verdict itself when right, else `WrongAnswer` with the hint."""
+        if not self.ok:
+            raise WrongAnswer(self.message)
+        return self
+
+    def __repr__(self) -> str:
+        return self.message
+
+
+def _unanswered(*answers) -> bool:
+    return any(a is Ellipsis or a is None for a in answers)
+
+
+def _verdict(answers: tuple, right: bool, praise: str, hint: str) -> Verdict:
+    """The three-way decision every check ends with."""
+    if _unanswered(*answers):
+        return Verdict("unanswered", "not answered yet: replace the `...` with your answer and run this cell again")
+    if right:
+        return Verdict("right", f"correct: {praise}")
+    return Verdict("wrong", f"not yet. Hint: {hint}")
+
+
+def _close(a, b, rel: float = 1e-6, abs_: float = 1e-9) -> bool:
+    try:
+        return math.isclose(float(a), float(b), rel_tol=rel, abs_tol=abs_)
+    except (TypeError, ValueError):
+        return False
+
+
+# ----------------------------------------------------------------------------- 00 setup and tour
+def frames_in_call(answer) -> Verdict:
+    """00, exercise 1: Mimi frames in the 30 s call once resampled to 24 kHz."""
+    from csmlab.data import real_recording
+
+    truth = metrics.complete_frames(len(real_recording(metrics.SAMPLE_RATE).audio))
+    hint = "a frame is 1920 samples *at 24 kHz* (80 ms), so there are 12.5 frames in every second"
+    if _close(answer, len(real_recording().audio) // metrics.FRAME_SIZE):
+        hint = "you cut the 16 kHz recording into 1920-sample frames; Mimi's frames are 1920 samples at 24 kHz"
+    return _verdict((answer,), _close(answer, truth), f"{truth} frames of 80 ms", hint)
+
+
+def first_speaker(who, when, turns) -> Verdict:
+    """00, exercise 2: who speaks first in `turns` (the RTTM) and when, to within 50 ms."""
+    first = min(turns, key=lambda t: t.start)
+    if who != first.speaker:
+        hint = "sort the turns by `.start`: who owns the earliest one? (the answer is a name, e.g. 'Sheila')"
+    else:
+        hint = f"right speaker; now give the start of that first turn in seconds, within 0.05 s"
+    right = who == first.speaker and _close(when, first.start, rel=0, abs_=0.05)
+    return _verdict((who, when), right, f"{first.speaker} speaks first, at {first.start:.2f} s", hint)
+
+
+def overlap_fraction(answer, turns) -> Verdict:
+    """00, exercise 3: overlap seconds over the summed speech time of all speakers."""
+    from csmlab.data import overlap_seconds, speaking_time
+
+    overlap, speech = overlap_seconds(turns), speaking_time(turns)
+    truth = overlap / sum(speech.values())
+    hint = "divide the overlap by the speech time summed over both speakers (not by the recording's length)"
+    if not _unanswered(answer) and _close(answer, 100 * truth, rel=1e-3):
+        hint = "give a fraction between 0 and 1, not a percentage"
+    elif any(_close(answer, overlap / s, rel=1e-3) for s in speech.values()):
+        hint = "that is the overlap over one speaker's time; the speech time is the sum over both speakers"
+    return _verdict((answer,), _close(answer, truth, rel=1e-3), f"{truth:.1%} of the speech time is overlap", hint)
+
+
+# ----------------------------------------------------------------------------- 01 Mimi encoding
+def kbps_for(answer, num_codebooks: int, codebook_size: int = metrics.CODEBOOK_SIZE,
+             frame_rate: float = metrics.FRAME_RATE) -> Verdict:
+    """01 exercise 1, 01b exercise 1: a codec's bitrate in kbit/s for `num_codebooks` codebooks."""
+    truth = metrics.bitrate(num_codebooks, codebook_size, frame_rate) / 1000
+    hint = "codebooks x bits per code (log2 of the codebook size) x frames per second, divided by 1000"
+    if _close(answer, 1000 * truth):
+        hint = "that is in bit/s; the question asks for kbit/s"
+    elif not _unanswered(answer) and not _close(codebook_size, metrics.CODEBOOK_SIZE) and _close(
+            answer, metrics.bitrate(num_codebooks, metrics.CODEBOOK_SIZE, frame_rate) / 1000):
+        hint = f"this codec's codebooks have {codebook_size} entries, not 2048: log2({codebook_size}) bits each"
+    return _verdict((answer,), _close(answer, truth), f"{truth:g} kbit/s", hint)
+
+
+def codes_for_clip(answer, seconds: float = 5.0, num_codebooks: int = 8) -> Verdict:
+    """01, exercise 2: codes a batch encode gives for `seconds` of audio at any rate, mono or stereo."""
+    samples = int(seconds * metrics.SAMPLE_RATE)
+    truth = num_codebooks * metrics.num_frames(samples)
+    hint = "the codec resamples to 24 kHz and mixes stereo to mono first; then frames x codebooks"
+    if _close(answer, num_codebooks * metrics.complete_frames(samples)):
+        hint = "a batch encode pads the last partial frame (`metrics.num_frames`), it does not drop it"
+    elif _close(answer, 2 * truth):
+        hint = "stereo is mixed to mono before encoding: one set of codes, not one per channel"
+    return _verdict((answer,), _close(answer, truth), f"{truth} codes", hint)
+
+
+def rvq_levels_needed(answer, errors: list[float], threshold: float) -> Verdict:
+    """01, exercise 3: the fewest RVQ levels whose relative error (`errors[n - 1]`) is below `threshold`."""
+    truth = next((n for n, e in enumerate(errors, 1) if e < threshold), None)
+    hint = f"read the measured errors: which is the first number of levels with an error below {threshold}?"
+    return _verdict((answer,), truth is not None and answer == truth, f"{truth} levels", hint)
+
+
+def same_codes(answer, reference: np.ndarray) -> Verdict:
+    """01, exercise 4: streamed codes `[K, T]` against a batch encode of the same audio."""
+    if _unanswered(answer):
+        return _verdict((answer,), False, "", "")
+    answer = np.asarray(answer)
+    if answer.shape != reference.shape:
+        hint = f"your codes have shape {answer.shape}, the batch encode {reference.shape}"
+        if answer.ndim == 2 and answer.shape[0] == reference.shape[0] and answer.shape[1] < reference.shape[1]:
+            hint += ": frames are missing; did you `flush()` the session at the end?"
+        elif answer.ndim == 2 and answer.shape == reference.shape[::-1]:
+            hint += ": concatenate each chunk's [K, T] codes along axis 1"
+        return Verdict("wrong", f"not yet. Hint: {hint}")
+    agree = float((answer == reference).mean())
+    right = np.array_equal(answer[0], reference[0]) and agree >= 0.99
+    return _verdict((answer,), right, f"{agree:.2%} of the codes equal the batch encode's",
+                    f"only {agree:.1%} of the codes agree: stream the same int16 stereo audio the batch encode got")
+
+
+# ----------------------------------------------------------------------------- 01b train your own codec
+def si_sdr_function(fn: Callable) -> Verdict:
+    """01b, exercise 2: the learner's `fn(ref, est)` against `metrics.si_sdr` on seeded signals."""
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal(4000)
+    est = 0.5 * ref + 0.3 * rng.standard_normal(4000) + 0.2
+    try:
+        got = None if fn is Ellipsis else fn(ref, est)
+    except Exception as err:  # the learner's code: show what broke instead of a traceback
+        return Verdict("wrong", f"not yet: your function raised {type(err).__name__}: {err}")
+    if got is None:
+        return _verdict((None,), False, "", "")
+    hint = "remove the means, project est on ref (target = <est, ref> / <ref, ref> * ref), noise = est - target"
+    if not _close(fn(ref, 3 * est), got, rel=1e-6):
+        hint = "it changes when est is scaled: SI-SDR projects est on ref first, so the scale does not matter"
+    return _verdict((fn,), _close(got, metrics.si_sdr(ref, est), rel=1e-4), f"{got:.2f} dB, as metrics.si_sdr", hint)
+
+
+def which_codebook_hurts(answer, distances: dict[int, float]) -> Verdict:
+    """01b, exercise 3: the codebook whose scrambling raises the log-mel distance most."""
+    truth = max(distances, key=distances.get)
+    measured = ", ".join(f"codebook {k}: {v:.2f}" for k, v in distances.items())
+    hint = f"answer with one of {sorted(distances)}, the one whose random codes gave the larger distance"
+    return _verdict((answer,), answer == truth, f"codebook {truth} ({measured})", hint)
+
+
+def ranked_by_distance(answer, distances: dict[str, float]) -> Verdict:
+    """01b, exercise 4: the names of `distances` from closest (smallest distance) to farthest."""
+    truth = sorted(distances, key=distances.get)
+    hint = f"order all of {sorted(distances)}, smallest log-mel distance first"
+    right = not _unanswered(answer) and list(answer) == truth
+    return _verdict((answer,), right, " < ".join(f"{n} {distances[n]:.2f}" for n in truth), hint)
+
+
+def equivalent_bands(answer, vocoder_distance: Callable[[int], float], codec_distance: float) -> Verdict:
+    """01b, exercise 5: the fewest noise-vocoder bands at or below the codec's log-mel distance."""
+    if _unanswered(answer) or not isinstance(answer, (int, np.integer)) or not 1 <= answer <= 32:
+        return _verdict((answer,), False, "", "a whole number of bands between 1 and 32")
+    at = vocoder_distance(answer)
+    if at > codec_distance:
+        return Verdict("wrong", f"not yet. Hint: {answer} bands give {at:.2f}, above the codec's {codec_distance:.2f}: try more bands")
+    fewer = next((b for b in range(1, answer) if vocoder_distance(b) <= codec_distance), None)
+    hint = f"{fewer} bands already reach the codec's distance: you want the *smallest* count"
+    return _verdict((answer,), fewer is None, f"{answer} bands ({at:.2f} <= {codec_distance:.2f})", hint)
+
+
+# ----------------------------------------------------------------------------- 02 Moshi architecture
+def temporal_layer_parameters(answer, layer) -> Verdict:
+    """02, exercise 1: parameters of one temporal layer, worked out by hand, against the module's count."""
+    truth = sum(p.numel() for p in layer.parameters())
+    hint = "attention 4*d*d (q, k, v, out), gated FFN 3*d*h (two in, one out), two RMS norms 2*d"
+    return _verdict((answer,), answer == truth, f"{truth:,} parameters", hint)
+
+
+def latency_with_delay(answer, delay: int) -> Verdict:
+    """02, exercise 2: Moshi's theoretical latency (no compute) if acoustic codebooks lag `delay` steps."""
+    from csmlab.moshi import REAL_CONFIG, latency_budget_ms, stream_layout
+
+    delays = [0 if s.codebook in (None, 0) else delay for s in stream_layout()]
+    truth = latency_budget_ms(0.0, REAL_CONFIG | {"delays": delays})["total"]
+    hint = "one 80 ms frame to fill, plus the acoustic delay in frames times 80 ms"
+    return _verdict((answer,), _close(answer, truth), f"{truth:.0f} ms", hint)
+
+
+def survived_glitch(steps, lost: tuple[int, ...]) -> Verdict:
+    """02, exercise 3: a MoshiStream fed None at the `lost` steps still gives a frame at every later step."""
+    if _unanswered(steps) or not steps:
+        return _verdict((None,), False, "", "")
+    dropped = [s.index for s in steps if s.user_dropped]
+    if dropped != list(lost):
+        return Verdict("wrong", f"not yet. Hint: steps {dropped} were fed None; pass None exactly at steps {list(lost)}")
+    silent = [s.index for s in steps[1:] if s.audio is None]
+    return _verdict((steps,), not silent, f"frames lost at {list(lost)}, Moshi spoke at every step after the first",
+                    f"steps {silent} returned no frame")
+
+
+def padding_share(answer, tokens: list[int], pad_id: int) -> Verdict:
+    """02, exercise 4: the share of padding tokens in a monologue."""
+    truth = tokens.count(pad_id) / len(tokens)
+    hint = "count the padding id in the monologue and divide by its length (a fraction between 0 and 1)"
+    if _close(answer, 1 - truth, rel=1e-6):
+        hint = "that is the share of frames that are *not* padding"
+    return _verdict((answer,), _close(answer, truth, rel=1e-6), f"{truth:.0%} of the frames are padding", hint)
+
+
+# ----------------------------------------------------------------------------- 03 CSM integration
+def frames_budget(answer, fits: Callable[[int], bool]) -> Verdict:
+    """03, exercise 1: the most frames that fit the context; `fits(n)` says whether n frames do."""
+    if _unanswered(answer):
+        return _verdict((answer,), False, "", "")
+    hint = "each generated frame takes one position: context length minus the prompt's positions"
+    if not fits(answer):
+        hint = f"{answer} frames do not fit: " + hint
+    elif fits(answer + 1):
+        hint = f"{answer + 1} frames still fit: " + hint
+    return _verdict((answer,), fits(answer) and not fits(answer + 1), f"{answer} frames fit, {answer + 1} do not", hint)
+
+
+def same_frames(answer, reference) -> Verdict:
+    """03, exercise 2: frames `[N, 32]` from one generation method against another's."""
+    if _unanswered(answer):
+        return _verdict((answer,), False, "", "")
+    answer, reference = np.asarray(answer), np.asarray(reference)
+    if answer.shape != reference.shape:
+        hint = f"shape {answer.shape}, expected {reference.shape}: stack the frames with torch.stack (one row per frame)"
+        return Verdict("wrong", f"not yet. Hint: {hint}")
+    return _verdict((answer,), np.array_equal(answer, reference), f"{len(answer)} frames, token for token the same",
+                    "same shape, different codes: same text, greedy sampling and max_audio_ms as the reference?")
+
+
+def csm_and_moshi_kbps(csm_kbps, moshi_kbps, csm_codebooks: int, moshi_codebooks: int) -> Verdict:
+    """03, exercise 3: the bitrates of CSM's frames and of the part Moshi hears, in kbit/s."""
+    csm_truth, moshi_truth = metrics.bitrate(csm_codebooks) / 1000, metrics.bitrate(moshi_codebooks) / 1000
+    hint = f"CSM's frames carry {csm_codebooks} codebooks, Moshi hears the first {moshi_codebooks}; kbit/s, not bit/s"
+    if _close(csm_kbps, moshi_truth) and _close(moshi_kbps, csm_truth):
+        hint = "swapped: CSM's frames are the bigger ones"
+    right = _close(csm_kbps, csm_truth) and _close(moshi_kbps, moshi_truth)
+    return _verdict((csm_kbps, moshi_kbps), right, f"CSM {csm_truth:g} kbit/s, Moshi hears {moshi_truth:g} kbit/s", hint)

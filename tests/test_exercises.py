@@ -1,0 +1,103 @@
+"""Every exercise check of the course can fail: `...` is "not answered yet", a plausible wrong answer
+(the mistake a learner makes) is rejected with a hint, and the right answer passes.
+
+The notebooks' solution cells prove under nbval that each check accepts its solution on the real run;
+this module proves the other half, that no check accepts anything.
+"""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from csmlab import exercises as ex
+from csmlab import metrics
+from csmlab.data import Turn, overlap_seconds, real_recording, speaking_time
+
+torch.set_num_threads(1)
+
+TURNS = [Turn("Diane", 1.0, 3.0), Turn("Sheila", 2.5, 4.0), Turn("Diane", 5.0, 6.0)]
+
+
+def _layer():
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8))
+
+
+def _step(index, dropped=False, audio=True):
+    return SimpleNamespace(index=index, user_dropped=dropped, audio=np.zeros(8) if audio and index else None)
+
+
+def _good_si_sdr(ref, est):
+    ref, est = ref - ref.mean(), est - est.mean()
+    target = np.dot(est, ref) / np.dot(ref, ref) * ref
+    return 10 * np.log10(np.sum(target**2) / np.sum((est - target) ** 2))
+
+
+def _snr(ref, est):  # the plausible mistake: plain SNR, not scale-invariant
+    return 10 * np.log10(np.sum(ref**2) / np.sum((est - ref) ** 2))
+
+
+REFERENCE = np.random.default_rng(0).integers(0, 2048, size=(8, 40))
+VOCODER = {b: 2.0 / b for b in range(1, 33)}  # a distance that falls with more bands
+
+# (check, its arguments with the right answer, the same with a plausible wrong answer)
+CASES = {
+    "frames_in_call": (ex.frames_in_call, (375,), (250,)),  # 250: 1920-sample frames at 16 kHz
+    "first_speaker, who": (ex.first_speaker, ("Diane", 1.0, TURNS), ("Sheila", 1.0, TURNS)),
+    "first_speaker, when": (ex.first_speaker, ("Diane", 1.0, TURNS), ("Diane", 2.5, TURNS)),
+    "overlap_fraction": (ex.overlap_fraction, (0.5 / 4.5, TURNS), (0.5 / 6.0, TURNS)),  # over the clip's 6 s
+    "kbps_for, bit/s": (ex.kbps_for, (4.4, 32), (4400, 32)),
+    "kbps_for, wrong size": (ex.kbps_for, (0.5, 4, 1024), (0.55, 4, 1024)),
+    "codes_for_clip": (ex.codes_for_clip, (504,), (496,)),  # 496: complete frames only
+    "codes_for_clip, stereo": (ex.codes_for_clip, (504,), (1008,)),
+    "rvq_levels_needed": (ex.rvq_levels_needed, (3, [0.09, 0.05, 0.03, 0.02], 0.04), (4, [0.09, 0.05, 0.03, 0.02], 0.04)),
+    "same_codes, no flush": (ex.same_codes, (REFERENCE, REFERENCE), (REFERENCE[:, :-1], REFERENCE)),
+    "same_codes, other audio": (ex.same_codes, (REFERENCE, REFERENCE), (np.roll(REFERENCE, 1, axis=1), REFERENCE)),
+    "si_sdr_function": (ex.si_sdr_function, (_good_si_sdr,), (_snr,)),
+    "which_codebook_hurts": (ex.which_codebook_hurts, (0, {0: 2.5, 7: 0.9}), (7, {0: 2.5, 7: 0.9})),
+    "ranked_by_distance": (ex.ranked_by_distance, (["a", "b"], {"a": 0.8, "b": 1.9}), (["b", "a"], {"a": 0.8, "b": 1.9})),
+    "equivalent_bands, too few": (ex.equivalent_bands, (3, VOCODER.get, 0.7), (2, VOCODER.get, 0.7)),
+    "equivalent_bands, not smallest": (ex.equivalent_bands, (3, VOCODER.get, 0.7), (5, VOCODER.get, 0.7)),
+    "temporal_layer_parameters": (ex.temporal_layer_parameters, (4 * 8 + 8 + 2 * 8, _layer()), (4 * 8 + 8, _layer())),
+    "latency_with_delay": (ex.latency_with_delay, (240, 2), (160, 2)),
+    "survived_glitch": (ex.survived_glitch, ([_step(i, i in (4, 5, 6)) for i in range(8)], (4, 5, 6)),
+                        ([_step(i, i == 4) for i in range(8)], (4, 5, 6))),
+    "padding_share": (ex.padding_share, (0.75, [3, 3, 3, 9], 3), (0.25, [3, 3, 3, 9], 3)),
+    "frames_budget": (ex.frames_budget, (1459, lambda n: n <= 1459), (1460, lambda n: n <= 1459)),
+    "same_frames": (ex.same_frames, (REFERENCE.T, REFERENCE.T), (REFERENCE, REFERENCE.T)),
+    "csm_and_moshi_kbps": (ex.csm_and_moshi_kbps, (4.4, 1.1, 32, 8), (1.1, 4.4, 32, 8)),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_right_answer_passes_and_plausible_wrong_one_is_rejected(name):
+    check, right, wrong = CASES[name]
+    assert check(*right).must_pass().ok
+    verdict = check(*wrong)
+    assert verdict.status == "wrong" and "Hint" in verdict.message, verdict
+    with pytest.raises(ex.WrongAnswer):
+        verdict.must_pass()
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if "," not in n])
+def test_unanswered_is_said_so(name):
+    check, right, _ = CASES[name]
+    verdict = check(..., *right[1:])  # the learner's cell as it starts: `answer = ...`
+    assert verdict.status == "unanswered" and "not answered yet" in verdict.message
+
+
+def test_function_that_returns_nothing_is_unanswered():
+    def my_si_sdr(ref, est): ...
+
+    assert ex.si_sdr_function(my_si_sdr).status == "unanswered"
+
+
+def test_checks_of_the_real_call_agree_with_the_data():
+    rec = real_recording()
+    assert ex.frames_in_call(len(real_recording(metrics.SAMPLE_RATE).audio) // metrics.FRAME_SIZE).ok
+    first = min(rec.turns, key=lambda t: t.start)
+    assert first.speaker == "Diane"  # the RTTM's speaker90 is the transcript's Diane
+    assert {t.speaker for t in rec.turns} == {t.speaker for t in rec.transcript} == {"Diane", "Sheila"}
+    truth = overlap_seconds(rec.turns) / sum(speaking_time(rec.turns).values())
+    assert ex.overlap_fraction(truth, rec.turns).ok
+    assert ex.overlap_fraction(100 * truth, rec.turns).message.endswith("not a percentage")
