@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from csmlab.serve.access import access_denied
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
-from csmlab.pipeline import Brain, DuplexSession, make_brain
+from csmlab.pipeline import Brain, DuplexSession, LoopbackBrain, make_brain
 from csmlab.serve.chat import CLOSE_GOING_AWAY, Chat, refuse
 from csmlab.serve.config import Settings
 from csmlab.serve.metrics import ServerMetrics
@@ -39,13 +39,30 @@ def _thread_setup(threads: int) -> None:
 
 
 def brain_factory(settings: Settings) -> Callable[[], Brain]:
-    """A new brain per session, as the settings say; loaded models are shared (csmlab caches them)."""
-    kwargs = {}
+    """A new brain per session, as the settings say. Models load here, once: every session's brain
+    shares them (each has its own streaming state; csmlab.moshi and csmlab.codec lock per model)."""
+    weights = settings.weights or None
     if settings.brain == "loopback":
         from csmlab.codec import load_codec
 
-        kwargs["codec"] = load_codec(8, weights=settings.weights or None, listen=settings.listen)
-    return lambda: make_brain(settings.brain, **kwargs)
+        codec = load_codec(8, weights=weights, listen=settings.listen)
+        return lambda: LoopbackBrain(codec=codec)
+    if settings.brain == "moshi":
+        from csmlab import moshi
+
+        model = moshi.load(weights, device=settings.device)
+        return lambda: make_brain("moshi", model=model)
+    if settings.brain == "cascade":
+        from csmlab.pipeline.voices import CsmSpeaker, make_voice
+
+        if weights:
+            from csmlab.csm import load_csm
+
+            voice = CsmSpeaker(load_csm(weights, device=settings.device))
+        else:
+            voice = make_voice("auto")  # CSM with real weights when found, else espeak-ng (says so)
+        return lambda: make_brain("cascade", voice=voice)
+    return lambda: make_brain(settings.brain)
 
 
 def _announce_weights(brain: Brain) -> None:
