@@ -1,13 +1,18 @@
 """Hostile input through the layers built on issue 12's (pipeline, server): a bad push gets a clear
 `CsmlabError`, changes nothing, and the session goes on with the next chunk."""
+import asyncio
 import math
 
+import aiohttp
 import numpy as np
 import pytest
 import torch
 
 from csmlab.errors import AudioFormatError
 from csmlab.pipeline import DuplexSession, ScriptedBrain, Utterance, make_brain
+from csmlab.serve import Settings
+from csmlab.serve.app import serve_in_thread
+from csmlab.widget.frames import KIND_MIC, KIND_SYSTEM, pack_frame, unpack_frame
 
 RATE = 24_000
 FRAME = 1920
@@ -52,3 +57,27 @@ def test_a_bad_seq_is_refused_before_anything_changes():
     got, frames = pushed(["abc", math.nan, 1.5, True, b"2"])
     assert np.array_equal(got, clean)
     assert frames == clean_frames
+
+
+def test_a_bad_audio_frame_to_the_server_is_answered_and_the_session_goes_on():
+    """A well-formed frame whose samples are not audio (int16 PCM sent as float, 1e20) passes the
+    frame layout check and is refused by the pipeline's push: the server used to close the whole
+    session (1011); it answers with an error and keeps streaming."""
+
+    async def talk(port):
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"ws://127.0.0.1:{port}/api/frames") as ws:
+                await ws.receive_json(timeout=10)  # ready
+                errors = []
+                for seq, scale in enumerate([32767, 1e20]):
+                    await ws.send_bytes(pack_frame(KIND_MIC, seq, 0.0, tone(0.08) * scale))
+                    errors.append(await ws.receive_json(timeout=10))
+                await ws.send_bytes(pack_frame(KIND_MIC, 2, 0.0, tone(0.08)))
+                reply = await ws.receive(timeout=10)
+                return errors, reply
+
+    with serve_in_thread(Settings(port=0, listen=True), scripted) as server:
+        errors, reply = asyncio.run(talk(server.port))
+    assert [e["type"] for e in errors] == ["error", "error"]
+    assert "divide by 32768" in errors[0]["message"] and "not audio samples" in errors[1]["message"]
+    assert reply.type == aiohttp.WSMsgType.BINARY and unpack_frame(reply.data, kind=KIND_SYSTEM).seq == 2
