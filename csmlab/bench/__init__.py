@@ -27,4 +27,5 @@ def machine() -> dict:
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "gpu": gpu,
         "torch": torch.__version__,
+        "load_average_1min": round(os.getloadavg()[0], 2),  # > cpu_cores: a shared, busy machine; timings inflate
     }
