@@ -252,3 +252,30 @@ def test_sigterm_closes_sessions_with_a_reason_and_exits_0():
     finally:
         proc.kill()
     assert kind == "error" and "shutting down" in reason and closed == ("closed", 1001)
+
+
+def test_the_page_and_the_widget_frames_endpoint(server):
+    """GET / serves the page and the widget's own duplex-audio.js; /api/frames speaks its frames."""
+    from csmlab.widget.frames import KIND_MIC, KIND_SYSTEM, pack_frame, unpack_frame
+
+    async def page_then_frames():
+        base = f"http://127.0.0.1:{server.port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(base + "/") as page, http.get(base + "/assets/duplex-audio.js") as script:
+                html, js = await page.text(), await script.text()
+            async with http.ws_connect(base.replace("http", "ws") + "/api/frames") as ws:
+                ready = await ws.receive_json(timeout=TIMEOUT)
+                await ws.send_bytes(b"\x01\x01")  # a broken frame: an error, and the session goes on
+                error = await ws.receive_json(timeout=TIMEOUT)
+                for seq in range(3):
+                    await ws.send_bytes(pack_frame(KIND_MIC, seq, 0.0, tone(0.08)))
+                replies = [await ws.receive(timeout=TIMEOUT) for _ in range(4)]  # "hello" text + 3 frames
+        return html, js, ready, error, replies
+
+    html, js, ready, error, replies = asyncio.run(page_then_frames())
+    assert 'from "./assets/duplex-audio.js"' in html and "export class DuplexAudio" in js
+    assert ready == {"type": "ready"} and error["type"] == "error" and "16-byte header" in error["message"]
+    frames = [unpack_frame(r.data, kind=KIND_SYSTEM) for r in replies if r.type == aiohttp.WSMsgType.BINARY]
+    texts = [r.json()["text"] for r in replies if r.type == aiohttp.WSMsgType.TEXT]
+    assert [f.seq for f in frames] == [0, 1, 2] and texts == ["hello"]
+    assert np.sqrt(np.mean(frames[1].pcm ** 2)) > 0.15  # the script's tone, not re-encoded

@@ -15,6 +15,8 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -24,8 +26,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from csmlab.serve.access import access_denied
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
-from csmlab.pipeline import Brain, DuplexSession, make_brain
+from csmlab.pipeline import Brain, DuplexSession, LoopbackBrain, make_brain
 from csmlab.serve.chat import CLOSE_GOING_AWAY, Chat, refuse
+from csmlab.serve.wires import FrameWire, OpusWire
+from csmlab.widget.widget import AUDIO_JS
+
+PAGE = Path(__file__).resolve().parent.parent / "assets" / "serve" / "index.html"
 from csmlab.serve.config import Settings
 from csmlab.serve.metrics import ServerMetrics
 
@@ -39,29 +45,48 @@ def _thread_setup(threads: int) -> None:
 
 
 def brain_factory(settings: Settings) -> Callable[[], Brain]:
-    """A new brain per session, as the settings say; loaded models are shared (csmlab caches them)."""
-    kwargs = {}
+    """A new brain per session, as the settings say. Models load here, once: every session's brain
+    shares them (each has its own streaming state; csmlab.moshi and csmlab.codec lock per model)."""
+    weights = settings.weights or None
     if settings.brain == "loopback":
         from csmlab.codec import load_codec
 
-        kwargs["codec"] = load_codec(8, weights=settings.weights or None, listen=settings.listen)
-    return lambda: make_brain(settings.brain, **kwargs)
+        codec = load_codec(8, weights=weights, listen=settings.listen)
+        return lambda: LoopbackBrain(codec=codec)
+    if settings.brain == "moshi":
+        from csmlab import moshi
+
+        model = moshi.load(weights, device=settings.device)
+        return lambda: make_brain("moshi", model=model)
+    if settings.brain == "cascade":
+        from csmlab.pipeline.voices import CsmSpeaker, make_voice
+
+        if weights:
+            from csmlab.csm import load_csm
+
+            voice = CsmSpeaker(load_csm(weights, device=settings.device))
+        else:
+            voice = make_voice("auto")  # CSM with real weights when found, else espeak-ng (says so)
+        return lambda: make_brain("cascade", voice=voice)
+    return lambda: make_brain(settings.brain)
 
 
-def _announce_weights(brain: Brain) -> None:
-    """Say which weights speak; loudly, line by line, when they are not the released model's."""
+def _announce_weights(brain: Brain) -> str:
+    """Say which weights speak; loudly, line by line, when they are not the released model's.
+    Returns the one-line note that /healthz and the page show."""
     codec = brain.codec()
     if codec is None and brain.weights == "none":
         log.info("brain %s uses no model weights", brain.name)
-        return
+        return "no model weights"
     banner = codec.weights.banner() if codec is not None else ""
     if codec is not None and codec.weights.is_real and brain.weights in ("local", "hub", "real"):
         log.info("brain %s on real weights: %s", brain.name, banner)
-        return
-    log.warning("OFFLINE WEIGHTS: brain %r runs on %r weights, NOT the released model: "
-                "its audio and text are not what the real model would say", brain.name, brain.weights)
+        return f"real weights ({brain.weights})"
+    note = f"OFFLINE WEIGHTS ({brain.weights}), NOT the released model: its audio and text are not the real model's"
+    log.warning("brain %r: %s", brain.name, note)
     for line in banner.splitlines():
         log.warning("%s", line)
+    return note
 
 
 class Server:
@@ -79,6 +104,7 @@ class Server:
         self.chats: set[Chat] = set()
         self.opening = 0
         self.ready = False
+        self.weights = "loading"  # then what speaks, for /healthz and the page
         self.stopping = False
         self.started = time.monotonic()
         self.runner: web.AppRunner | None = None
@@ -86,7 +112,11 @@ class Server:
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/api/chat", self._chat)
+        app.router.add_get("/api/chat", partial(self._session, wire=OpusWire))  # Moshi's protocol
+        app.router.add_get("/api/frames", partial(self._session, wire=FrameWire))  # the page's frames
+        app.router.add_get("/", lambda request: web.FileResponse(PAGE))
+        app.router.add_get("/assets/duplex-audio.js", lambda request: web.FileResponse(
+            AUDIO_JS, headers={"Content-Type": "text/javascript"}))
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         return app
@@ -108,7 +138,7 @@ class Server:
         if self.new_brain is None:
             self.new_brain = brain_factory(self.settings)
         with self._open_session() as warm:
-            _announce_weights(warm.brain)
+            self.weights = _announce_weights(warm.brain)
             warm.push(np.zeros(2 * FRAME_SIZE, np.float32), SAMPLE_RATE)  # first-call costs, paid before clients come
         self.ready = True
         self.metrics.ready.set(1)
@@ -137,7 +167,7 @@ class Server:
                             "try again later or another replica")
         return None
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    async def _session(self, request: web.Request, wire) -> web.StreamResponse:
         denied = access_denied(self.settings, request.headers, request.query)
         if denied:
             self.metrics.refused.labels("token").inc()
@@ -147,14 +177,14 @@ class Server:
         refusal = self._refusal()
         if refusal:
             self.metrics.refused.labels(refusal[0]).inc()
-            await refuse(ws, refusal[1])
+            await refuse(ws, refusal[1], wire=wire)
             return ws
         self.opening += 1
         try:
             duplex = await asyncio.get_running_loop().run_in_executor(self.executor, self._open_session)
         finally:
             self.opening -= 1
-        chat = Chat(ws, duplex, self.executor, self.settings, self.metrics)
+        chat = Chat(ws, duplex, self.executor, self.settings, self.metrics, wire())
         self.chats.add(chat)
         self.metrics.sessions_active.set(len(self.chats))
         try:
@@ -168,7 +198,7 @@ class Server:
         return ws
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        body = {"ready": self.ready, "brain": self.settings.brain, "sessions": len(self.chats),
+        body = {"ready": self.ready, "brain": self.settings.brain, "weights": self.weights, "sessions": len(self.chats),
                 "max_sessions": self.settings.max_sessions, "uptime_s": round(time.monotonic() - self.started, 1)}
         return web.json_response(body, status=200 if self.ready else 503)
 

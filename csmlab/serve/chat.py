@@ -1,7 +1,7 @@
-"""One client's session: Opus in from the websocket, the duplex pipeline off the event loop, Opus out.
+"""One client's session: audio in from the websocket, the duplex pipeline off the event loop, audio out.
 
-    websocket -> check kind/pages -> OpusStreamReader -> backlog -> [worker thread] DuplexSession.push
-              <- 0x01 Ogg/Opus, 0x02 text  <- OpusStreamWriter <- Steps
+    websocket -> wire.decode (Opus or widget frames) -> backlog -> [worker thread] DuplexSession.push
+              <- messages  <- wire.encode <- Steps
 
 Failure policy: a bad message is answered with an 0x05 error and the session goes on; the session
 ends with an 0x05 reason and a websocket close code when it is idle too long, reaches its length
@@ -17,40 +17,44 @@ from concurrent.futures import Executor
 
 import aiohttp
 import numpy as np
-import sphn
 from aiohttp import web
 
 from csmlab.errors import CsmlabError
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
 from csmlab.serve.metrics import ServerMetrics
-from csmlab.serve.protocol import HANDSHAKE, ProtocolError, audio_message, audio_payload, error_message, text_message
+from csmlab.serve.protocol import ProtocolError
+from csmlab.serve.wires import Message, OpusWire
 
 log = logging.getLogger("csmlab.serve")
 BACKLOG_S = 2.0  # audio waiting for compute beyond this is dropped, oldest first, and counted
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_ERROR, CLOSE_TRY_LATER = 1000, 1001, 1008, 1011, 1013
 
 
-async def refuse(ws: web.WebSocketResponse, reason: str, code: int = CLOSE_TRY_LATER) -> None:
-    """Tell a client why in an 0x05 message, then close: never leave it waiting."""
+async def send(ws: web.WebSocketResponse, message: Message) -> None:
+    await (ws.send_str(message) if isinstance(message, str) else ws.send_bytes(message))
+
+
+async def refuse(ws: web.WebSocketResponse, reason: str, code: int = CLOSE_TRY_LATER, wire=OpusWire) -> None:
+    """Tell a client why (an 0x05 message on Moshi's protocol), then close: never leave it waiting."""
     if not ws.closed:
-        await ws.send_bytes(error_message(reason))
+        await send(ws, wire.error(reason))
         await ws.close(code=code, message=reason.encode()[:120])
 
 
 class Chat:
     """A websocket bound to its own `DuplexSession`; `run()` returns how the session ended."""
 
-    def __init__(self, ws: web.WebSocketResponse, duplex, executor: Executor, settings, metrics: ServerMetrics):
+    def __init__(self, ws: web.WebSocketResponse, duplex, executor: Executor, settings, metrics: ServerMetrics,
+                 wire=None):
         self.ws, self.duplex, self.executor = ws, duplex, executor
         self.settings, self.metrics = settings, metrics
-        self.reader = sphn.OpusStreamReader(SAMPLE_RATE)
-        self.writer = sphn.OpusStreamWriter(SAMPLE_RATE)
-        self.backlog: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+        self.wire = wire or OpusWire()
+        self.backlog: asyncio.Queue[tuple[np.ndarray, int | None] | None] = asyncio.Queue()
         self.backlog_samples = 0
         self.outcome: str | None = None
 
     async def run(self) -> str:
-        await self.ws.send_bytes(bytes([HANDSHAKE]))
+        await send(self.ws, self.wire.handshake())
         worker = asyncio.create_task(self._work_loop())
         try:
             await self._receive_loop()
@@ -64,7 +68,7 @@ class Chat:
         if self.outcome is None:
             self.outcome = outcome
             log.info("closing session: %s", reason)
-            await refuse(self.ws, reason, code)
+            await refuse(self.ws, reason, code, self.wire)
 
     def _timeout(self, deadline: float) -> tuple[float, bool]:
         left = deadline - time.monotonic()
@@ -93,62 +97,50 @@ class Chat:
 
     async def _accept(self, data) -> None:
         try:
-            pcm = self._decode(audio_payload(data))
+            pcm, seq = self.wire.decode(data)
         except ProtocolError as err:
             self.metrics.errors.labels(err.kind).inc()
-            await self.ws.send_bytes(error_message(str(err)))
+            await send(self.ws, self.wire.error(str(err)))
             return
         if pcm.size:
-            self._queue(pcm)
+            self._queue(pcm, seq)
 
-    def _decode(self, ogg: bytes) -> np.ndarray:
-        try:
-            return self.reader.append_bytes(ogg)  # [T] float32 at 24 kHz
-        except ValueError as err:  # whole pages, yet not a stream sphn can read: start a fresh reader
-            self.reader = sphn.OpusStreamReader(SAMPLE_RATE)
-            raise ProtocolError("bad_opus", f"audio could not be decoded as Ogg/Opus ({err}); "
-                                "the stream was reset, keep sending") from err
-
-    def _queue(self, pcm: np.ndarray) -> None:
-        self.backlog.put_nowait(pcm)
+    def _queue(self, pcm: np.ndarray, seq: int | None) -> None:
+        self.backlog.put_nowait((pcm, seq))
         self.backlog_samples += pcm.size
         while self.backlog_samples > BACKLOG_S * SAMPLE_RATE and self.backlog.qsize() > 1:
-            dropped = self.backlog.get_nowait()
+            dropped, _ = self.backlog.get_nowait()
             self.backlog_samples -= dropped.size
             self.metrics.dropped.inc(dropped.size / FRAME_SIZE)
 
     async def _work_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        while (pcm := await self.backlog.get()) is not None:
-            self.backlog_samples -= pcm.size
+        while (item := await self.backlog.get()) is not None:
+            self.backlog_samples -= item[0].size
             if self.ws.closed:
                 continue  # the client left: drain without computing
             try:
-                ogg, steps = await loop.run_in_executor(self.executor, self._compute, pcm)
+                messages, steps = await loop.run_in_executor(self.executor, self._compute, *item)
             except Exception as err:  # the session's boundary: one failing brain must not take the server down
                 if not isinstance(err, CsmlabError):
                     log.exception("unexpected failure in a session's pipeline")
                 self.metrics.errors.labels(type(err).__name__).inc()
                 await self.close("error", f"the pipeline failed: {err}", CLOSE_ERROR)
                 continue
-            await self._send(ogg, steps)
+            await self._send(messages, steps)
 
-    def _compute(self, pcm: np.ndarray) -> tuple[bytes, list]:
-        """Runs in a worker thread: the pipeline's steps for this audio, and their audio as Ogg/Opus."""
-        steps = self.duplex.push(pcm, SAMPLE_RATE)
-        ogg = self.writer.append_pcm(np.concatenate([s.pcm for s in steps])) if steps else b""
-        return ogg, steps
+    def _compute(self, pcm: np.ndarray, seq: int | None) -> tuple[list[Message], list]:
+        """Runs in a worker thread: the pipeline's steps for this audio, and their messages."""
+        steps = self.duplex.push(pcm, SAMPLE_RATE, seq)
+        return self.wire.encode(steps), steps
 
-    async def _send(self, ogg: bytes, steps: list) -> None:
+    async def _send(self, messages: list[Message], steps: list) -> None:
         if self.ws.closed:
             return
         for step in steps:
             self.metrics.observe_step(step)
         try:
-            if ogg:
-                await self.ws.send_bytes(audio_message(ogg))
-            for step in steps:
-                if step.text:
-                    await self.ws.send_bytes(text_message(step.text))
+            for message in messages:
+                await send(self.ws, message)
         except ConnectionError:  # the client left mid-stream: nothing to deliver to
             self.outcome = self.outcome or "disconnected"

@@ -63,6 +63,8 @@ class MoshiClient:
     async def receive(self, timeout: float) -> tuple[str, object]:
         """The next message as (kind, payload); ("closed", close code) once the server closed."""
         message = await asyncio.wait_for(self.ws.receive(), timeout)
+        if message.type == aiohttp.WSMsgType.CLOSE:
+            return "closed", message.data  # the code the server closed with
         if message.type != aiohttp.WSMsgType.BINARY:
             return "closed", self.ws.close_code
         data = message.data

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import struct
 
+from csmlab.errors import CsmlabError
+
 HANDSHAKE, AUDIO, TEXT, ERROR = 0x00, 0x01, 0x02, 0x05
 KIND_NAMES = {HANDSHAKE: "handshake", AUDIO: "audio", TEXT: "text", ERROR: "error"}
 _OGG_HEADER = struct.Struct("<4sBBqIIIB")  # capture, version, flags, granule, serial, seq, crc, segments
 
 
-class ProtocolError(Exception):
+class ProtocolError(CsmlabError):
     """A client message that breaks the protocol; its text goes back to the client as an 0x05 message."""
 
     def __init__(self, kind: str, message: str):
