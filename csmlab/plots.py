@@ -103,10 +103,13 @@ def call_window(rec: Recording, start: float, seconds: float = 3.0) -> plt.Figur
 
 
 def player(audio, rate: int, caption: str) -> None:
-    """Show `caption` (what the learner is about to hear) above an audio player."""
+    """Show `caption` (what the learner is about to hear) above an audio player.
+
+    Exact silence plays as silence (IPython would divide by its zero peak to normalise it).
+    """
     from IPython.display import Audio, Markdown, display
 
-    display(Markdown(f"🔊 *{caption}*"), Audio(audio, rate=rate))
+    display(Markdown(f"🔊 *{caption}*"), Audio(audio, rate=rate, normalize=bool(np.any(audio))))
 
 
 def streaming_state_diagram(window: int = 250, step_rate: float = 25.0, kernel: int = 7, stride: int = 4) -> plt.Figure:
@@ -152,3 +155,58 @@ def streaming_state_diagram(window: int = 250, step_rate: float = 25.0, kernel: 
     kv.axis("off")
     fig.tight_layout()
     return fig
+
+
+def playback_schedule(ready_s: list[float], chunk_s: float = 0.08) -> tuple[np.ndarray, float]:
+    """When each audio chunk would play if playback starts with the first and waits when one is late.
+
+    `ready_s[i]`: when chunk i (of `chunk_s` seconds of audio) was ready. Returns the play start of
+    each chunk and the total time playback stalled waiting for audio.
+    """
+    starts, clock, stalled = [], ready_s[0], 0.0
+    for ready in ready_s:
+        start = max(clock, ready)
+        stalled += start - clock
+        starts.append(start)
+        clock = start + chunk_s
+    return np.array(starts), stalled
+
+
+def plot_playback(ready_s: list[float], chunk_s: float = 0.08, label: str = "streamed"):
+    """Audio ready against audio played in real time from the first chunk: where the lines cross, it stalls."""
+    ready = np.asarray(ready_s)
+    starts, stalled = playback_schedule(ready_s, chunk_s)
+    audio = chunk_s * np.arange(1, len(ready) + 1)  # seconds of audio available once chunk i is ready
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    ax.step(ready, audio, where="post", label=f"audio ready ({label})", color="C0")
+    ideal = ready[0] + np.array([0.0, audio[-1]])
+    ax.plot(ideal, [0, audio[-1]], "--", color="0.4", label="real-time playback from the first chunk")
+    played_t = np.stack([starts, starts + chunk_s], axis=1).ravel()  # each chunk plays for chunk_s seconds
+    played = np.stack([audio - chunk_s, audio], axis=1).ravel()
+    ax.plot(played_t, played, color="C3", lw=1.2, label=f"what is heard: flat where it stalls ({stalled:.2f} s in all)")
+    ax.set(xlabel="seconds after the request", ylabel="seconds of audio", xlim=(0, None), ylim=(0, None),
+           title="Can playback keep up? Below the dashed line, the listener waits")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def slider_view(draw, slider):
+    """A slider that redraws `draw(value)` below it when moved (in a live notebook).
+
+    Nothing is drawn until the slider moves: an executed notebook (nbval, CI, the static page) shows
+    the widget and relies on the cell below it, which calls `draw` once with a fixed value: the
+    slider's static twin.
+    """
+    import ipywidgets as widgets
+
+    out = widgets.Output()
+
+    def redraw(change):
+        with out:
+            out.clear_output(wait=True)
+            draw(change["new"])
+            plt.show()
+
+    slider.observe(redraw, names="value")
+    return widgets.VBox([slider, widgets.Label("move the slider to draw; the static view is below"), out])

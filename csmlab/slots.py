@@ -20,7 +20,7 @@ import threading
 
 import torch
 
-from csmlab.errors import CapacityError
+from csmlab.errors import CapacityError, ConfigError
 
 
 class Slots:
@@ -53,6 +53,13 @@ class Slots:
         with self._lock:
             self._taken.discard(slot)
             self._fresh.discard(slot)
+
+    def check(self, slots) -> None:
+        """Refuse slots that nobody took: their rows belong to no stream (or to a stream that left)."""
+        with self._lock:
+            stray = sorted(set(slots) - self._taken)
+        if stray:
+            raise ConfigError(f"{self.what} slot(s) {stray} are not taken: step only slots from join(), until leave()")
 
     def pop_fresh(self) -> list[int]:
         """The slots to clear before this step (and forget them: they are cleared once)."""

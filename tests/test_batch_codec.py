@@ -10,7 +10,7 @@ import torch
 from csmlab.codec import FRAME_SIZE, load_codec
 from csmlab.codec.batch import CodecBatch, SharedCodec, agreement
 from csmlab.data import real_recording
-from csmlab.errors import CapacityError
+from csmlab.errors import CapacityError, ComponentError
 from csmlab.gather import Gather
 
 RATE = 24000
@@ -107,18 +107,27 @@ def test_shared_codec_sessions_in_threads_are_batched_and_exact():
         ref_codes, ref_pcm = alone(codec, clip.reshape(-1, FRAME_SIZE))
         assert agreement(results[i][0], ref_codes)["codebook0"] == 1.0
         assert np.abs(results[i][1] - ref_pcm).max() < 1e-3
-    assert shared.backend.encoder.occupancy > 1.5  # the threads' frames really shared forwards
+    assert shared.occupancy["encode"] > 1.5  # the threads' frames really shared forwards
 
 
 def test_a_full_batch_refuses_clearly_and_frees_slots_on_close():
     shared = SharedCodec(load_codec(8, listen=True), size=2)
-    first, second = shared.stream(), shared.stream()
-    with pytest.raises(CapacityError, match="all 2 codec stream slots are in use"):
-        shared.stream()
-    first.close()
-    with shared.stream() as third:  # the freed slot, reset
-        assert third.encode(np.zeros(FRAME_SIZE, np.float32), RATE).shape == (8, 1)
-    second.close()
+    silence = np.zeros(FRAME_SIZE, np.float32)
+    speakers = [shared.stream() for _ in range(3)]
+    for s in speakers[:2]:
+        s.encode(silence, RATE)
+    with pytest.raises(ComponentError, match="all 2 codec stream slots are in use") as failed:
+        speakers[2].encode(silence, RATE)  # encoding is full (decoding is not): this one cannot encode
+    assert isinstance(failed.value.__cause__, CapacityError)
+    for s in speakers[:2]:
+        s.decode(np.zeros((8, 1), np.int64))
+    with pytest.raises(CapacityError, match="all 2 streams of this shared codec are in use"):
+        shared.stream()  # both directions full: refused up front
+    speakers[0].close()
+    speakers[2].reset()
+    assert speakers[2].encode(silence, RATE).shape == (8, 1)  # the freed row, reset
+    for s in speakers[1:]:
+        s.close()
 
 
 def test_gather_hands_a_failed_round_error_to_every_caller_and_goes_on():

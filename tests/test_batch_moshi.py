@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from csmlab import moshi as M
-from csmlab.errors import CapacityError
+from csmlab.errors import CapacityError, ConfigError
 from csmlab.moshi.batch import MoshiBatch
 from csmlab.moshi.stream import MoshiStream
 
@@ -71,6 +71,8 @@ def test_a_full_batch_refuses_and_a_restart_replays_the_same_conversation(model)
         batch.join()
     frames = user_frames(model, 4, 3)
     first = [batch.step({slot: f})[slot] for f in frames]
+    with pytest.raises(ConfigError, match=r"slot\(s\) \[3\] are not taken"):
+        batch.step({3: frames[0]})
     batch.restart(slot)
     again = [batch.step({slot: f})[slot] for f in frames]
     assert tokens(first) == tokens(again)

@@ -4,6 +4,9 @@
 The notebooks' solution cells prove under nbval that each check accepts its solution on the real run;
 this module proves the other half, that no check accepts anything.
 """
+import json
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -104,3 +107,23 @@ def test_checks_of_the_real_call_agree_with_the_data():
     truth = overlap_seconds(rec.turns) / sum(speaking_time(rec.turns).values())
     assert ex.overlap_fraction(truth, rec.turns).ok
     assert ex.overlap_fraction(100 * truth, rec.turns).message.endswith("not a percentage")
+
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("0*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_each_notebook_ends_with_unanswered_exercises_and_hidden_solutions(path):
+    cells = json.loads(path.read_text())["cells"]
+    solutions = [i for i, c in enumerate(cells) if "solution" in c["metadata"].get("tags", [])]
+    assert len(solutions) >= 3, f"{path.name}: {len(solutions)} exercises with a solution cell"
+    for i in solutions:
+        solution, check = "".join(cells[i]["source"]), "".join(cells[i - 1]["source"])
+        assert cells[i]["metadata"].get("jupyter", {}).get("source_hidden") is True
+        assert ".must_pass()" in solution  # the solution runs the check, and fails nbval if it does not pass
+        assert "ex." in check and "must_pass" not in check  # the learner's check: a hint, never a traceback
+        learner = "".join(cells[i - 2]["source"])
+        assert "= ..." in learner or "    ..." in learner, f"{path.name} cell {i - 2} starts answered"
+    text = " ".join("".join(c["source"]) for c in cells)
+    assert "# solution" not in text and "# your answer" not in text.replace("# your answer:", "")
+    assert not re.search(r"\bissue \d", text, re.IGNORECASE), "the course refers to the project's issues"

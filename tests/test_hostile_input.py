@@ -11,7 +11,7 @@ from csmlab import moshi as M
 from csmlab.audio import MAX_PEAK, MAX_RATE, MIN_RATE
 from csmlab.codec import FRAME_SIZE, load_codec
 from csmlab.data import real_recording
-from csmlab.errors import AudioFormatError, CodesError, ConfigError, TextError
+from csmlab.errors import AudioFormatError, CodesError, ComponentError, ConfigError, TextError
 
 RATE = 16000
 
@@ -195,6 +195,23 @@ def test_moshi_reset_restores_a_clean_state_even_after_nan_reached_the_caches(mo
         assert tokens([stream.step(user[:, t]) for t in range(4)]) == first
 
 
+def test_a_moshi_step_that_fails_midway_is_refused_until_reset(moshi, monkeypatch):
+    user = user_codes(3, seed=4)
+    with M.MoshiStream(moshi, seed=2) as clean:
+        expected = tokens([clean.step(user[:, t]) for t in range(3)])
+    with M.MoshiStream(moshi, seed=2) as stream:
+        stream.step(user[:, 0])
+        monkeypatch.setattr(stream.gen, "step", lambda codes: (_ for _ in ()).throw(RuntimeError("device lost")))
+        with pytest.raises(ComponentError, match="device lost.*reset"):
+            stream.step(user[:, 1])
+        monkeypatch.undo()
+        with pytest.raises(ComponentError, match="call reset"):
+            stream.step(user[:, 1])
+        assert not moshi.lm.is_streaming  # the model is free for other streams all the while
+        stream.reset()
+        assert tokens([stream.step(user[:, t]) for t in range(3)]) == expected
+
+
 # ---- 10-12: CSM ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def voice():
@@ -252,6 +269,13 @@ def test_csm_sampling_values_are_checked(kwargs, match):
 def test_csm_sampling_must_be_a_sampling(voice):
     with pytest.raises(ConfigError, match="csm.Sampling"):
         voice.generate_codes(TEXT, sampling={"greedy": True})
+
+
+@pytest.mark.parametrize("rate", [math.nan, math.inf, 3e14])
+def test_csm_context_rates_are_bounded(voice, rate):
+    """Case 7 for CSM: refused before soxr is asked to build a resampler (3e14 Hz hung it)."""
+    with pytest.raises(AudioFormatError, match=f"context turn 0: sample_rate must be an integer from {MIN_RATE}"):
+        voice.prompt(TEXT, context=[csm.Segment(0, "hi", np.zeros(4800, np.float32), sample_rate=rate)])
 
 
 @pytest.mark.parametrize("scale, match", [(32767, "divide by 32768"), (1e30, "not audio samples")])

@@ -133,3 +133,22 @@ def test_cascade_gives_the_voice_the_conversation_and_ignores_short_noises():
     assert [s for s, _, _ in heard[1][1]] == [0, 1, 0]  # both sides' turns, in order, as context
     assert heard[1][1][1] == (1, "one", 3 * 1920)  # the system's own turn: its text and the audio it said
     assert heard[0][1][0][2] > 24000  # the user's turn carries its audio (> 1 s)
+
+
+def test_cascade_speaks_with_csm_conditioned_on_the_conversation():
+    from csmlab.csm import Sampling
+    from csmlab.pipeline import CascadeBrain
+    from csmlab.pipeline.policies import ScriptedReplies
+    from csmlab.pipeline.voices import CsmSpeaker
+
+    greedy = Sampling(greedy=True)
+    voice = CsmSpeaker(max_audio_ms=240, sampling=greedy)  # the small offline CSM: random weights, real compute
+    brain = CascadeBrain(voice=voice, policy=ScriptedReplies(["Hello there."]))
+    with DuplexSession(brain) as session:
+        steps = list(session.run(np.concatenate([speech("weather_en-us_24k"), silence(1.0)]), 24000))
+    spoken = [s.pcm for s in steps if s.pcm.any()]
+    user_turn, system_turn = brain.conversation
+    expected = list(voice.voice.stream("Hello there.", 1, [user_turn], 240, greedy))  # CSM with the user's turn as context
+    assert len(spoken) == len(expected) == 3
+    assert all(np.array_equal(a, b) for a, b in zip(spoken, expected))
+    assert system_turn.speaker == 1 and len(system_turn.audio) == 3 * 1920

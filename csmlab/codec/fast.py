@@ -33,6 +33,7 @@ and on a busy 2-core machine a join waits for a descheduled thread: we measured 
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 from torch import nn
@@ -135,13 +136,38 @@ class FastMimiStream(MimiStream):
     def _kernels(self):
         """The GEMM forwards and `STREAM_THREADS`, for the length of one call (under the model's lock:
         another thread's call on the same modules never sees them half-installed)."""
-        threads = torch.get_num_threads()
-        torch.set_num_threads(STREAM_THREADS)
         for module, forward in self._fast:
             module.forward = forward  # an instance attribute shadows the class's forward
         try:
-            yield
+            with _stream_threads:
+                yield
         finally:
             for module, _ in self._fast:
                 del module.forward
-            torch.set_num_threads(threads)
+
+
+class _StreamThreads:
+    """`STREAM_THREADS` intra-op threads while any streaming call runs, the process's own setting after.
+
+    torch's thread count is one setting per process, not per thread: with calls in several threads
+    (sessions on different codecs), each saving and restoring it would leave whichever value the
+    last one saved. So the first call in saves it and the last one out restores it."""
+
+    def __init__(self):
+        self._lock, self._calls, self._saved = threading.Lock(), 0, 0
+
+    def __enter__(self):
+        with self._lock:
+            if self._calls == 0:
+                self._saved = torch.get_num_threads()
+                torch.set_num_threads(STREAM_THREADS)
+            self._calls += 1
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._calls -= 1
+            if self._calls == 0:
+                torch.set_num_threads(self._saved)
+
+
+_stream_threads = _StreamThreads()

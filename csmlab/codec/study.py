@@ -1,15 +1,13 @@
-"""Notebook 01's small tools: residual vector quantization from scratch, and quality vs codebooks.
+"""Notebook 01's small tools: k-means and nearest-entry search for its RVQ, pictures, quality vs codebooks.
 
 RVQ (Zeghidour et al., "SoundStream", 2021; used by EnCodec and Mimi) quantizes a vector in
 stages: level 1 picks the nearest entry of its codebook, level 2 quantizes what level 1 missed (the
 residual), and so on. Each level adds log2(codebook size) bits per frame and removes part of the
 remaining error, which is why a codec's bitrate is "number of codebooks x 11 bits x 12.5 Hz" and
-why dropping late codebooks degrades quality gracefully. Here the vectors are log-mel frames of real
-speech and the codebooks come from k-means, so the whole idea fits in a few lines of numpy.
+why dropping late codebooks degrades quality gracefully. Notebook 01 writes the RVQ itself, where
+the learner reads it; this module keeps the plumbing it stands on (k-means, nearest entry).
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,37 +46,33 @@ def kmeans(x: np.ndarray, k: int, iters: int = 25, seed: int = 0) -> np.ndarray:
     return centers
 
 
-@dataclass
-class ResidualVQ:
-    """A stack of codebooks; level l quantizes the residual left by levels 0..l-1."""
+def plot_rvq_2d(x: np.ndarray, level1: np.ndarray, level2: np.ndarray):
+    """RVQ's geometry on 2-D points `x` `[T, 2]`: level 1's centroids, the residuals, level 2's centroids.
 
-    codebooks: list[np.ndarray]  # each [codebook_size, D]
+    Left: the points and level 1's codebook. Middle: what level 1 misses (each point minus its
+    centroid), all gathered round the origin, and level 2's codebook fitted to them. Right: every
+    sum of one level-1 and one level-2 entry: the finer grid two codes can address.
+    """
+    import matplotlib.pyplot as plt
 
-    @classmethod
-    def fit(cls, x: np.ndarray, levels: int, codebook_size: int, seed: int = 0) -> ResidualVQ:
-        books, residual = [], x
-        for level in range(levels):
-            book = kmeans(residual, codebook_size, seed=seed + level)
-            residual = residual - book[nearest(residual, book)]
-            books.append(book)
-        return cls(books)
-
-    def encode(self, x: np.ndarray) -> np.ndarray:
-        """`[T, D]` vectors -> `[L, T]` codes."""
-        codes, residual = [], x
-        for book in self.codebooks:
-            codes.append(nearest(residual, book))
-            residual = residual - book[codes[-1]]
-        return np.stack(codes)
-
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        """`[L', T]` codes (any first L' levels) -> `[T, D]`: the sum of the chosen entries."""
-        return sum(book[c] for book, c in zip(self.codebooks, codes))
-
-    def relative_errors(self, x: np.ndarray) -> list[float]:
-        """Squared error over signal energy (around the mean) using the first 1, 2, ..., L levels."""
-        codes, energy = self.encode(x), ((x - x.mean(0)) ** 2).sum()
-        return [float(((x - self.decode(codes[:n])) ** 2).sum() / energy) for n in range(1, len(self.codebooks) + 1)]
+    first = nearest(x, level1)
+    residual = x - level1[first]
+    fig, ax = plt.subplots(1, 3, figsize=(12, 3.9))
+    ax[0].scatter(*x.T, c=first, cmap="tab10", s=6, alpha=0.5)
+    ax[0].scatter(*level1.T, marker="X", s=120, c="k", label=f"level 1: {len(level1)} centroids")
+    ax[0].set_title("points and level-1 centroids")
+    ax[1].scatter(*residual.T, c=first, cmap="tab10", s=6, alpha=0.5)
+    ax[1].scatter(*level2.T, marker="P", s=110, c="crimson", label=f"level 2: {len(level2)} centroids")
+    ax[1].set_title("residuals (point - its centroid)")
+    grid = (level1[:, None, :] + level2[None, :, :]).reshape(-1, 2)
+    ax[2].scatter(*x.T, c="0.75", s=6)
+    ax[2].scatter(*grid.T, marker=".", s=60, c="crimson", label=f"{len(level1)} x {len(level2)} sums")
+    ax[2].scatter(*level1.T, marker="X", s=120, c="k")
+    ax[2].set_title("what 2 codes can address")
+    for a in ax:
+        a.set_aspect("equal", "datalim"), a.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
 
 
 def quality_curve(codec, audio_24k: np.ndarray, counts=(1, 2, 4, 8, 32)) -> dict[int, dict]:
@@ -114,3 +108,9 @@ PUBLISHED_BITRATES = [
     ("Mimi (Moshi)", "24 kHz", 12.5, "8 x 11", 1.1, "Défossez et al., Moshi, arXiv:2410.00037, 2024"),
     ("Mimi (CSM)", "24 kHz", 12.5, "32 x 11", 4.4, "Sesame CSM uses all 32 codebooks"),
 ]
+
+
+def model_size(module) -> dict[str, int]:
+    """Numbers a model holds: `parameters` (trained by gradient) and `buffers` (Mimi's codebooks, kept by EMA)."""
+    return {"parameters": sum(p.numel() for p in module.parameters()),
+            "buffers": sum(b.numel() for b in module.buffers())}

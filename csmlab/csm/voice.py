@@ -406,7 +406,10 @@ def load_csm(path=None, mimi_path=None, device: str = "cpu", dtype: torch.dtype 
     fix_sliding_window()  # context audio > 10 s must be encoded with Mimi's 250-step window
     model = CsmForConditionalGeneration.from_pretrained(source.path, dtype=dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(source.path)
-    return CsmVoice(model, processor, source, resolve("mimi", mimi_path))
+    voice = CsmVoice(model, processor, source, resolve("mimi", mimi_path))
+    with voice.codec().stream() as session:  # load, check and run the streaming decoder once now: else the
+        session.decode(np.zeros((voice.config.num_codebooks, 1), np.int64))  # first stream() pays for it (~2 s)
+    return voice
 
 
 def conversation_context(recording, seconds: float, first: int = 0) -> list[Segment]:

@@ -101,8 +101,10 @@ class MoshiBatch:
     def close(self) -> None:
         self._state, self._closed = None, True
 
-    def index(self, slot: int) -> int:
-        return self._index[slot]
+    @property
+    def states(self) -> tuple[dict, dict]:
+        """LMGen's and the LM's streaming states, `size` rows each (on the model only during a step)."""
+        return self._state
 
     @contextmanager
     def _exclusive(self):
@@ -119,6 +121,9 @@ class MoshiBatch:
         it out. Returns slot -> `Step`; `ms` is the whole batch's compute time."""
         if self._closed:
             raise StreamClosedError("this MoshiBatch was closed; build a new one")
+        if not user:
+            return {}
+        self.slots.check(user)
         lm, k = self.model.lm, self.model.num_user_codebooks
         rows = max(user) + 1
         codes = self.model.silence_codes().repeat(rows, 1, 1)  # [B, K, 1]; rows sitting out get silence

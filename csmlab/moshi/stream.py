@@ -222,7 +222,11 @@ class MoshiStream:
         with self._exclusive(), _private_rng(self), _eager(self.model.lm.device):
             self.gen.set_streaming_state(state[0])
             self.model.lm.set_streaming_state(state[1])
-            out = self.gen.step(codes.to(self.model.lm.device))  # [1, 1 + dep_q, 1] or None
+            try:
+                out = self.gen.step(codes.to(self.model.lm.device))  # [1, 1 + dep_q, 1] or None
+            except Exception as err:
+                raise ComponentError(f"Moshi failed in step {self.index} ({type(err).__name__}: {err}); "
+                                     "its caches are half-updated: call reset() to start again") from err
         self._state = state
         ms = 1000 * (time.perf_counter() - start)
         self.index += 1

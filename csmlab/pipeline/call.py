@@ -43,10 +43,22 @@ def user_side(recording: Recording, name: str) -> Side:
     return Side(name, recording.audio * mask, recording.sample_rate, turns, words)
 
 
-def stereo(user, user_rate: int, system_24k: np.ndarray) -> np.ndarray:
-    """`[2, T]` at 24 kHz: the user on the left, the system on the right (for `IPython.display.Audio`)."""
-    left = resample(np.asarray(user, np.float32), user_rate, SAMPLE_RATE) if user_rate != SAMPLE_RATE else user
-    n = max(len(left), len(system_24k))
+def stereo(user, user_rate: int, system_24k: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """`[2, T]` at `rate`: the user on the left, the system on the right (for `IPython.display.Audio`).
+
+    A player embeds its samples in the notebook: 16 kHz (the call's own rate) keeps notebooks small."""
+    left = resample(np.asarray(user, np.float32), user_rate, rate) if user_rate != rate else user
+    right = resample(system_24k, SAMPLE_RATE, rate) if rate != SAMPLE_RATE else system_24k
+    n = max(len(left), len(right))
     out = np.zeros((2, n), np.float32)
-    out[0, : len(left)], out[1, : len(system_24k)] = left, system_24k
+    out[0, : len(left)], out[1, : len(right)] = left, right
     return out
+
+
+def replay_side(recording: Recording, name: str):
+    """A `ScriptedBrain` that says what `name` said in the call, when they said it (STM utterances)."""
+    from csmlab.pipeline.brain import ScriptedBrain, Utterance
+
+    rate = recording.sample_rate
+    return ScriptedBrain([Utterance(1000 * t.start, recording.audio[int(t.start * rate): int(t.end * rate)], rate, t.text)
+                          for t in recording.transcript if t.speaker == name])

@@ -6,7 +6,12 @@
 - `frames`: the binary 80 ms frame both directions use (header + float32 samples);
 - `worker`: the kernel side, transport-free: a bounded queue in front of a session in a thread;
 - `widget`: `DuplexWidget`, the anywidget view over ipywidgets 8;
-- `replay`: the offline twin: a recording through the same worker, as frames, paced like a page.
+- `replay`: the offline twin: a recording through the same worker, as frames, paced like a page;
+- `figures`, `exercises`: notebook 05's pictures and checks.
+
+Another transport (e.g. a WebSocket server) reuses `DuplexWorker(brain, send)`: call `feed(bytes)`
+for each binary message from the page, and send what `send(content, buffers)` gets back (from the
+worker thread: hand it to your event loop, e.g. `loop.call_soon_threadsafe`).
 
 The browser side lives in `csmlab/assets/widget/`: `duplex-audio.js` (capture and playback worklets,
 resampling, framing, latency; no framework, reused by `csmlab serve`), `widget.js` and `widget.css`.

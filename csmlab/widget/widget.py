@@ -9,16 +9,20 @@ Tested in JupyterLab 4 with Chromium (tests/test_browser.py); other anywidget fr
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import anywidget
 import traitlets
 
-from csmlab.widget.worker import DuplexWorker
+from csmlab.widget.worker import WORKER_PREFIX, DuplexWorker
 
+THREAD_PREFIXES = (WORKER_PREFIX, "brain-")  # the worker's, and the session's brain thread
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "widget"
 AUDIO_JS = ASSETS / "duplex-audio.js"  # standalone: also served by `csmlab serve`
-BRAINS = ("loopback", "moshi", "cascade", "scripted")
+BRAINS = ("loopback", "moshi", "cascade")  # the pipeline's brains that listen (not "scripted")
+# the loopback you hear through the small trained Mimi (listen=True): the full-size one is random offline
+BRAIN_DEFAULTS = {"loopback": {"listen": True}}
 TEXT_KEEP = 2000
 
 
@@ -43,8 +47,12 @@ class DuplexWidget(anywidget.AnyWidget):
     jitter_ms = traitlets.Float(60.0).tag(sync=True)
     max_queue = traitlets.Int(4).tag(sync=True)
 
-    def __init__(self, brain: str = "loopback", **kwargs):
-        self.brain_kwargs = kwargs.pop("brain_kwargs", {})
+    def __init__(self, brain: str = "loopback", brain_kwargs: dict | None = None, clock: str = "realtime", **kwargs):
+        """`brain_kwargs` go to `make_brain` (e.g. `{"delay_ms": 240}`); `kwargs` set traits (`jitter_ms`).
+
+        `clock="realtime"` (live): a step that overruns 80 ms sends silence and counts as late.
+        `"simulated"` sends every step's audio however long it took (compute is still measured)."""
+        self.brain_kwargs, self.clock = brain_kwargs, clock
         super().__init__(brain=brain, **kwargs)
         self.worker: DuplexWorker | None = None
         self.on_msg(self._on_page_message)
@@ -68,9 +76,11 @@ class DuplexWidget(anywidget.AnyWidget):
         self.stop()
         self.brain = brain or self.brain
         self.error, self.text, self.status, self.stats = "", "", "starting", {}
-        worker = DuplexWorker(self.brain, lambda c, b: self._from_worker(worker, c, b), max_queue=self.max_queue,
-                              on_stats=lambda report: self._on_stats(worker, report), **self.brain_kwargs)
-        self.worker = worker.start()
+        kwargs = self.brain_kwargs if self.brain_kwargs is not None else BRAIN_DEFAULTS.get(self.brain, {})
+        worker = DuplexWorker(self.brain, lambda c, b: self._from_worker(worker, c, b), max_queue=self.max_queue, clock=self.clock,
+                              on_stats=lambda report: self._on_stats(worker, report), **kwargs)
+        self.worker = worker  # before it starts: its first message must find it current
+        worker.start()
 
     def stop(self, wait: bool = False) -> None:
         """Stop the worker (it closes its session and exits); `wait=True` joins its thread."""
@@ -82,8 +92,11 @@ class DuplexWidget(anywidget.AnyWidget):
         super().close()
 
     def report(self) -> dict:
-        """What the kernel counted (frames received, dropped, ...) and what the page measured."""
+        """What the kernel counted (frames received, dropped, ...), its worker threads still alive,
+        and what the page measured (latency parts, levels, underruns)."""
         kernel = self.worker.report() if self.worker is not None else {}
+        kernel["alive"] = self.worker is not None and self.worker.alive
+        kernel["threads"] = [t.name for t in threading.enumerate() if t.name.startswith(THREAD_PREFIXES)]
         return {"kernel": kernel, "page": dict(self.page_stats)}
 
     # -- from the worker thread -----------------------------------------------------------------

@@ -5,7 +5,8 @@
 
 Widget messages arrive on the kernel's main thread, which must stay free for the next message, so
 `feed` only decodes the 16-byte header, appends to the queue and returns. The session runs in a
-worker thread (`csmlab-duplex-N`). Backpressure: the queue holds at most `max_queue` frames; when
+worker thread (`csmlab-duplex-N`), which opens it and warms it up with one silent step before it
+says "running". Backpressure: the queue holds at most `max_queue` frames; when
 the kernel falls behind, the OLDEST frames are dropped and counted (`dropped`), so the latency stays
 bounded and the session conceals the gap. Faults: a malformed frame is counted, reported through
 `send` as an error message, and skipped; the session goes on. A brain that raises stops the session,
@@ -24,13 +25,16 @@ import time
 from collections import deque
 from typing import Callable
 
+import numpy as np
+
 from csmlab.errors import AudioFormatError
-from csmlab.metrics import SAMPLE_RATE
+from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
 from csmlab.widget.frames import FLAG_LATE, FLAG_NO_SEQ, KIND_SYSTEM, pack_frame, unpack_mic_frame
 
 Send = Callable[[dict, list], None]
 _ids = itertools.count(1)
 STATS_EVERY_S = 0.5
+WORKER_PREFIX = "csmlab-duplex-"
 
 
 def _set_torch_threads(threads: int | None) -> None:
@@ -56,14 +60,16 @@ class DuplexWorker:
         self.clock, self.threads, self.on_stats, self.brain_kwargs = clock, threads, on_stats, brain_kwargs
         self.counts = {"received": 0, "dropped": 0, "malformed": 0, "steps": 0, "late": 0, "concealed": 0, "errors": 0}
         self.queue_max = 0
+        self.warmup_ms: float | None = None
         self.status, self.reason = "starting", ""
         self.session = None
+        self._session_report: dict | None = None
         self._frames: deque = deque()  # (Frame, arrival s), at most max_queue
         self._arrivals: dict[int, float] = {}  # seq -> arrival s, until a step consumes it
         self._cond = threading.Condition()
         self._stopping = False
         self._last_stats = 0.0
-        self._thread = threading.Thread(target=self._run, name=f"csmlab-duplex-{next(_ids)}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{WORKER_PREFIX}{next(_ids)}", daemon=True)
 
     def start(self) -> "DuplexWorker":
         self._thread.start()
@@ -102,15 +108,26 @@ class DuplexWorker:
             self._thread.join(timeout)
 
     @property
+    def queued(self) -> int:
+        """Frames waiting for the session now (at most `max_queue`)."""
+        return len(self._frames)
+
+    @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 
     def report(self) -> dict:
-        """Counts, queue, status; and the session's own report (per-layer compute, late, faults)."""
+        """Counts, queue, status; and the session's own report (per-layer compute, late, faults).
+
+        From another thread while the worker runs, the session part is the one the worker published
+        last (at most `STATS_EVERY_S` old): the session is not safe to read while it steps."""
         out = {"status": self.status, "reason": self.reason, "brain": str(self.brain), **self.counts,
-               "queue": len(self._frames), "queue_max": self.queue_max, "max_queue": self.max_queue}
-        if self.session is not None:
-            out["session"] = self.session.report()
+               "queue": self.queued, "queue_max": self.queue_max, "max_queue": self.max_queue,
+               "warmup_ms": self.warmup_ms}
+        if self.session is not None and (threading.current_thread() is self._thread or not self.alive):
+            self._session_report = self.session.report()
+        if self._session_report is not None:
+            out["session"] = self._session_report
         return out
 
     # -- worker thread ------------------------------------------------------------------------------
@@ -118,6 +135,7 @@ class DuplexWorker:
         _set_torch_threads(self.threads)
         try:
             self.session = open_session(self.brain, self.clock, **self.brain_kwargs)
+            self._warm_up()
             self._set_status("running")
             while (item := self._next()) is not None:
                 self._step(*item)
@@ -134,6 +152,13 @@ class DuplexWorker:
             if self.status != "failed":
                 self._set_status("stopped", self.reason or "stopped")
             self._publish_stats(force=True)
+
+    def _warm_up(self) -> None:
+        """One silent, unnumbered step before the page streams: the cold first call (allocations, lazy
+        loading) is paid here, not by the first frame of speech. Its cost is reported (`warmup_ms`)."""
+        start = time.perf_counter()
+        self.session.push(np.zeros(FRAME_SIZE, np.float32), SAMPLE_RATE)
+        self.warmup_ms = 1000 * (time.perf_counter() - start)
 
     def _next(self):
         """The next queued frame, or None once stopping or after `idle_timeout_s` without a frame."""
@@ -186,6 +211,8 @@ class DuplexWorker:
 
     def _publish_stats(self, force: bool = False) -> None:
         now = time.monotonic()
-        if self.on_stats is not None and (force or now - self._last_stats >= STATS_EVERY_S):
+        if force or now - self._last_stats >= STATS_EVERY_S:
             self._last_stats = now
-            self.on_stats(self.report())
+            report = self.report()  # in the worker thread: this also refreshes the session part
+            if self.on_stats is not None:
+                self.on_stats(report)
