@@ -1,11 +1,14 @@
 """`csmlab bench codec --streams`: the scaling figures have the shape the notebooks and the JSON
 promise (per B: per-stream-frame p50/p95 next to the batch cost; memory; cold steps), and the first
 stream of the largest batch agrees with a plain session. Timings themselves are not asserted."""
+import argparse
+
 import matplotlib
 import pytest
 import torch
 
 from csmlab.bench import codec as bench_codec
+from csmlab.bench import moshi as bench_moshi
 from csmlab.bench.streams import held_in_real_time, parse_streams, plot_scaling
 
 matplotlib.use("Agg")
@@ -29,8 +32,19 @@ def test_codec_scaling_figures_and_plot():
     assert figures["batch_frame_ms"] > 0 and figures["batch_frame_cpu_ms"] > 0
     assert figures["largest_batch_first_stream_vs_alone"]["codebook0"] == 1.0
     assert set(figures["goal"]["per_stream_over_batch"]) == {1, 3}
+    assert figures["conditions"]["start"]["utc"] <= figures["conditions"]["end"]["utc"]
     ax = plot_scaling(figures)
     assert [int(t.get_text()) for t in ax.get_xticklabels()] == [1, 3]
+
+
+def test_moshi_conversations_per_forward_figures():
+    args = argparse.Namespace(streams=[1, 2], steps=1, device="cpu", skip_real=True, real_streams=None)
+    figures = bench_moshi.run_streams(args)
+    assert set(figures["streams"]) == {"1", "2"}
+    for row in figures["streams"].values():
+        assert len(row["step_ms"]) == 3
+        assert 0 < row["moshi_step_ms"]["p50"] <= row["per_step_ms"]["max"]  # Moshi's share of the step
+    assert figures["conversations_in_real_time"] in (0, 1, 2)
 
 
 def test_streams_option_and_real_time_count():

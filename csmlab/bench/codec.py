@@ -15,7 +15,7 @@ import torch
 
 from csmlab import metrics
 # `plot_scaling` and `cached` are here for the notebooks: plot_scaling(cached("codec_streams"))
-from csmlab.bench.streams import cached, parse_streams, plot_scaling, scaling, state_mb  # noqa: F401
+from csmlab.bench.streams import cached, conditions, parse_streams, plot_scaling, scaling, state_mb  # noqa: F401
 from csmlab.codec import FRAME_SIZE, load_codec
 from csmlab.codec.batch import CodecBatch, agreement
 from csmlab.data import real_recording
@@ -241,6 +241,7 @@ def measure_streams(sizes: list[int], seconds: float = 4.0, num_codebooks: int =
 
 
 def _measure_streams(sizes, seconds, num_codebooks, listen) -> dict:
+    began = conditions()
     start = time.perf_counter()
     codec = load_codec(num_codebooks, "moshi", listen=listen)
     load_s = time.perf_counter() - start
@@ -282,6 +283,7 @@ def _measure_streams(sizes, seconds, num_codebooks, listen) -> dict:
         "title": f"{'small' if listen else 'full-size'} Mimi ({codec.weights.kind} weights), {num_codebooks} codebooks, "
                  f"encode + decode, {torch.get_num_threads()} thread",
         "weights": str(codec.weights),
+        "conditions": {"start": began, "end": conditions()},
         "num_codebooks": num_codebooks,
         "frames_per_stream": n,
         "torch_threads": torch.get_num_threads(),
@@ -316,6 +318,9 @@ def _batch_frame_ms(codec, frames) -> tuple[float, float]:
 
 def print_streams(figures: dict) -> None:
     print(figures["weights"])
+    start, end = figures["conditions"]["start"], figures["conditions"]["end"]
+    print(f"{start['utc']} to {end['utc']}; load average {start['load_average_1min']:.1f} -> "
+          f"{end['load_average_1min']:.1f} on {start['cores']} cores: compare the CPU columns and ratios")
     print(f"{figures['title']}; {figures['frames_per_stream']} frames per stream, one forward per step")
     print(f"{'streams':>8}{'step p50':>10}{'step p95':>10}{'per stream-frame p50':>22}{'p95':>8}{'/ batch':>9}"
           f"{'CPU p50':>9}{'state MB/stream':>17}{'RSS MB/stream':>15}{'cold step':>11}")

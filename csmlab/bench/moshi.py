@@ -18,12 +18,12 @@ import torch
 
 from csmlab import metrics
 from csmlab import moshi as M
-from csmlab.bench.streams import held_in_real_time, parse_streams, scaling, state_mb
-from csmlab.codec import load_codec
+from csmlab.bench.streams import conditions, held_in_real_time, parse_streams, scaling, state_mb
 from csmlab.codec.batch import CodecBatch
 from csmlab.metrics import frame_ms
 from csmlab.moshi.batch import MoshiBatch
 from csmlab.moshi.compute import measure_depths_batched
+from csmlab.pipeline.moshi_brain import moshi_codec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -87,18 +87,19 @@ def run(args) -> dict:
 def run_streams(args) -> dict:
     """Conversations per forward: small Moshi + Mimi (encode the user, step Moshi, decode Moshi) at
     each B, how many of them this machine holds in real time, and the same arithmetic for the 7B."""
+    began = conditions()
     model = M.load(device=args.device)
-    codec = load_codec(model.num_user_codebooks)
+    codec = moshi_codec(model)
     print(model.source.banner())
-    print(codec.weights.banner() if hasattr(codec.weights, "banner") else codec.weights)
+    print(codec.weights.banner())
     make, moshi_ms = _conversations(model, codec)
     rows = scaling(make, args.streams, steps=args.steps * 3)
     for key, f in rows.items():
-        f["moshi_step_ms"] = metrics.percentiles(moshi_ms[f["streams"]])
+        f["moshi_step_ms"] = metrics.percentiles(moshi_ms[f["streams"]][-len(f["step_ms"]):])  # the timed steps
     held, free = held_in_real_time(rows), held_in_real_time(rows, "real_time_on_a_free_core")
     figures = {"title": f"small Moshi ({model.source.kind}) + Mimi per step, {torch.get_num_threads()} thread(s)",
                "streams": rows, "conversations_in_real_time": held, "conversations_in_real_time_per_free_core": free,
-               "torch_threads": torch.get_num_threads()}
+               "torch_threads": torch.get_num_threads(), "conditions": {"start": began, "end": conditions()}}
     print(f"small Moshi ({M.parameter_counts(model.lm)['total'] / 1e6:.1f} M parameters) + Mimi, one forward each per step:")
     print(f"{'B':>4}{'step p50':>10}{'step p95':>10}{'CPU p50':>9}{'CPU p95':>9}{'Moshi p50':>11}"
           f"{'per conversation p50':>22}{'CPU':>7}{'state MB/conv':>15}")
@@ -106,6 +107,8 @@ def run_streams(args) -> dict:
         print(f"{key:>4}{f['per_step_ms']['p50']:>10.1f}{f['per_step_ms']['p95']:>10.1f}{f['per_step_cpu_ms']['p50']:>9.1f}"
               f"{f['per_step_cpu_ms']['p95']:>9.1f}{f['moshi_step_ms']['p50']:>11.1f}{f['per_stream_frame_ms']['p50']:>22.1f}"
               f"{f['per_stream_frame_cpu_ms']['p50']:>7.1f}{f['state_mb_per_stream']:>15.2f}")
+    print(f"load average {began['load_average_1min']:.1f} -> {figures['conditions']['end']['load_average_1min']:.1f} "
+          f"on {began['cores']} cores")
     print(f"=> real-time conversations (p95 step <= 80 ms) in one process on {torch.get_num_threads()} thread: {held} "
           f"by the wall clock on this shared machine, {free} by CPU time (a core to itself); measured up to B = "
           f"{max(args.streams)}")
@@ -145,10 +148,12 @@ def _real_size_batched(args, sizes: list[int]) -> dict:
     """7B arithmetic at B conversations per forward: time the real-size model truncated to a few
     temporal layers at each B, fit fixed + 32 x per-layer, and count the conversations that fit 80 ms."""
     dtype = args.dtypes[0]
-    print(f"real-size architecture, random weights, {dtype} on {args.device}, conversations per forward {sizes}:")
-    times = measure_depths_batched(args.layers, sizes, DTYPES[dtype], args.device, steps=args.steps)
+    clock = time.thread_time if args.device == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+    print(f"real-size architecture, random weights, {dtype} on {args.device}, conversations per forward {sizes}, "
+          f"{'CPU time' if clock is time.thread_time else 'wall clock'}:")
+    times = measure_depths_batched(args.layers, sizes, DTYPES[dtype], args.device, steps=args.steps, clock=clock)
     gc.collect()
-    out = {"dtype": dtype, "device": args.device, "by_streams": {}}
+    out = {"dtype": dtype, "device": args.device, "clock": clock.__name__, "by_streams": {}}
     for b, by_depth in times.items():
         fit = M.extrapolate({d: float(np.median(ms)) for d, ms in by_depth.items()})
         per_conv = fit["full_step_ms"] / b

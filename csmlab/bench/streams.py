@@ -96,6 +96,16 @@ def scaling(make: Callable[[int], tuple[Callable[[int], None], float]], sizes: l
     return out
 
 
+def conditions() -> dict:
+    """When, and how busy the machine was (1-minute load average per core): the context the
+    milliseconds need. Call it at the start and the end of a run."""
+    import datetime
+    import os
+
+    return {"utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "load_average_1min": os.getloadavg()[0], "cores": os.cpu_count()}
+
+
 def held_in_real_time(rows: dict[str, dict], clock: str = "real_time") -> int:
     """The largest measured batch size whose p95 step fits in one 80 ms frame (0 if none does), by the
     wall clock (`clock="real_time"`) or by CPU time (`"real_time_on_a_free_core"`)."""

@@ -35,9 +35,11 @@ def real_size_lm(num_layers: int, dtype: torch.dtype = torch.float32, device: st
 
 
 @torch.no_grad()
-def measure_step_ms(lm: LMModel, steps: int = 8, warmup: int = 2, seed: int = 0, batch_size: int = 1) -> list[float]:
-    """Wall-clock milliseconds of `steps` full `LMGen.step` calls (temporal + depformer + sampling),
-    for `batch_size` conversations stepped together."""
+def measure_step_ms(lm: LMModel, steps: int = 8, warmup: int = 2, seed: int = 0, batch_size: int = 1,
+                    clock=time.perf_counter) -> list[float]:
+    """Milliseconds of `steps` full `LMGen.step` calls (temporal + depformer + sampling), for
+    `batch_size` conversations stepped together. `clock=time.thread_time` counts this thread's CPU
+    time instead of the wall clock (CPU, 1 torch thread, on a machine busy with other work)."""
     gen = LMGen(lm)
     shape = (batch_size, lm.n_q - lm.dep_q, 1)
     user = torch.randint(0, lm.card, shape, generator=torch.Generator().manual_seed(seed))
@@ -46,12 +48,12 @@ def measure_step_ms(lm: LMModel, steps: int = 8, warmup: int = 2, seed: int = 0,
         for i in range(warmup + steps):
             if lm.device.type == "cuda":
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start = clock()
             gen.step(user.to(lm.device))
             if lm.device.type == "cuda":
                 torch.cuda.synchronize()
             if i >= warmup:
-                times.append(1000 * (time.perf_counter() - start))
+                times.append(1000 * (clock() - start))
     return times
 
 
@@ -78,7 +80,8 @@ def measure_depths(depths=(1, 3), dtype: torch.dtype = torch.float32, device: st
 
 
 def measure_depths_batched(depths=(1, 3), batch_sizes=(1, 8), dtype: torch.dtype = torch.float32,
-                           device: str = "cpu", steps: int = 8, warmup: int = 2) -> dict[int, dict[int, list[float]]]:
+                           device: str = "cpu", steps: int = 8, warmup: int = 2,
+                           clock=time.perf_counter) -> dict[int, dict[int, list[float]]]:
     """Step times of the real-size model at each temporal depth, for each number of conversations
     stepped together: {batch size: {depth: times}}.
 
@@ -93,5 +96,5 @@ def measure_depths_batched(depths=(1, 3), batch_sizes=(1, 8), dtype: torch.dtype
             if isinstance(module, StreamingModule):
                 module._cached_children = None
         for b in batch_sizes:
-            times[b][depth] = measure_step_ms(lm, steps=steps, warmup=warmup, batch_size=b)
+            times[b][depth] = measure_step_ms(lm, steps=steps, warmup=warmup, batch_size=b, clock=clock)
     return {b: dict(sorted(t.items())) for b, t in times.items()}
