@@ -7,8 +7,13 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 install:
 	bash scripts/install.sh
 
+# --allow-root only when root (containers, CI, many cloud VMs); no browser to open on a headless
+# machine (no DISPLAY/WAYLAND_DISPLAY on Linux): JupyterLab then prints the URL, with its token, to open.
+LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root) \
+	$(if $(and $(filter Linux,$(shell uname -s)),$(if $(DISPLAY)$(WAYLAND_DISPLAY),,headless)),--no-browser)
+
 lab: install
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(LAB_FLAGS) notebooks/
 
 test: install
 	CSMLAB_OFFLINE=$${CSMLAB_OFFLINE:-1} $(VENV)/bin/python -m pytest --nbval-lax --durations=15 tests notebooks

@@ -10,9 +10,19 @@ exactly the same samples.
 Layout: a 2-D array has one axis of 1 or 2 channels and one of time. When only one axis has size 1
 or 2 that one is channels; when both do (e.g. a `[2, 2]` chunk) the layout is ambiguous, and the
 caller says `layout="channels_first"` (`[C, T]`) or `"channels_last"` (`[T, C]`).
+
+Bounds, checked before any state changes so that one bad chunk cannot poison a stream:
+- float audio lives in [-1, 1]. A peak above `MAX_PEAK` (8.0, +18 dBFS: louder than any recording
+  normalised to full scale, even after generous gain) is refused, not clipped: it almost always is
+  int16 PCM stored as float (peaks in the thousands: divide by 32768), and magnitudes like 1e20
+  overflow inside Mimi and leave NaN in a session's attention cache;
+- sample rates are integers from `MIN_RATE` (1 kHz) to `MAX_RATE` (768 kHz, the highest rate audio
+  interfaces offer). soxr hangs building a resampler for absurd rates (3e14 Hz), so the bound is
+  checked before one is built.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -24,6 +34,8 @@ from csmlab.metrics import SAMPLE_RATE
 MIMI_RATE = SAMPLE_RATE  # Mimi takes 24 kHz audio
 LAYOUTS = ("auto", "channels_first", "channels_last")
 MAX_CHANNELS = 2
+MAX_PEAK = 8.0  # float audio is [-1, 1]; above this it is int16 PCM as float, or garbage
+MIN_RATE, MAX_RATE = 1_000, 768_000  # Hz
 _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
 
 
@@ -89,19 +101,35 @@ def to_mono(audio, layout: str = "auto") -> np.ndarray:
     audio = _to_float(audio)
     if audio.ndim == 2:
         audio = audio.mean(axis=channels_axis(audio.shape, layout))
-    audio = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)  # [T]
+    audio = audio.reshape(-1)  # [T], still in its own float type: float64 1e300 stays finite to be named
     if not np.isfinite(audio).all():
         bad = int((~np.isfinite(audio)).sum())
         raise AudioFormatError(f"audio has {bad} NaN/Inf samples; clean it first, e.g. np.nan_to_num(audio)")
-    return audio
+    check_peak(audio)
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def check_peak(audio: np.ndarray) -> None:
+    """An `AudioFormatError` for float audio far outside [-1, 1] (see the module docstring)."""
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    if peak > MAX_PEAK:
+        hint = ("it looks like int16 PCM stored as float: divide by 32768 (audio / 32768)" if peak <= 32768 * 1.01
+                else "these are not audio samples; check where the array came from")
+        raise AudioFormatError(
+            f"audio peaks at {peak:.4g}, far above 1.0 (float audio must lie in [-1, 1]; csmlab refuses peaks above "
+            f"{MAX_PEAK:g} rather than clip them): {hint}"
+        )
 
 
 def check_sample_rate(sample_rate) -> int:
-    """The sample rate as an int, or an `AudioFormatError` for 0, negative, fractional or non-numbers."""
+    """The sample rate as an int, or an `AudioFormatError` for non-numbers, NaN/inf, fractions and
+    rates outside `MIN_RATE..MAX_RATE`."""
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real):
         raise AudioFormatError(f"sample_rate must be a positive integer in Hz, not {sample_rate!r}")
-    if sample_rate != int(sample_rate) or sample_rate <= 0:
-        raise AudioFormatError(f"sample_rate must be a positive integer in Hz (e.g. 16000), not {sample_rate!r}")
+    if not math.isfinite(sample_rate) or sample_rate != int(sample_rate) or not MIN_RATE <= sample_rate <= MAX_RATE:
+        raise AudioFormatError(
+            f"sample_rate must be an integer from {MIN_RATE} to {MAX_RATE} Hz (e.g. 16000), not {sample_rate!r}"
+        )
     return int(sample_rate)
 
 
@@ -125,5 +153,16 @@ def resample(audio: np.ndarray, in_rate: int, out_rate: int = MIMI_RATE) -> np.n
 
 
 def to_mimi(audio, sample_rate, layout: str = "auto") -> np.ndarray:
-    """Any supported audio at any rate -> `[T]` float32 mono at 24 kHz (batch path)."""
-    return resample(to_mono(audio, layout), check_sample_rate(sample_rate))
+    """Any supported audio at any rate -> `[T]` float32 mono at 24 kHz (batch path).
+
+    A clip too short to leave one sample at 24 kHz is refused here, so that every codec backend
+    gives the same answer (they disagreed: an assertion, a RuntimeError, one frame)."""
+    rate = check_sample_rate(sample_rate)
+    mono = to_mono(audio, layout)
+    out = resample(mono, rate)
+    if len(out) == 0:
+        raise AudioFormatError(
+            f"{len(mono)} sample(s) at {rate} Hz is shorter than one sample at {MIMI_RATE} Hz; "
+            f"pass at least {-(-rate // MIMI_RATE)} samples"
+        )
+    return out

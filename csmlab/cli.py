@@ -1,4 +1,4 @@
-"""The `csmlab` command: `doctor`, `bench codec|moshi|csm`, `train-codec`.
+"""The `csmlab` command: `doctor`, `bench codec|moshi|csm|soak|duplex`, `train-codec`, `serve`.
 
 Subcommands import their module only when chosen, so `csmlab doctor` starts fast and each
 benchmark owns its options (`csmlab bench codec --help`).
@@ -9,6 +9,7 @@ import argparse
 import importlib
 import json
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from csmlab.bench import BENCHES, machine
@@ -28,7 +29,9 @@ def _bench(args: argparse.Namespace) -> int:
     figures = module.run(opts)
     if opts.json:
         Path(opts.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(opts.json).write_text(json.dumps({"machine": machine(), **figures}, indent=2, default=str))
+        stamp = {"machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "command": f"csmlab bench {args.what} {' '.join(args.rest)}".strip()}
+        Path(opts.json).write_text(json.dumps({**stamp, **figures}, indent=2, default=str))
         print(f"wrote {opts.json}")
     return 0
 
@@ -46,6 +49,34 @@ def _train_codec(args: argparse.Namespace) -> int:
     return train_codec_cli(args.rest)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from csmlab.serve import load_settings, run
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "rest", "config")}
+    return run(load_settings(args.config, **flags))
+
+
+def _add_serve(sub) -> None:
+    serve = sub.add_parser("serve", help="serve a brain over Moshi's websocket protocol (csmlab serve --help)")
+    serve.add_argument("--config", metavar="TOML", help="settings file (commented example: deploy/csmlab.toml)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1; beyond loopback needs a token)")
+    serve.add_argument("--port", type=int, help="port (default 8998, moshi's)")
+    serve.add_argument("--brain", help="loopback | moshi | cascade | scripted")
+    serve.add_argument("--weights", help="checkpoint path for the brain (default: csmlab.weights resolves it)")
+    serve.add_argument("--listen", action="store_true", default=None,
+                       help="offline: decode with the small trained Mimi, so the audio follows the speech")
+    serve.add_argument("--device", help="cpu or cuda")
+    serve.add_argument("--threads", type=int, help="torch threads per session")
+    serve.add_argument("--max-sessions", type=int, dest="max_sessions")
+    serve.add_argument("--max-session-s", type=float, dest="max_session_s", help="session length limit, seconds")
+    serve.add_argument("--max-message-bytes", type=int, dest="max_message_bytes")
+    serve.add_argument("--idle-timeout-s", type=float, dest="idle_timeout_s")
+    serve.add_argument("--token", help="access token (prefer the CSMLAB_TOKEN environment variable)")
+    serve.add_argument("--insecure", action="store_true", default=None,
+                       help="allow a non-loopback bind without a token (behind a trusted proxy only)")
+    serve.set_defaults(func=_serve, rest=[])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="csmlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=_bench)
     train = sub.add_parser("train-codec", help="train the small offline Mimi (csmlab train-codec --help)", add_help=False)
     train.set_defaults(func=_train_codec, rest=[])  # its own parser reads the options, --help included
+    _add_serve(sub)
     return parser
 
 

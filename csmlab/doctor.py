@@ -1,17 +1,25 @@
 """`csmlab doctor`: what this machine is, what is installed, and which weights each model will use.
 
 It never downloads or builds anything (it asks `weights.locate`, not `resolve`), so it is safe and
-fast to run first on any machine.
+fast to run first on any machine. It also gives the real compatibility check: the installed
+versions against the ones csmlab pins (and its tests run on). pip's own check cannot: moshi is
+installed without its dependencies on purpose (it declares torch<2.10), so pip reports moshi's
+pins as conflicts after every install, and those lines are expected.
 """
 from __future__ import annotations
 
 import platform
-from importlib.metadata import PackageNotFoundError, version
+import tomllib
+from importlib.metadata import PackageNotFoundError, requires, version
+from pathlib import Path
+
+from packaging.requirements import Requirement
 
 from csmlab.bench import machine
 from csmlab.weights import SPECS, locate, locate_listening
 
 PACKAGES = ("torch", "moshi", "transformers", "rustymimi", "numpy")
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"  # present in a source checkout
 
 
 def _version(package: str) -> str:
@@ -19,6 +27,43 @@ def _version(package: str) -> str:
         return version(package)
     except PackageNotFoundError:
         return "not installed"
+
+
+def _unmet(requirements: list[str]) -> list[tuple[Requirement, str]]:
+    """The requirements that the installed packages do not meet, each with what is installed."""
+    unmet = []
+    for line in requirements:
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        installed = _version(req.name)
+        if installed == "not installed" or not req.specifier.contains(installed, prereleases=True):
+            unmet.append((req, installed))
+    return unmet
+
+
+def pins() -> list[str]:
+    """csmlab's pins: its package dependencies, and the stages `scripts/install.sh` installs first
+    (torch, moshi) when the source tree is at hand."""
+    found = list(requires("csmlab") or [])
+    if PYPROJECT.exists():
+        stages = tomllib.loads(PYPROJECT.read_text())["tool"]["csmlab"]["install"]
+        found += stages["first"] + stages["no-deps"]
+    return found
+
+
+def compatibility() -> list[str]:
+    """The compatibility report: pins not met (problems), then moshi's own pins overridden (expected)."""
+    stack = pins()
+    unmet = _unmet(stack)
+    lines = [f"  {len(stack) - len(unmet)} of {len(stack)} pinned packages at csmlab's tested versions"]
+    lines += [f"  !! {req.name} {installed}: csmlab is tested with {req.specifier} (run `make install`)"
+              for req, installed in unmet]
+    overridden = _unmet(requires("moshi") or []) if _version("moshi") != "not installed" else []
+    if overridden:
+        names = ", ".join(f"{req.name}{req.specifier} (have {installed})" for req, installed in overridden)
+        lines.append(f"  moshi's own pins overridden on purpose, expected: {names}")
+    return lines
 
 
 def report(one_banner: bool = False) -> str:
@@ -33,6 +78,8 @@ def report(one_banner: bool = False) -> str:
         f"  cpu cores  {m['cpu_cores']}   ram {m['ram_gib']} GiB   gpu {m['gpu'] or 'none'}",
     ]
     lines += [f"  {p:<12} {_version(p)}" for p in PACKAGES]
+    lines.append("compatibility:")
+    lines += compatibility()
     lines.append("weights:")
     sources = [locate(model) for model in SPECS]
     lines += [f"  {source}" for source in sources]

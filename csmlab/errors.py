@@ -14,7 +14,12 @@ class AudioFormatError(CsmlabError, ValueError):
 
 
 class ConfigError(CsmlabError, ValueError):
-    """An option that names nothing csmlab knows: an unknown model, backend, method or speaker."""
+    """An option csmlab cannot use: an unknown model, backend, method or speaker, a value out of its
+    range (a temperature, a length), or an argument of the wrong kind (a context that is no list)."""
+
+
+class TextError(CsmlabError, ValueError):
+    """Text a model cannot speak as given: not a string, empty, or holding the model's control tokens."""
 
 
 class CodesError(CsmlabError, ValueError):
@@ -35,3 +40,7 @@ class PromptTooLongError(CsmlabError, ValueError):
 
 class ComponentError(CsmlabError, RuntimeError):
     """A pipeline component crashed or stalled; the message names it and what was kept."""
+
+
+class CapacityError(CsmlabError, RuntimeError):
+    """A shared batch has no free slot for another conversation; the message says how to make room."""

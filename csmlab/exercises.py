@@ -275,3 +275,26 @@ def csm_and_moshi_kbps(csm_kbps, moshi_kbps, csm_codebooks: int, moshi_codebooks
         hint = "swapped: CSM's frames are the bigger ones"
     right = _close(csm_kbps, csm_truth) and _close(moshi_kbps, moshi_truth)
     return _verdict((csm_kbps, moshi_kbps), right, f"CSM {csm_truth:g} kbit/s, Moshi hears {moshi_truth:g} kbit/s", hint)
+
+
+# ----------------------------------------------------------------------------- 06 the four answers
+def realtime_bandwidth(answer, parameters: int, bytes_per_parameter: float) -> Verdict:
+    """06, exercise 1: GB/s of memory reads for real time, if every weight is read once per 80 ms step."""
+    steps_per_s = 1000 / metrics.frame_ms()  # 12.5
+    truth = parameters * bytes_per_parameter * steps_per_s / 1e9
+    hint = "bytes per step = parameters x bytes per parameter; 12.5 steps a second; 1 GB = 1e9 bytes"
+    if _close(answer, parameters * bytes_per_parameter / 1e9, rel=0.02):
+        hint = "that is the gigabytes read in *one* step: how many steps come each second?"
+    return _verdict((answer,), _close(answer, truth, rel=0.02), f"{truth:.0f} GB/s", hint)
+
+
+def sessions_per_replica(answer, step_ms: float, cores: int, headroom: float) -> Verdict:
+    """06, exercise 2: sessions a replica holds in real time, one core-step of `step_ms` per session per 80 ms."""
+    budget = cores * metrics.frame_ms() * headroom  # ms of compute the replica offers every 80 ms
+    truth = math.floor(budget / step_ms)
+    hint = f"{cores} cores x 80 ms x {headroom} headroom of compute every step, {step_ms:g} ms per session's step"
+    if answer == math.floor(cores * metrics.frame_ms() / step_ms):
+        hint = "keep the headroom: a replica run at 100% is late at the first hiccup"
+    elif answer == math.ceil(budget / step_ms) and answer != truth:
+        hint = "round down: a fraction of a session is a session that runs late"
+    return _verdict((answer,), answer == truth, f"{truth} sessions per replica", hint)

@@ -91,19 +91,36 @@ class WeightsSource:
         )
 
     def checkpoint_info(self):
-        """moshi's `CheckpointInfo` for a `moshi` source, so it loads through moshi's own loader."""
+        """moshi's `CheckpointInfo` for a `moshi` source, so it loads through moshi's own loader.
+
+        moshi's `from_hf_repo` asks the hub for `config.json` when none is given, and raises
+        without a network, even with every weight in the cache. So the config is looked for beside
+        the weights, then in the Hugging Face cache; without one and without a reachable hub we take
+        moshi's own answer for a repository without config.json (the released Moshi 7B's
+        architecture) without asking: offline with a warm cache works, as on a plane.
+        """
         from moshi.models.loaders import CheckpointInfo
 
         if self.model != "moshi":
-            raise ValueError("checkpoint_info() is for the 'moshi' source")
-        config = self.path / "config.json"
-        return CheckpointInfo.from_hf_repo(
-            "kyutai/moshiko-pytorch-bf16",
-            moshi_weights=self.path / MOSHI_FILE,
-            mimi_weights=self.path / MIMI_FILE,
-            tokenizer=self.path / MOSHI_TOKENIZER,
-            config_path=config if config.exists() else None,
-        )
+            raise ConfigError("checkpoint_info() is for the 'moshi' source")
+        files = dict(moshi_weights=self.path / MOSHI_FILE, mimi_weights=self.path / MIMI_FILE,
+                     tokenizer=self.path / MOSHI_TOKENIZER)
+        config = self._moshi_config()
+        if config is None and (offline_forced() or not hub_reachable()):
+            return CheckpointInfo(**files)  # lm_config None: moshi's Moshi 7B defaults
+        return CheckpointInfo.from_hf_repo(SPECS["moshi"].repo, **files, config_path=config)
+
+    def _moshi_config(self) -> Path | None:
+        """`config.json` beside the weights, else in the Hugging Face cache (no network), else None."""
+        beside = self.path / "config.json"
+        if beside.exists():
+            return beside
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return Path(hf_hub_download(SPECS["moshi"].repo, "config.json", local_files_only=True))
+        except Exception:  # noqa: BLE001 - any failure means "not cached"
+            return None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ def test_doctor_reports_machine_versions_and_offline_weights():
     done = _csmlab("doctor")
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    for fact in ("cpu cores", "torch", "moshi", "transformers"):
+    for fact in ("cpu cores", "torch", "moshi", "transformers", "compatibility:", "pinned packages"):
         assert fact in out
     for model in ("mimi", "moshi", "csm"):
         assert f"{model}: OFFLINE stand-in" in out

@@ -69,6 +69,9 @@ CASES = {
     "frames_budget": (ex.frames_budget, (1459, lambda n: n <= 1459), (1460, lambda n: n <= 1459)),
     "same_frames": (ex.same_frames, (REFERENCE.T, REFERENCE.T), (REFERENCE, REFERENCE.T)),
     "csm_and_moshi_kbps": (ex.csm_and_moshi_kbps, (4.4, 1.1, 32, 8), (1.1, 4.4, 32, 8)),
+    "realtime_bandwidth": (ex.realtime_bandwidth, (96.1, 7.69e9, 1), (7.69, 7.69e9, 1)),  # one step's GB, not per s
+    "sessions_per_replica": (ex.sessions_per_replica, (6, 20.0, 2, 0.75), (8, 20.0, 2, 0.75)),  # no headroom
+    "sessions_per_replica, rounding": (ex.sessions_per_replica, (5, 22.0, 2, 0.75), (6, 22.0, 2, 0.75)),
 }
 
 

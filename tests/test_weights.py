@@ -1,4 +1,5 @@
 """The resolver picks the right source and says why; the offline Mimi has the released format."""
+import json
 import socket
 import time
 
@@ -11,7 +12,7 @@ from safetensors import safe_open
 from csmlab.checkpoint import checkpoint_state
 from csmlab.data import real_recording
 from csmlab.errors import ConfigError, CsmlabError, WeightsNotFoundError
-from csmlab.weights import MIMI_FILE, locate, resolve
+from csmlab.weights import MIMI_FILE, MOSHI_FILE, MOSHI_TOKENIZER, locate, resolve
 
 
 @pytest.fixture
@@ -30,6 +31,7 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)  # a lookup comes first: offline it fails, and is retried
 
 
 def test_missing_explicit_path_says_what_to_do(tmp_path):
@@ -71,6 +73,41 @@ def test_hugging_face_cache_is_used_without_network(tmp_path, monkeypatch, onlin
     source = resolve("mimi")
     assert source.kind == "hub" and source.path == snapshot / MIMI_FILE
     assert "cache" in source.why
+
+
+def _hub_cache(root, repo: str, files: dict[str, str]):
+    """A Hugging Face cache folder laid out as the hub lays it out: snapshots/<hash>/..., refs/main."""
+    folder = root / f"models--{repo.replace('/', '--')}"
+    snapshot = folder / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    for name, text in files.items():
+        (snapshot / name).write_text(text)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("0123abcd")
+    return snapshot
+
+
+@pytest.mark.parametrize("with_config", [False, True])
+def test_moshi_from_a_warm_cache_without_network_needs_no_config_fetch(tmp_path, monkeypatch, online, no_network,
+                                                                       with_config):
+    """On a plane: real weights in the HF cache, no network. moshi's `from_hf_repo` would fetch config.json."""
+    files = {MOSHI_FILE: "x", MIMI_FILE: "x", MOSHI_TOKENIZER: "x"}
+    if with_config:
+        files["config.json"] = json.dumps({"dim": 64, "text_card": 100})
+    snapshot = _hub_cache(tmp_path, "kyutai/moshiko-pytorch-bf16", files)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr("csmlab.weights.hub_reachable", lambda *a, **k: False)  # what a plane answers
+
+    def fetch(*args, **kwargs):  # moshi's loader asking the hub: offline, 5 retries (23 s here), then a guess
+        raise AssertionError(f"tried to fetch {args}")
+
+    monkeypatch.setattr("moshi.models.loaders.hf_hub_download", fetch)
+    source = resolve("moshi")
+    assert source.kind == "hub" and source.path == snapshot and source.is_real
+    info = source.checkpoint_info()
+    assert (info.moshi_weights, info.mimi_weights, info.tokenizer) == tuple(snapshot / f for f in files if f != "config.json")
+    assert info.raw_config == (json.loads(files["config.json"]) if with_config else None)  # None: moshi's 7B defaults
 
 
 def test_unreachable_hub_falls_back_within_seconds(tmp_path, monkeypatch, online):

@@ -1,6 +1,6 @@
 """Measurements that answer the course's questions with numbers: `csmlab bench <what>`.
 
-Each submodule (`codec`, `moshi`, `csm`) exposes `add_arguments(parser)` and `run(args) -> dict`.
+Each submodule (`codec`, `moshi`, `csm`, `soak`, `duplex`) exposes `add_arguments(parser)` and `run(args) -> dict`.
 `run` prints a table as it goes and returns the figures; the CLI writes them as JSON with
 `--json PATH`, together with `machine()`, because absolute timings mean little without it.
 Benchmarks compare implementations side by side in one run: ratios travel, milliseconds don't.
@@ -13,7 +13,7 @@ import platform
 import psutil
 import torch
 
-BENCHES = ("codec", "moshi", "csm")
+BENCHES = ("codec", "moshi", "csm", "soak", "duplex")
 
 
 def machine() -> dict:
@@ -27,4 +27,5 @@ def machine() -> dict:
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "gpu": gpu,
         "torch": torch.__version__,
+        "load_average_1min": round(os.getloadavg()[0], 2),  # > cpu_cores: a shared, busy machine; timings inflate
     }

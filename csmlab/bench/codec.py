@@ -14,7 +14,10 @@ import numpy as np
 import torch
 
 from csmlab import metrics
+# `plot_scaling` and `cached` are here for the notebooks: plot_scaling(cached("codec_streams"))
+from csmlab.bench.streams import cached, parse_streams, plot_scaling, scaling, state_mb  # noqa: F401
 from csmlab.codec import FRAME_SIZE, load_codec
+from csmlab.codec.batch import CodecBatch, agreement
 from csmlab.data import real_recording
 
 FRAME_S = FRAME_SIZE / 24_000
@@ -25,6 +28,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--codebooks", type=int, default=8, help="Mimi codebooks (default 8, as Moshi)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--warmup", type=int, default=3, help="frames run before timing each path")
+    parser.add_argument("--streams", type=parse_streams, default=None, metavar="B,B,...",
+                        help="instead: streams stepped together in one forward (e.g. 1,2,4,8,16), with --seconds "
+                             "of audio each (default 4 s here)")
+    parser.add_argument("--listen", action="store_true", help="with --streams: the small trained Mimi")
 
 
 def _frames(seconds: float) -> np.ndarray:
@@ -207,9 +214,131 @@ def print_table(figures: dict, goal: bool = True) -> None:
 
 
 def run(args) -> dict:
+    if args.streams:
+        figures = measure_streams(args.streams, args.seconds if args.seconds != 10.0 else 4.0, args.codebooks,
+                                  args.listen, args.threads or 1)
+        print_streams(figures)
+        return figures
     figures = measure(args.seconds, args.codebooks, args.warmup, args.threads)
     print_table(figures)
     return figures
+
+
+def measure_streams(sizes: list[int], seconds: float = 4.0, num_codebooks: int = 8, listen: bool = False,
+                    threads: int = 1) -> dict:
+    """Encode + decode of B streams per forward (`CodecBatch`), for each B in `sizes`, next to the batch
+    cost per frame and a plain single session, all in one run on `threads` torch threads.
+
+    Stream s of a batch plays the clip from frame 7 s on, so the streams carry different audio.
+    A plain `codec.stream()` session is timed in the same rounds, and the first stream of the
+    largest batch is checked against it (same frames)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _measure_streams(sizes, seconds, num_codebooks, listen)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _measure_streams(sizes, seconds, num_codebooks, listen) -> dict:
+    start = time.perf_counter()
+    codec = load_codec(num_codebooks, "moshi", listen=listen)
+    load_s = time.perf_counter() - start
+    frames = _frames(seconds)
+    n = len(frames)
+    start = time.perf_counter()
+    codec.decode(codec.encode(frames[0], 24_000))
+    first_batch_ms = 1000 * (time.perf_counter() - start)
+    largest, first_stream = max(sizes), []
+
+    def make(b):
+        batch = CodecBatch(codec, b)
+        slots = [batch.join() for _ in range(b)]
+
+        def step(i):
+            codes = batch.encode({s: frames[(i + 7 * s) % n] for s in slots})
+            batch.decode(codes)
+            if b == largest and i < n:
+                first_stream.append(codes[slots[0]])
+
+        return step, state_mb(batch.state)
+
+    session, alone = codec.stream(), []
+
+    def single(i):  # a plain csmlab session, timed in the same rounds
+        codes = session.encode(frames[i % n], 24_000)
+        session.decode(codes)
+        alone.append(codes)
+
+    batch_ms = [_batch_frame_ms(codec, frames)]
+    rows = scaling(make, sizes, steps=n, extra={"session": single})
+    batch_ms.append(_batch_frame_ms(codec, frames))
+    batch_frame_ms = float(np.median([wall for wall, _ in batch_ms]))
+    batch_frame_cpu_ms = float(np.median([cpu for _, cpu in batch_ms]))
+    single = rows.pop("session")
+    at = {b: rows[str(b)]["per_stream_frame_ms"]["p50"] / batch_frame_ms for b in sizes}
+    at_cpu = {b: rows[str(b)]["per_stream_frame_cpu_ms"]["p50"] / batch_frame_cpu_ms for b in sizes}
+    return {
+        "title": f"{'small' if listen else 'full-size'} Mimi ({codec.weights.kind} weights), {num_codebooks} codebooks, "
+                 f"encode + decode, {torch.get_num_threads()} thread",
+        "weights": str(codec.weights),
+        "num_codebooks": num_codebooks,
+        "frames_per_stream": n,
+        "torch_threads": torch.get_num_threads(),
+        "streams": rows,
+        "batch_frame_ms": batch_frame_ms,
+        "batch_frame_cpu_ms": batch_frame_cpu_ms,
+        "batch_frame_ms_runs": batch_ms,
+        "single_session_ms": single["per_step_ms"],
+        "single_session_cpu_ms": single["per_step_cpu_ms"],
+        "cold": {"load_s": load_s, "first_batch_call_ms": first_batch_ms,
+                 "first_step_ms": {b: rows[str(b)]["first_step_ms"] for b in sizes}},
+        "largest_batch_first_stream_vs_alone": agreement(np.stack(first_stream, 1), np.concatenate(alone[:n], 1)),
+        "goal": {
+            "per_stream_over_batch": at,
+            "per_stream_over_batch_cpu": at_cpu,
+            "b8_over_batch_max": 1.3,
+            "single_session_over_batch": single["per_step_ms"]["p50"] / batch_frame_ms,
+            "single_session_over_batch_cpu": single["per_step_cpu_ms"]["p50"] / batch_frame_cpu_ms,
+            "single_over_batch_max": 1.6,
+        },
+    }
+
+
+def _batch_frame_ms(codec, frames) -> tuple[float, float]:
+    """Whole-clip encode + decode per frame: (wall ms, this thread's CPU ms)."""
+    audio = frames.reshape(-1)
+    codec.encode(audio[: 4 * FRAME_SIZE], 24_000)  # warm up
+    start, cpu = time.perf_counter(), time.thread_time()
+    codec.decode(codec.encode(audio, 24_000))
+    return 1000 * (time.perf_counter() - start) / len(frames), 1000 * (time.thread_time() - cpu) / len(frames)
+
+
+def print_streams(figures: dict) -> None:
+    print(figures["weights"])
+    print(f"{figures['title']}; {figures['frames_per_stream']} frames per stream, one forward per step")
+    print(f"{'streams':>8}{'step p50':>10}{'step p95':>10}{'per stream-frame p50':>22}{'p95':>8}{'/ batch':>9}"
+          f"{'CPU p50':>9}{'state MB/stream':>17}{'RSS MB/stream':>15}{'cold step':>11}")
+    for key, f in figures["streams"].items():
+        ratio = figures["goal"]["per_stream_over_batch"][f["streams"]]
+        print(f"{key:>8}{f['per_step_ms']['p50']:>10.1f}{f['per_step_ms']['p95']:>10.1f}"
+              f"{f['per_stream_frame_ms']['p50']:>22.1f}{f['per_stream_frame_ms']['p95']:>8.1f}{ratio:>9.2f}"
+              f"{f['per_stream_frame_cpu_ms']['p50']:>9.1f}{f['state_mb_per_stream']:>17.2f}"
+              f"{f['rss_mb_per_stream']:>15.1f}{f['first_step_ms']:>11.0f}")
+    g, c = figures["goal"], figures["cold"]
+    print(f"batch (whole clip) per frame: {figures['batch_frame_ms']:.1f} ms wall, {figures['batch_frame_cpu_ms']:.1f} ms "
+          "CPU (median of " + ", ".join(f"{w:.1f}/{c:.1f}" for w, c in figures["batch_frame_ms_runs"]) + " in this run)")
+    print(f"single csmlab session (same rounds): p50 {figures['single_session_ms']['p50']:.1f} ms per frame = "
+          f"{g['single_session_over_batch']:.2f} x batch wall, {g['single_session_over_batch_cpu']:.2f} x batch CPU "
+          f"(goal <= {g['single_over_batch_max']})")
+    if 8 in g["per_stream_over_batch"]:
+        print(f"B = 8: {g['per_stream_over_batch'][8]:.2f} x batch per stream-frame wall, "
+              f"{g['per_stream_over_batch_cpu'][8]:.2f} x CPU (goal <= {g['b8_over_batch_max']})")
+    a = figures["largest_batch_first_stream_vs_alone"]
+    print(f"largest batch, stream 0 vs alone: codebook 0 {a['codebook0']:.2%} equal, all codes {a['overall']:.2%}")
+    print(f"cold: load {c['load_s']:.1f} s, first batch call {c['first_batch_call_ms']:.0f} ms, first step "
+          + ", ".join(f"B={b}: {ms:.0f} ms" for b, ms in c["first_step_ms"].items()))
+
 
 
 def plot_latencies(figures: dict, ax=None):

@@ -31,6 +31,7 @@ import numpy as np
 
 from csmlab.audio import MIMI_RATE, to_mimi
 from csmlab.codec.backends import BACKENDS
+from csmlab.codec.codes import check_range, integer_codes
 from csmlab.codec.stream import CodecSession
 from csmlab.errors import CodesError, ConfigError
 from csmlab.metrics import CODEBOOK_SIZE, FRAME_SIZE
@@ -80,26 +81,24 @@ class Codec:
 
     def check_codes(self, codes) -> np.ndarray:
         """`codes` as `[K, n]` int64 numpy, or a `CodesError` that says what is wrong with them."""
-        if hasattr(codes, "detach"):
-            codes = codes.detach().cpu().numpy()
-        codes = np.asarray(codes)
-        if not np.issubdtype(codes.dtype, np.integer):
-            raise CodesError(
-                f"codes must be integers, not {codes.dtype}: use the codes encode() returned, or codes.astype(np.int64)"
-            )
+        codes = integer_codes(codes)
         if codes.ndim != 2:
             raise CodesError(f"codes must be [K, n] (codebooks, frames), not shape {codes.shape}; drop any batch axis")
-        if codes.shape[0] != self.num_codebooks:
-            raise CodesError(
-                f"this codec uses {self.num_codebooks} codebooks but the codes have {codes.shape[0]}: "
-                f"load_codec(num_codebooks={codes.shape[0]}) or slice codes[:{self.num_codebooks}]"
-            )
-        if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
-            raise CodesError(
-                f"codes must lie in [0, {self.codebook_size}); got values from {codes.min()} to {codes.max()}"
-            )
+        k, n = codes.shape
+        if k != self.num_codebooks:
+            raise CodesError(f"this codec uses {self.num_codebooks} codebooks but the codes have {k}: {self._advice(k, n)}")
+        check_range(codes, self.codebook_size)
         return np.ascontiguousarray(codes, dtype=np.int64)
 
+    def _advice(self, k: int, n: int) -> str:
+        """What to do about `[k, n]` codes for a codec of another codebook count."""
+        if n == self.num_codebooks:
+            return "they look transposed ([frames, codebooks]); this codec takes [K, n]: pass codes.T"
+        if k == 0:
+            return "codes without codebooks hold nothing; pass codes as encode() returns them, [K, n]"
+        if k > self.num_codebooks:
+            return f"slice codes[:{self.num_codebooks}] (the first codebooks carry the most)"
+        return f"load_codec(num_codebooks={k}) to decode them"
 
 @functools.lru_cache(maxsize=8)
 def _backend(name: str, path: Path, num_codebooks: int, config: str | None):

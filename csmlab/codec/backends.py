@@ -88,13 +88,13 @@ class MimiStream:
 
     FRAMES_PER_CALL = 4  # longer inputs are split: the attention caches are sized for this many frames
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, batch_size: int = 1):
+        self.model, self.batch_size = model, batch_size  # rows of state: >1 for `csmlab.codec.batch`
         self._state = self._fresh_state()
 
     def _fresh_state(self) -> dict:
         with _exclusive(self.model):
-            self.model._start_streaming(1, contextlib.ExitStack())  # moshi's states need no exit
+            self.model._start_streaming(self.batch_size, contextlib.ExitStack())  # moshi's states need no exit
             _widen_attention_caches(self.model, 2 * self.FRAMES_PER_CALL)
             return self.model.get_streaming_state()
 

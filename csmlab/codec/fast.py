@@ -33,6 +33,7 @@ and on a busy 2-core machine a join waits for a descheduled thread: we measured 
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 from torch import nn
@@ -46,35 +47,43 @@ LINEAR_MAX_ROWS = 8  # tokens per call up to which a Linear is a weight read, no
 
 
 def conv1d_gemm(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """`conv(x)` for an ungrouped, unpadded Conv1d as one matrix product: [1, C_in, L] -> [1, C_out, L']."""
+    """`conv(x)` for an ungrouped, unpadded Conv1d as one matrix product: [B, C_in, L] -> [B, C_out, L'].
+
+    A batch of streams (`csmlab.codec.batch`) adds columns to the same product, so the weights are
+    still read once per call."""
     (k,), (s,), (d,) = conv.kernel_size, conv.stride, conv.dilation
     c_out, c_in, _ = conv.weight.shape
-    cols = x[0].unfold(1, d * (k - 1) + 1, s)  # [C_in, L', span]
+    batch = x.shape[0]
+    cols = x.unfold(2, d * (k - 1) + 1, s)  # [B, C_in, L', span]
     if d > 1:
-        cols = cols[..., ::d]  # [C_in, L', k]
-    steps = cols.shape[1]
-    rows = cols.permute(1, 0, 2).reshape(steps, c_in * k)  # [L', C_in * k]
+        cols = cols[..., ::d]  # [B, C_in, L', k]
+    steps = cols.shape[2]
+    rows = cols.permute(0, 2, 1, 3).reshape(batch * steps, c_in * k)  # [B * L', C_in * k]
     weight = conv.weight.view(c_out, c_in * k)
     # `rows.T` (a transposed view), not a contiguous [C_in * k, L']: with a few columns, the BLAS
     # kernel for the contiguous layout ran 4x slower here (183 vs 45 ms for all of Mimi's weights).
     if conv.bias is None:
-        return torch.mm(weight, rows.T)[None]
-    return torch.addmm(conv.bias[:, None], weight, rows.T)[None]  # [1, C_out, L']
+        out = torch.mm(weight, rows.T)
+    else:
+        out = torch.addmm(conv.bias[:, None], weight, rows.T)  # [C_out, B * L']
+    return out.view(c_out, batch, steps).transpose(0, 1)  # [B, C_out, L']
 
 
 def conv_transpose1d_gemm(convtr: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
-    """`convtr(x)` for an ungrouped ConvTranspose1d with kernel = m * stride: one mm + overlap-add."""
+    """`convtr(x)` for an ungrouped ConvTranspose1d with kernel = m * stride: one mm + overlap-add.
+    [B, C_in, L] -> [B, C_out, (L - 1) * stride + k]."""
     (k,), (s,) = convtr.kernel_size, convtr.stride
     c_in, c_out, _ = convtr.weight.shape
-    steps, m = x.shape[-1], k // s
-    taps = torch.mm(x[0].T, convtr.weight.view(c_in, c_out * k))  # [L, C_out * k]
-    taps = taps.view(steps, c_out, m, s).permute(1, 2, 0, 3)  # [C_out, m, L, s]
-    out = taps[:, 0].new_zeros(c_out, steps + m - 1, s)  # [C_out, L + m - 1, s]
+    batch, steps, m = x.shape[0], x.shape[-1], k // s
+    inputs = x.transpose(1, 2).reshape(batch * steps, c_in)  # [B * L, C_in]
+    taps = torch.mm(inputs, convtr.weight.view(c_in, c_out * k))  # [B * L, C_out * k]
+    taps = taps.view(batch, steps, c_out, m, s).permute(0, 2, 3, 1, 4)  # [B, C_out, m, L, s]
+    out = taps.new_zeros(batch, c_out, steps + m - 1, s)  # [B, C_out, L + m - 1, s]
     for i in range(m):
-        out[:, i : i + steps] += taps[:, i]
+        out[:, :, i : i + steps] += taps[:, :, i]
     if convtr.bias is not None:
         out += convtr.bias[:, None, None]
-    return out.view(1, c_out, -1)  # [1, C_out, (L - 1) * s + k]
+    return out.view(batch, c_out, -1)
 
 
 def linear_gemm(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -119,21 +128,46 @@ def _fast_forward(module: nn.Module):
 class FastMimiStream(MimiStream):
     """`MimiStream` whose convolutions and few-token linears run as matrix products during its calls."""
 
-    def __init__(self, model):
-        super().__init__(model)
+    def __init__(self, model, batch_size: int = 1):
+        super().__init__(model, batch_size)
         self._fast = [(m, f) for m in model.modules() if (f := _fast_forward(m)) is not None]
 
     @contextlib.contextmanager
     def _kernels(self):
         """The GEMM forwards and `STREAM_THREADS`, for the length of one call (under the model's lock:
         another thread's call on the same modules never sees them half-installed)."""
-        threads = torch.get_num_threads()
-        torch.set_num_threads(STREAM_THREADS)
         for module, forward in self._fast:
             module.forward = forward  # an instance attribute shadows the class's forward
         try:
-            yield
+            with _stream_threads:
+                yield
         finally:
             for module, _ in self._fast:
                 del module.forward
-            torch.set_num_threads(threads)
+
+
+class _StreamThreads:
+    """`STREAM_THREADS` intra-op threads while any streaming call runs, the process's own setting after.
+
+    torch's thread count is one setting per process, not per thread: with calls in several threads
+    (sessions on different codecs), each saving and restoring it would leave whichever value the
+    last one saved. So the first call in saves it and the last one out restores it."""
+
+    def __init__(self):
+        self._lock, self._calls, self._saved = threading.Lock(), 0, 0
+
+    def __enter__(self):
+        with self._lock:
+            if self._calls == 0:
+                self._saved = torch.get_num_threads()
+                torch.set_num_threads(STREAM_THREADS)
+            self._calls += 1
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._calls -= 1
+            if self._calls == 0:
+                torch.set_num_threads(self._saved)
+
+
+_stream_threads = _StreamThreads()

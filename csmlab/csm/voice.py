@@ -26,6 +26,8 @@ batch Mimi forgets its 250-step (10 s) attention window, and CSM contexts are of
 """
 from __future__ import annotations
 
+import math
+import numbers
 import queue
 import threading
 from dataclasses import dataclass
@@ -36,13 +38,15 @@ import torch
 import torch.nn.functional as F
 
 from csmlab.audio import to_mimi
-from csmlab.errors import AudioFormatError, CodesError, ComponentError, ConfigError, CsmlabError, PromptTooLongError
+from csmlab.codec.codes import integer_codes
+from csmlab.errors import AudioFormatError, CodesError, ComponentError, ConfigError, PromptTooLongError, TextError
 from csmlab.metrics import SAMPLE_RATE, frame_ms
 from csmlab.weights import WeightsSource, resolve
 
 FRAME_MS = round(frame_ms())  # 80: one Mimi frame, one CSM step
 DEFAULT_MAX_AUDIO_MS = 10_000  # Sesame's generator default
 MOSHI_CODEBOOKS = 8  # what Moshi's Mimi streams carry
+MAX_SPEAKERS = 10  # speaker ids 0..9
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,16 @@ class Sampling:
     greedy: bool = False
     temperature: float = 0.9  # sesame/csm-1b's generation_config.json
     top_k: int = 50
+
+    def __post_init__(self):
+        if not isinstance(self.greedy, bool):
+            raise ConfigError(f"greedy must be True or False, not {self.greedy!r}")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0 < t < math.inf:
+            raise ConfigError(f"temperature must be a positive finite number (CSM uses 0.9), not {t!r}; "
+                              "for deterministic output use Sampling(greedy=True)")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral) or self.top_k < 1:
+            raise ConfigError(f"top_k must be an int >= 1 (CSM uses 50), not {self.top_k!r}")
 
     def generate_kwargs(self) -> dict:
         """The same choice for transformers' `generate()`, backbone and depth decoder alike.
@@ -85,6 +99,33 @@ class Sampling:
         return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1).squeeze(1)
 
 
+def _check_sampling(sampling) -> None:
+    if not isinstance(sampling, Sampling):
+        raise ConfigError(f"sampling must be a csm.Sampling(greedy=..., temperature=..., top_k=...), not {sampling!r}")
+
+
+def _check_speaker(speaker, what: str) -> None:
+    """Speaker ids are small ints: they are written into the prompt as text, `[0]`, `[1]`."""
+    if isinstance(speaker, bool) or not isinstance(speaker, numbers.Integral) or not 0 <= speaker < MAX_SPEAKERS:
+        raise ConfigError(f"speaker ids are ints 0..{MAX_SPEAKERS - 1} (Sesame's examples use 0 and 1); "
+                          f"{what} has {speaker!r}")
+
+
+def _check_context(context) -> list[Segment]:
+    """The conversation so far as a list of Segments (None: none), or a ConfigError saying what to pass."""
+    if context is None:
+        return []
+    if isinstance(context, Segment):
+        raise ConfigError("context is a list of Segments: wrap a single one, context=[segment]")
+    if isinstance(context, (str, bytes, dict)) or not hasattr(context, "__iter__"):
+        raise ConfigError(f"context must be a list of csm.Segment(speaker, text, audio), not {type(context).__name__}")
+    context = list(context)
+    for i, seg in enumerate(context):
+        if not isinstance(seg, Segment):
+            raise ConfigError(f"context turn {i} is a {type(seg).__name__}; make it csm.Segment(speaker, text, audio)")
+    return context
+
+
 def _check_audio(audio, sample_rate: int, what: str) -> np.ndarray:
     """Context audio as float32 mono at 24 kHz by csmlab.audio's rules, or an AudioFormatError naming the turn."""
     try:
@@ -93,18 +134,25 @@ def _check_audio(audio, sample_rate: int, what: str) -> np.ndarray:
         raise AudioFormatError(f"{what}: {err}") from err
 
 
-def _check_codes(codes: torch.Tensor, cardinality: int = 2048) -> torch.Tensor:
-    """`[T, K]` integer codes inside Mimi's codebooks, or a CodesError saying what is wrong."""
-    codes = torch.as_tensor(codes)
-    integer = not (codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool)
-    if codes.ndim != 2 or not integer or not 1 <= codes.shape[1] <= 32:
-        raise CodesError(f"Mimi decodes integer codes [T, K<=32], got {tuple(codes.shape)} {codes.dtype}")
-    if codes.numel() and not 0 <= int(codes.min()) <= int(codes.max()) < cardinality:
+def _check_codes(codes, num_codebooks: int = 32, cardinality: int = 2048) -> torch.Tensor:
+    """`[T, K]` integer codes (K = `num_codebooks`, or Moshi's 8) inside Mimi's codebooks, or a CodesError.
+
+    The codec's codes are `[K, n]` and CSM's `[T, K]`: a transposed array is refused by its shape,
+    not decoded as noise (a `[K, K]` array alone cannot say which it is)."""
+    codes = integer_codes(codes)
+    widths = (num_codebooks, MOSHI_CODEBOOKS)
+    if codes.ndim != 2 or codes.shape[1] not in widths:
+        hint = "; csmlab.codec's encode() gives [K, n]: pass codes.T" if codes.ndim == 2 and codes.shape[0] in widths else ""
         raise CodesError(
-            f"codes must lie in 0..{cardinality - 1}, got {int(codes.min())}..{int(codes.max())}: CSM's audio "
+            f"CSM's codes are [T, K] (frames, codebooks) with K = {num_codebooks}, or {MOSHI_CODEBOOKS} as Moshi "
+            f"hears them; got shape {tuple(codes.shape)}{hint}"
+        )
+    if codes.size and not 0 <= codes.min() <= codes.max() < cardinality:
+        raise CodesError(
+            f"codes must lie in 0..{cardinality - 1}, got {codes.min()}..{codes.max()}: CSM's audio "
             f"vocabulary adds 3 special codes ({cardinality}..{cardinality + 2}) that Mimi cannot decode"
         )
-    return codes
+    return torch.from_numpy(codes.astype(np.int64))
 
 
 class _Cancelled(Exception):
@@ -143,20 +191,33 @@ class CsmVoice:
     # ---- the prompt ---------------------------------------------------------------------------
     def prompt(self, text: str, speaker: int = 0, context: Sequence[Segment] = ()):
         """The model inputs for `text` spoken by `speaker` after `context`: ids, mask, context audio."""
-        if not isinstance(text, str) or not text.strip():
-            raise CsmlabError("CSM needs a non-empty text to speak")
+        self._check_text(text, "the text to speak")
         turns, audios = [], []
+        context = _check_context(context)
         for i, seg in enumerate([*context, Segment(speaker, text, np.zeros(0))]):
-            if not isinstance(seg.speaker, (int, np.integer)) or seg.speaker < 0:
-                raise CsmlabError(f"speaker ids are integers >= 0 (turn {i} has {seg.speaker!r})")
+            _check_speaker(seg.speaker, f"turn {i}")
             content = [{"type": "text", "text": seg.text}]
             if i < len(context):
+                self._check_text(seg.text, f"context turn {i}'s text")
                 audios.append(_check_audio(seg.audio, seg.sample_rate, f"context turn {i}"))
                 content.append({"type": "audio"})
             turns.append({"role": str(int(seg.speaker)), "content": content})
         rendered = self.processor.apply_chat_template(turns, tokenize=False)
         inputs = self.processor(text=rendered, audio=audios or None, return_tensors="pt")
         return inputs.to(self.model.device, dtype=self.model.dtype)  # casts only the float audio
+
+    def _check_text(self, text, what: str) -> None:
+        """Words to speak, or a TextError. Text is never allowed to become control tokens: a
+        `<|begin_of_text|>...<|end_of_text|>` inside it would forge a turn, an `<|AUDIO|>` a frame."""
+        if not isinstance(text, str) or not text.strip():
+            raise TextError(f"CSM needs a non-empty string for {what}, not {text!r}")
+        tokens = self.processor.tokenizer.added_tokens_encoder  # the control tokens, by their text
+        found = sorted({tok for tok in tokens if tok in text})
+        if found:
+            raise TextError(
+                f"{what} contains CSM's control token(s) {', '.join(found)}, which would be read as prompt "
+                "structure, not words. Remove them (e.g. text.replace('<|', '< |')) before speaking it."
+            )
 
     def describe(self, inputs) -> str:
         """The prompt as text, each run of audio frames shown as `<|AUDIO|>x N (N * 80 ms)`."""
@@ -174,7 +235,11 @@ class CsmVoice:
 
     def frames_budget(self, inputs, max_audio_ms: int) -> int:
         """Frames to generate; PromptTooLongError when prompt + frames overflow the context."""
-        frames = max(1, int(max_audio_ms) // FRAME_MS)
+        ok = not isinstance(max_audio_ms, bool) and isinstance(max_audio_ms, numbers.Real)
+        if not ok or not FRAME_MS <= max_audio_ms < math.inf:
+            raise ConfigError(f"max_audio_ms must be a finite number of milliseconds >= {FRAME_MS} (one frame), "
+                              f"not {max_audio_ms!r}; CSM's default is {DEFAULT_MAX_AUDIO_MS}")
+        frames = int(max_audio_ms) // FRAME_MS
         length, limit = inputs["input_ids"].shape[1], self.config.max_position_embeddings
         if length + frames > limit:
             excess = length + frames - limit
@@ -191,6 +256,7 @@ class CsmVoice:
                        max_audio_ms: int = DEFAULT_MAX_AUDIO_MS, sampling: Sampling = Sampling(),
                        streamer=None) -> torch.Tensor:
         """transformers' `generate()`: all frames `[T, 32]`, end-of-audio frame removed."""
+        _check_sampling(sampling)
         inputs = self.prompt(text, speaker, context)
         return self._until_eos(self._generate(inputs, self.frames_budget(inputs, max_audio_ms), sampling, streamer))
 
@@ -216,7 +282,7 @@ class CsmVoice:
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> np.ndarray:
         """`[T, K]` codes -> audio with CSM's own (transformers) Mimi, all at once. K < 32 works too."""
-        codes = _check_codes(codes, self.config.codec_config.codebook_size)
+        codes = _check_codes(codes, self.config.num_codebooks, self.config.codec_config.codebook_size)
         audio = self.model.codec_model.decode(codes.T[None].to(self.model.device)).audio_values  # [1, 1, T*1920]
         return audio[0, 0].float().cpu().numpy()
 
@@ -225,6 +291,7 @@ class CsmVoice:
                max_audio_ms: int = DEFAULT_MAX_AUDIO_MS, sampling: Sampling = Sampling(),
                method: str = "loop") -> Iterator[torch.Tensor]:
         """Yield each frame's `[32]` codes as soon as it exists; stops at end of audio or `max_audio_ms`."""
+        _check_sampling(sampling)
         if method == "loop":
             inputs = self.prompt(text, speaker, context)
             return self._loop(inputs, self.frames_budget(inputs, max_audio_ms), sampling)
@@ -339,7 +406,10 @@ def load_csm(path=None, mimi_path=None, device: str = "cpu", dtype: torch.dtype 
     fix_sliding_window()  # context audio > 10 s must be encoded with Mimi's 250-step window
     model = CsmForConditionalGeneration.from_pretrained(source.path, dtype=dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(source.path)
-    return CsmVoice(model, processor, source, resolve("mimi", mimi_path))
+    voice = CsmVoice(model, processor, source, resolve("mimi", mimi_path))
+    with voice.codec().stream() as session:  # load, check and run the streaming decoder once now: else the
+        session.decode(np.zeros((voice.config.num_codebooks, 1), np.int64))  # first stream() pays for it (~2 s)
+    return voice
 
 
 def conversation_context(recording, seconds: float, first: int = 0) -> list[Segment]:

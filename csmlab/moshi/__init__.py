@@ -13,6 +13,11 @@ codebooks (1..7) lag one step behind the semantic one (0): that 80 ms acoustic d
 - `dialogue`: a streamed conversation, the inner monologue, the depformer step by step;
 - `compute`: per-step time at real size, measured on a few layers and extrapolated;
 - `plots`: the stream grid and the conversation timeline.
+
+Threads: one loaded `Moshi` serves any number of `MoshiStream`s from any threads, each giving the
+tokens it gives alone: a stream keeps its own caches and installs them only during its own step,
+under the model's lock (steps on one model run one at a time). A stream dropped without `close()`
+leaves the model free, and re-running `st = MoshiStream(m)` in a notebook works. See `MoshiStream`.
 """
 from csmlab.moshi.architecture import (
     BYTES_PER_PARAM,

@@ -35,12 +35,14 @@ def real_size_lm(num_layers: int, dtype: torch.dtype = torch.float32, device: st
 
 
 @torch.no_grad()
-def measure_step_ms(lm: LMModel, steps: int = 8, warmup: int = 2, seed: int = 0) -> list[float]:
-    """Wall-clock milliseconds of `steps` full `LMGen.step` calls (temporal + depformer + sampling)."""
+def measure_step_ms(lm: LMModel, steps: int = 8, warmup: int = 2, seed: int = 0, batch_size: int = 1) -> list[float]:
+    """Wall-clock milliseconds of `steps` full `LMGen.step` calls (temporal + depformer + sampling),
+    for `batch_size` conversations stepped together."""
     gen = LMGen(lm)
-    user = torch.randint(0, lm.card, (1, lm.n_q - lm.dep_q, 1), generator=torch.Generator().manual_seed(seed))
+    shape = (batch_size, lm.n_q - lm.dep_q, 1)
+    user = torch.randint(0, lm.card, shape, generator=torch.Generator().manual_seed(seed))
     times = []
-    with gen.streaming(1), _eager(lm.device):
+    with gen.streaming(batch_size), _eager(lm.device):
         for i in range(warmup + steps):
             if lm.device.type == "cuda":
                 torch.cuda.synchronize()
@@ -71,17 +73,25 @@ def extrapolate(ms_by_layers: dict[int, float], num_layers: int = REAL_CONFIG["n
 
 def measure_depths(depths=(1, 3), dtype: torch.dtype = torch.float32, device: str = "cpu",
                    steps: int = 8, warmup: int = 2) -> dict[int, list[float]]:
-    """Step times of the real-size model at each temporal depth in `depths`.
+    """Step times of the real-size model at each temporal depth in `depths`, one conversation."""
+    return measure_depths_batched(depths, (1,), dtype, device, steps, warmup)[1]
+
+
+def measure_depths_batched(depths=(1, 3), batch_sizes=(1, 8), dtype: torch.dtype = torch.float32,
+                           device: str = "cpu", steps: int = 8, warmup: int = 2) -> dict[int, dict[int, list[float]]]:
+    """Step times of the real-size model at each temporal depth, for each number of conversations
+    stepped together: {batch size: {depth: times}}.
 
     Builds the deepest model once and removes top layers between measurements, so the 1.1 B
     parameters that every depth shares (embeddings, heads, depformer) are allocated once.
     """
     lm = real_size_lm(max(depths), dtype, device)
-    times = {}
+    times: dict[int, dict[int, list[float]]] = {b: {} for b in batch_sizes}
     for depth in sorted(depths, reverse=True):
         del lm.transformer.layers[depth:]
         for module in lm.modules():  # moshi caches each streaming module's children: forget the removed layers
             if isinstance(module, StreamingModule):
                 module._cached_children = None
-        times[depth] = measure_step_ms(lm, steps=steps, warmup=warmup)
-    return dict(sorted(times.items()))
+        for b in batch_sizes:
+            times[b][depth] = measure_step_ms(lm, steps=steps, warmup=warmup, batch_size=b)
+    return {b: dict(sorted(t.items())) for b, t in times.items()}

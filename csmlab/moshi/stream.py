@@ -15,11 +15,13 @@ import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from moshi.models import LMGen
 from moshi.models.lm import LMModel
 from moshi.utils.compile import no_compile
 
+from csmlab.codec.codes import check_range, integer_codes
 from csmlab.errors import CodesError, ComponentError, ConfigError, StreamClosedError
 from csmlab.locks import exclusive
 from csmlab.metrics import FRAME_SIZE
@@ -97,22 +99,24 @@ class Step:
 
 
 def check_user_codes(codes, num_codebooks: int, card: int) -> torch.Tensor:
-    """Validate one frame of user codes (`[K]`, `[K, 1]` or `[1, K, 1]`) and return it as `[1, K, 1]` long."""
-    codes = torch.as_tensor(codes)
-    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+    """Validate one frame of user codes (`[K]`, `[K, 1]` or `[1, K, 1]`) and return it as `[1, K, 1]` long.
+
+    The shape is checked, not the element count: `[2, 4]` codes of a 4-codebook codec are two
+    frames, not one frame of 8."""
+    if hasattr(codes, "is_floating_point") and (codes.is_floating_point() or codes.is_complex()):
         raise CodesError(
             f"user codes must be integer token ids, got dtype {codes.dtype}. Encode the audio with Mimi "
             "(`mimi.encode(...)`) and pass its codes, not the audio itself."
         )
-    if codes.numel() != num_codebooks or codes.dim() > 3:
+    codes = integer_codes(codes)
+    if codes.shape not in ((num_codebooks,), (num_codebooks, 1), (1, num_codebooks, 1)):
         raise CodesError(
             f"expected one frame of {num_codebooks} user codebooks ([{num_codebooks}], [{num_codebooks}, 1] or "
             f"[1, {num_codebooks}, 1]), got shape {tuple(codes.shape)}. Set the codec to "
-            f"num_codebooks={num_codebooks} and pass one 80 ms frame per step."
+            f"num_codebooks={num_codebooks} and pass one 80 ms frame per step (codes[:, t] of a [K, n] array)."
         )
-    if codes.min() < 0 or codes.max() >= card:
-        raise CodesError(f"user codes must lie in [0, {card}), got [{int(codes.min())}, {int(codes.max())}].")
-    return codes.reshape(1, num_codebooks, 1).long()
+    check_range(codes, card)
+    return torch.from_numpy(codes.astype(np.int64)).reshape(1, num_codebooks, 1)
 
 
 SAMPLING = ("use_sampling", "temp", "temp_text", "top_k", "top_k_text")  # LMGen's sampling options
@@ -218,7 +222,11 @@ class MoshiStream:
         with self._exclusive(), _private_rng(self), _eager(self.model.lm.device):
             self.gen.set_streaming_state(state[0])
             self.model.lm.set_streaming_state(state[1])
-            out = self.gen.step(codes.to(self.model.lm.device))  # [1, 1 + dep_q, 1] or None
+            try:
+                out = self.gen.step(codes.to(self.model.lm.device))  # [1, 1 + dep_q, 1] or None
+            except Exception as err:
+                raise ComponentError(f"Moshi failed in step {self.index} ({type(err).__name__}: {err}); "
+                                     "its caches are half-updated: call reset() to start again") from err
         self._state = state
         ms = 1000 * (time.perf_counter() - start)
         self.index += 1

@@ -12,6 +12,9 @@ a `csmlab.codec` session for the user -> a `brain` -> a `csmlab.codec` session f
 `session` runs them on a `clock` and writes every layer's `events` to one log.
 
 - `brain`: the brain interface, `LoopbackBrain`, `ScriptedBrain`, `make_brain`;
+- `moshi_brain`: `MoshiBrain`, true full duplex (loaded on first use: it imports moshi);
+- `cascade`: `CascadeBrain`: silero-vad turn taking (`vad`), a reply policy (`policies`), a voice
+  (`voices`: CSM with the conversation as context, or the espeak-ng stand-in offline), barge-in;
 - `faults`: lossy, jittery, broken sources and brains, for tests and the notebook;
 - `bridge`: CSM next to Moshi (the config table, codes from one to the other). Brain and voice meet
   here, never inside `csmlab.csm`.
@@ -22,8 +25,22 @@ from csmlab.pipeline.events import Event, EventLog
 from csmlab.pipeline.jitter import JitterBuffer
 from csmlab.pipeline.session import DuplexSession, Packet, Step, packets
 
+
+def __getattr__(name):
+    """`MoshiBrain` and `CascadeBrain` load their heavier modules (moshi, silero-vad) only when asked for."""
+    if name == "MoshiBrain":
+        from csmlab.pipeline.moshi_brain import MoshiBrain
+
+        return MoshiBrain
+    if name == "CascadeBrain":
+        from csmlab.pipeline.cascade import CascadeBrain
+
+        return CascadeBrain
+    raise AttributeError(f"module 'csmlab.pipeline' has no attribute {name!r}")
+
+
 __all__ = [
-    "BRAINS", "Brain", "DuplexSession", "Event", "EventLog", "Heard", "JitterBuffer", "LoopbackBrain",
-    "Packet", "RealtimeClock", "Said", "ScriptedBrain", "SimulatedClock", "Step", "Utterance",
+    "BRAINS", "Brain", "CascadeBrain", "DuplexSession", "Event", "EventLog", "Heard", "JitterBuffer", "LoopbackBrain",
+    "MoshiBrain", "Packet", "RealtimeClock", "Said", "ScriptedBrain", "SimulatedClock", "Step", "Utterance",
     "make_brain", "packets",
 ]

@@ -77,6 +77,10 @@ class Brain:
         """Latency this brain adds by design (not compute): e.g. Moshi's acoustic delay."""
         return {}
 
+    def latency_ms(self) -> dict:
+        """Measured latency summaries of its own (e.g. the cascade's response latency)."""
+        return {}
+
     @property
     def weights(self) -> str:
         """Which weights speak: 'real', 'offline', 'none' ..."""
@@ -148,7 +152,7 @@ class ScriptedBrain(Brain):
         super().__init__()
         self.utterances = sorted((u if isinstance(u, Utterance) else Utterance(*u) for u in utterances),
                                  key=lambda u: u.at_ms)
-        self._frames = [_frames_of(to_mimi(u.audio, u.sample_rate)) for u in self.utterances]
+        self._frames = [frames_of(to_mimi(u.audio, u.sample_rate)) for u in self.utterances]
         self.reset()
 
     def reset(self) -> None:
@@ -167,7 +171,7 @@ class ScriptedBrain(Brain):
         return Said(pcm=self._playing.popleft(), text=text)
 
 
-def _frames_of(audio_24k: np.ndarray) -> list[np.ndarray]:
+def frames_of(audio_24k: np.ndarray) -> list[np.ndarray]:
     """`[T]` audio as whole `[1920]` frames, the last one zero-padded."""
     n = -(-len(audio_24k) // FRAME_SIZE)
     padded = np.zeros(n * FRAME_SIZE, dtype=np.float32)

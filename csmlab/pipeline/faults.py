@@ -95,6 +95,9 @@ class FaultyBrain(Brain):
     def algorithmic_ms(self) -> dict[str, float]:
         return self.inner.algorithmic_ms()
 
+    def latency_ms(self) -> dict:
+        return self.inner.latency_ms()
+
     @property
     def weights(self) -> str:
         return self.inner.weights

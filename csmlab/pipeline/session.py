@@ -13,8 +13,9 @@ Policies, stated once:
   overrun the next steps run back to back until the session is on time again.
 - **Brain faults**: the brain runs on its own worker thread. If it raises, silence goes out, a
   `ComponentError` is logged, and the next step calls it again. If it does not answer within
-  `stall_ms`, silence goes out and the stall is counted; while it is still busy the following steps
-  send silence (counted as `brain_busy`), and its late answer is thrown away.
+  `stall_ms` (default: 1 s on the real-time clock, no limit on the simulated one), silence goes out
+  and the stall is counted; while it is still busy the following steps send silence (counted as
+  `brain_busy`), and its late answer is thrown away.
 - **Codec faults**: a codec session that fails is logged and reset; that step is silent.
 - **Malformed audio**: `push` raises `AudioFormatError` before anything changes; the next chunk
   carries on. The event log counts it.
@@ -24,6 +25,7 @@ Policies, stated once:
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +45,7 @@ from csmlab.pipeline.events import EventLog
 from csmlab.pipeline.jitter import JitterBuffer
 
 LAYERS = ("input", "encode", "brain", "decode")
+STALL_MS = 1000.0  # a brain silent this long on the real-time clock is stalled
 FAULTS = ("malformed", "concealed", "duplicate", "late", "restart", "disconnect", "reconnect", "brain_error",
           "brain_stall", "brain_busy", "error", "bad_output")  # event kinds that report() counts as faults
 
@@ -113,8 +116,11 @@ class DuplexSession:
     """Audio in, audio and text out, through input, codec, brain and codec layers on one clock."""
 
     def __init__(self, brain: Brain, clock="simulated", *, codec=None, window: int = 3, max_gap: int = 50,
-                 deadline_ms: float = FRAME_MS, stall_ms: float = 1000.0, events: int = 2000, history: int = 20_000):
+                 deadline_ms: float = FRAME_MS, stall_ms: float | None = None, events: int = 2000,
+                 history: int = 20_000):
         self.brain, self.clock = brain, make_clock(clock)
+        if stall_ms is None:  # a live session cannot wait long; a simulation measures compute and never drops work
+            stall_ms = STALL_MS if self.clock.kind == "realtime" else math.inf
         self.deadline_ms, self.stall_ms = deadline_ms, stall_ms
         self.events = EventLog(events)
         self._jitter = JitterBuffer(window, max_gap, log=lambda kind, detail: self._log("input", kind, detail))
@@ -196,13 +202,22 @@ class DuplexSession:
         if self._disconnected_at is None:
             return []
         now = self.clock.now() if now is None else now
-        due = int((now - self._disconnected_at) * 1000 // FRAME_MS)
+        due = int((now - self._disconnected_at) * 1000 / FRAME_MS + 1e-6)  # steps whose time has come (float-safe)
         steps = []
         while self._silent_steps < due:
             self._silent_steps += 1
             at = self._disconnected_at + self._silent_steps * FRAME_MS / 1000
             steps.append(self._step(np.zeros(FRAME_SIZE, np.float32), None, True, at, {"input": 0.0}))
         return steps
+
+    def _tick_until(self, t: float) -> Iterator[Step]:
+        """While disconnected, the silent steps due before `t`, each at its own time on the clock."""
+        while self._disconnected_at is not None:
+            due = self._disconnected_at + (self._silent_steps + 1) * FRAME_MS / 1000
+            if due > t:
+                return
+            self.clock.wait_until(due)
+            yield from self.tick(due)
 
     def _reconnect(self, rate: int) -> None:
         self._log("input", "reconnect", f"source back after {self._silent_steps} silent steps, at {rate} Hz")
@@ -258,7 +273,7 @@ class DuplexSession:
                 self._log("brain", "recovered", "the stalled call returned; its answer was dropped")
             future = self._worker.submit(self.brain.step, heard)
             try:
-                return future.result(timeout=self.stall_ms / 1000), None
+                return future.result(timeout=None if math.isinf(self.stall_ms) else self.stall_ms / 1000), None
             except FutureTimeout:
                 self._busy = future
                 self._log("brain", "brain_stall", f"no answer within {self.stall_ms:.0f} ms: silence")
@@ -297,11 +312,11 @@ class DuplexSession:
         start = self.clock.now()
         for packet in source:
             at = start + packet.at
+            yield from self._tick_until(at)
             self.clock.wait_until(at)
             if packet.kind == "disconnect":
                 yield from self.disconnect()
                 continue
-            yield from self.tick(at)
             try:
                 yield from self._push(packet.chunk, packet.sample_rate, packet.seq, at)
             except AudioFormatError:
@@ -309,6 +324,10 @@ class DuplexSession:
         yield from self.end()
 
     # ---- summary ------------------------------------------------------------------------------
+    def layers(self) -> list[tuple[str, object]]:
+        """The layers audio goes through, in order, as the objects that do the work (None: not used)."""
+        return [("input", self._jitter), ("encode", self._user), ("brain", self.brain), ("decode", self._system)]
+
     def log(self, layer: str, kind: str, detail: str = "") -> None:
         """Write to the event log (for layers outside the session, e.g. a widget's transport)."""
         self._log(layer, kind, detail)
@@ -337,7 +356,7 @@ class DuplexSession:
             "steps_faulted": self._faulted,
             "faults": {f"{layer}/{kind}": c for (layer, kind), c in sorted(self.events.counts.items()) if kind in FAULTS},
             "events": {f"{layer}/{kind}": c for (layer, kind), c in sorted(self.events.counts.items())},
-            "latency_ms": {"algorithmic": {"frame": FRAME_MS, **self.brain.algorithmic_ms()}},
+            "latency_ms": {"algorithmic": {"frame": FRAME_MS, **self.brain.algorithmic_ms()}, **self.brain.latency_ms()},
         }
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -354,7 +373,10 @@ class DuplexSession:
             if session is not None:
                 session.close()
         self._worker.shutdown(wait=self._busy is None)
-        self.brain.close()
+        if self._busy is not None and not self._busy.done():  # a stalled call still runs the brain: close after it
+            self._busy.add_done_callback(lambda _: self.brain.close())
+        else:
+            self.brain.close()
 
     def __enter__(self) -> DuplexSession:
         return self

@@ -1,0 +1,77 @@
+"""`MoshiBrain`: Moshi as the pipeline's brain, true full duplex: it hears the user while it speaks.
+
+Every step the user's Mimi codes go into `csmlab.moshi.MoshiStream` (one `LMGen` step) and Moshi's
+own 8 codebooks come out for the system codec to decode, with its inner-monologue text. Moshi's
+algorithmic latency is the 80 ms frame plus its acoustic delay (its acoustic codebooks lag the
+semantic one by `max(delays)` steps: 80 ms for the released model), 160 ms in all.
+
+Several sessions may share one loaded model (`MoshiBrain(model=shared)`): each brain has its own
+stream (caches, step counter, RNG state); steps on one model take turns under its lock.
+
+Recovery: a step that raises leaves Moshi's caches half-updated (`MoshiStream` then refuses them),
+so the session sends silence and, on the next step, the brain starts a fresh conversation
+(`reset()`, logged as `moshi_reset`) rather than failing for ever.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+
+from csmlab.pipeline.brain import FRAME_MS, Brain, Heard, Said
+
+
+class MoshiBrain(Brain):
+    """Moshi on the real or the small offline weights (`csmlab.moshi.load()`), seeded."""
+
+    name = "moshi"
+    hears_codes = speaks_codes = True
+
+    def __init__(self, model=None, seed: int = 0, history: int = 10_000, **sampling):
+        from csmlab import moshi
+
+        super().__init__()
+        self.model = model if model is not None else moshi.load()
+        self.stream = moshi.MoshiStream(self.model, seed=seed, **sampling)
+        self.tokens: deque[int | None] = deque(maxlen=history)  # text token per step (None while warming up)
+        self._failed = False
+
+    def codec(self):
+        return moshi_codec(self.model)
+
+    def step(self, heard: Heard) -> Said:
+        if self._failed:
+            self.reset()
+            self.log("moshi_reset", "the last step failed: a fresh conversation starts")
+        codes = None if heard.codes is None else torch.from_numpy(heard.codes)  # [8], None: Moshi hears silence
+        self._failed = True
+        out = self.stream.step(codes)
+        self._failed = False
+        self.tokens.append(out.text_token)
+        if out.audio is None:  # warming up: the acoustic codebooks are not complete yet
+            return Said(text=out.text)
+        return Said(codes=out.audio.numpy(), text=out.text)
+
+    def reset(self) -> None:
+        self.stream.reset()
+        self.tokens.clear()
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def algorithmic_ms(self) -> dict[str, float]:
+        return {"acoustic delay": max(self.model.lm.delays) * FRAME_MS}
+
+    @property
+    def weights(self) -> str:
+        return self.model.source.kind
+
+
+def moshi_codec(model):
+    """Moshi's own Mimi (the checkpoint beside the LM), as a `csmlab.codec` with Moshi's codebook count."""
+    from csmlab.codec import load_codec
+    from csmlab.weights import MIMI_FILE, WeightsSource
+
+    source = model.source
+    mimi = WeightsSource("mimi", source.kind, source.path / MIMI_FILE, f"Moshi's own Mimi ({source.why})")
+    return load_codec(model.num_user_codebooks, backend="moshi", weights=mimi)  # cached: loading twice is free

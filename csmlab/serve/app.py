@@ -1,0 +1,256 @@
+"""The web server: `/api/chat` (Moshi's protocol), `/healthz`, `/metrics`, and its lifecycle.
+
+`Server.start()` binds, then loads the brain in a worker thread: `/healthz` answers 503 and
+`/api/chat` refuses with an 0x05 reason until it is ready. `Server.stop()` is the graceful path
+SIGTERM takes: stop listening, close every session with an 0x05 reason and close code 1001, wait
+for the worker threads, return. Limits are enforced where they bite: the token before the
+websocket upgrade (HTTP 401), the session count right after it (0x05 + close 1013), message size by
+aiohttp's reader (close 1009), idle time and session length by each `Chat`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from aiohttp import web
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from csmlab.serve.access import access_denied
+from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
+from csmlab.pipeline import Brain, DuplexSession, LoopbackBrain, make_brain
+from csmlab.serve.chat import CLOSE_GOING_AWAY, Chat, refuse
+from csmlab.serve.wires import FrameWire, OpusWire
+from csmlab.widget.widget import AUDIO_JS
+
+PAGE = Path(__file__).resolve().parent.parent / "assets" / "serve" / "index.html"
+from csmlab.serve.config import Settings
+from csmlab.serve.metrics import ServerMetrics
+
+log = logging.getLogger("csmlab.serve")
+
+
+def _thread_setup(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)  # a new thread starts with torch's default count (DEVELOPERS.md)
+
+
+def brain_factory(settings: Settings) -> Callable[[], Brain]:
+    """A new brain per session, as the settings say. Models load here, once: every session's brain
+    shares them (each has its own streaming state; csmlab.moshi and csmlab.codec lock per model)."""
+    weights = settings.weights or None
+    if settings.brain == "loopback":
+        from csmlab.codec import load_codec
+
+        codec = load_codec(8, weights=weights, listen=settings.listen)
+        return lambda: LoopbackBrain(codec=codec)
+    if settings.brain == "moshi":
+        from csmlab import moshi
+
+        model = moshi.load(weights, device=settings.device)
+        return lambda: make_brain("moshi", model=model)
+    if settings.brain == "cascade":
+        from csmlab.pipeline.voices import CsmSpeaker, make_voice
+
+        if weights:
+            from csmlab.csm import load_csm
+
+            voice = CsmSpeaker(load_csm(weights, device=settings.device))
+        else:
+            voice = make_voice("auto")  # CSM with real weights when found, else espeak-ng (says so)
+        return lambda: make_brain("cascade", voice=voice)
+    return lambda: make_brain(settings.brain)
+
+
+def _announce_weights(brain: Brain) -> str:
+    """Say which weights speak; loudly, line by line, when they are not the released model's.
+    Returns the one-line note that /healthz and the page show."""
+    codec = brain.codec()
+    if codec is None and brain.weights == "none":
+        log.info("brain %s uses no model weights", brain.name)
+        return "no model weights"
+    banner = codec.weights.banner() if codec is not None else ""
+    if codec is not None and codec.weights.is_real and brain.weights in ("local", "hub", "real"):
+        log.info("brain %s on real weights: %s", brain.name, banner)
+        return f"real weights ({brain.weights})"
+    note = f"OFFLINE WEIGHTS ({brain.weights}), NOT the released model: its audio and text are not the real model's"
+    log.warning("brain %r: %s", brain.name, note)
+    for line in banner.splitlines():
+        log.warning("%s", line)
+    return note
+
+
+class Server:
+    """One `csmlab serve` process: settings, brain, sessions, metrics.
+
+    `new_brain` makes the brain of each session (default: from the settings); tests pass their own.
+    """
+
+    def __init__(self, settings: Settings, new_brain: Callable[[], Brain] | None = None):
+        self.settings = settings
+        self.new_brain = new_brain
+        self.metrics = ServerMetrics()
+        self.executor = ThreadPoolExecutor(settings.max_sessions + 1, thread_name_prefix="csmlab-session",
+                                           initializer=_thread_setup, initargs=(settings.threads,))
+        self.chats: set[Chat] = set()
+        self.opening = 0
+        self.ready = False
+        self.weights = "loading"  # then what speaks, for /healthz and the page
+        self.stopping = False
+        self.started = time.monotonic()
+        self.runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/api/chat", partial(self._session, wire=OpusWire))  # Moshi's protocol
+        app.router.add_get("/api/frames", partial(self._session, wire=FrameWire))  # the page's frames
+        app.router.add_get("/", lambda request: web.FileResponse(PAGE))
+        app.router.add_get("/assets/duplex-audio.js", lambda request: web.FileResponse(
+            AUDIO_JS, headers={"Content-Type": "text/javascript"}))
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def start(self) -> None:
+        """Listen, then load the brain off the event loop; returns once the port is bound."""
+        self.runner = web.AppRunner(self.app(), handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.settings.host, self.settings.port)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+        log.info("listening on http://%s:%d (websocket /api/chat)", self.settings.host, self.port)
+        if not self.settings.loopback and not self.settings.token:
+            log.warning("INSECURE: %s accepts anyone without a token (--insecure)", self.settings.host)
+        self.loading = asyncio.get_running_loop().run_in_executor(self.executor, self._load)
+
+    def _load(self) -> None:
+        """Load the models once (every session's brain shares them), say which weights, warm up."""
+        if self.new_brain is None:
+            self.new_brain = brain_factory(self.settings)
+        with self._open_session() as warm:
+            self.weights = _announce_weights(warm.brain)
+            warm.push(np.zeros(2 * FRAME_SIZE, np.float32), SAMPLE_RATE)  # first-call costs, paid before clients come
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info("brain %s ready", self.settings.brain)
+
+    def _open_session(self) -> DuplexSession:
+        return DuplexSession(self.new_brain(), clock="realtime")
+
+    async def stop(self, reason: str = "server shutting down") -> None:
+        """Graceful: stop accepting, close sessions with `reason`, let worker threads finish."""
+        self.stopping, self.ready = True, False
+        self.metrics.ready.set(0)
+        await asyncio.gather(*(c.close("shutdown", reason, CLOSE_GOING_AWAY) for c in list(self.chats)))
+        if self.runner:
+            await self.runner.cleanup()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        log.info("stopped")
+
+    def _refusal(self) -> tuple[str, str] | None:
+        if self.stopping:
+            return "shutdown", "the server is shutting down; reconnect to another replica"
+        if not self.ready:
+            return "loading", "the brain is still loading; retry when GET /healthz says ready"
+        if len(self.chats) + self.opening >= self.settings.max_sessions:
+            return "full", (f"server full: all {self.settings.max_sessions} sessions are in use; "
+                            "try again later or another replica")
+        return None
+
+    async def _session(self, request: web.Request, wire) -> web.StreamResponse:
+        denied = access_denied(self.settings, request.headers, request.query)
+        if denied:
+            self.metrics.refused.labels("token").inc()
+            raise web.HTTPUnauthorized(text=denied)
+        ws = web.WebSocketResponse(max_msg_size=self.settings.max_message_bytes)
+        await ws.prepare(request)
+        refusal = self._refusal()
+        if refusal:
+            self.metrics.refused.labels(refusal[0]).inc()
+            await refuse(ws, refusal[1], wire=wire)
+            return ws
+        self.opening += 1
+        try:
+            duplex = await asyncio.get_running_loop().run_in_executor(self.executor, self._open_session)
+        finally:
+            self.opening -= 1
+        chat = Chat(ws, duplex, self.executor, self.settings, self.metrics, wire())
+        self.chats.add(chat)
+        self.metrics.sessions_active.set(len(self.chats))
+        try:
+            outcome = await chat.run()
+        finally:
+            self.chats.discard(chat)
+            self.metrics.sessions_active.set(len(self.chats))
+            duplex.close()
+        self.metrics.sessions.labels(outcome).inc()
+        log.info("session ended: %s", outcome)
+        return ws
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        body = {"ready": self.ready, "brain": self.settings.brain, "weights": self.weights, "sessions": len(self.chats),
+                "max_sessions": self.settings.max_sessions, "uptime_s": round(time.monotonic() - self.started, 1)}
+        return web.json_response(body, status=200 if self.ready else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        denied = access_denied(self.settings, request.headers, request.query)
+        if denied:
+            raise web.HTTPUnauthorized(text=denied)
+        return web.Response(body=self.metrics.text(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _serve_until_signal(settings: Settings) -> int:
+    server = Server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    signalled = asyncio.create_task(stop.wait())
+    await asyncio.wait([signalled, server.loading], return_when=asyncio.FIRST_COMPLETED)
+    if not signalled.done() and server.loading.exception():
+        log.error("the brain failed to load: %s", server.loading.exception())
+        signalled.cancel()
+        await server.stop("the brain failed to load")
+        return 1
+    await signalled
+    log.info("signal received: closing %d session(s)", len(server.chats))
+    await server.stop()
+    return 0
+
+
+@contextmanager
+def serve_in_thread(settings: Settings, new_brain: Callable[[], Brain] | None = None, ready_timeout: float = 600.0):
+    """A `Server` running on its own event loop in a background thread (tests, notebooks).
+
+    Yields the server once it is ready (`server.port` is the bound port); stops it gracefully on exit.
+    """
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="csmlab-serve", daemon=True)
+    thread.start()
+    server = Server(settings, new_brain)
+    try:
+        asyncio.run_coroutine_threadsafe(server.start(), loop).result(timeout=30)
+        asyncio.run_coroutine_threadsafe(asyncio.wait_for(server.loading, ready_timeout), loop).result()
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(timeout=60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+def run(settings: Settings) -> int:
+    """Serve until SIGTERM or Ctrl-C; exit status 0 after a graceful stop, 1 if the brain cannot load."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(_serve_until_signal(settings))

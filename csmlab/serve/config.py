@@ -1,0 +1,120 @@
+"""Settings of `csmlab serve`: defaults, a commented TOML file, then command-line flags.
+
+Later wins: `Settings()` defaults < `[server]`/`[brain]`/`[limits]` tables of the TOML file
+(`deploy/csmlab.toml` is the commented example) < flags such as `--port` < the `CSMLAB_TOKEN`
+environment variable for the token (a secret belongs in the environment, not in `ps` output).
+Unknown keys and impossible values raise `ConfigError` naming the key, so a typo in a deployed
+file stops the server at start-up instead of being silently ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from csmlab.errors import ConfigError
+
+BRAINS = ("loopback", "moshi", "cascade", "scripted")
+TOKEN_ENV = "CSMLAB_TOKEN"
+SECTIONS = {
+    "server": ("host", "port", "token", "insecure"),
+    "brain": ("brain", "weights", "listen", "device", "threads"),
+    "limits": ("max_sessions", "max_session_s", "max_message_bytes", "idle_timeout_s"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `csmlab serve` reads; the TOML keys and the flags have the same names."""
+
+    host: str = "127.0.0.1"  # loopback only unless you say otherwise
+    port: int = 8998  # moshi's own server's port, so Moshi clients find it
+    token: str = ""  # required beyond loopback (or insecure = true)
+    insecure: bool = False  # allow a non-loopback bind without a token (behind a trusted proxy only)
+    brain: str = "loopback"
+    weights: str = ""  # a checkpoint path; "" lets csmlab.weights resolve it
+    listen: bool = False  # offline: the small trained Mimi, so that the audio follows the speech
+    device: str = "cpu"
+    threads: int = 1  # torch threads per session worker
+    max_sessions: int = 2
+    max_session_s: float = 600.0
+    max_message_bytes: int = 64 * 1024  # a 80 ms Opus page is ~300 bytes
+    idle_timeout_s: float = 30.0
+
+    @property
+    def loopback(self) -> bool:
+        """True when only this machine can connect (127.0.0.0/8, ::1, localhost)."""
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name or 0.0.0.0-style wildcard reaches beyond this machine
+
+
+def _flatten(table: dict, source: str) -> dict:
+    flat = {}
+    for section, values in table.items():
+        if section not in SECTIONS or not isinstance(values, dict):
+            raise ConfigError(f"{source}: unknown table [{section}]; known tables: {', '.join(SECTIONS)}")
+        for key, value in values.items():
+            if key not in SECTIONS[section]:
+                raise ConfigError(f"{source}: unknown key {key!r} in [{section}]; known: {', '.join(SECTIONS[section])}")
+            flat[key] = value
+    return flat
+
+
+def read_toml(path: str | Path) -> dict:
+    """The settings a TOML file sets, flattened to `Settings` field names."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; start from deploy/csmlab.toml")
+    try:
+        table = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from err
+    return _flatten(table, str(path))
+
+
+def _typed(name: str, value, kind: type):
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"setting {name} must be a {kind.__name__}, not {value!r}")
+    return value
+
+
+def _check(settings: Settings) -> Settings:
+    if settings.brain not in BRAINS:
+        raise ConfigError(f"brain {settings.brain!r} is unknown; choose one of {', '.join(BRAINS)}")
+    if not 0 <= settings.port < 65536:
+        raise ConfigError(f"port {settings.port} is out of range 0..65535 (0 picks a free port)")
+    for name in ("threads", "max_sessions", "max_session_s", "max_message_bytes", "idle_timeout_s"):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"setting {name} must be positive, not {getattr(settings, name)}")
+    if not settings.loopback and not settings.token and not settings.insecure:
+        raise ConfigError(
+            f"binding {settings.host} lets other machines connect, so it needs an access token: "
+            f"set {TOKEN_ENV} (or token in the config file), or pass --insecure behind a trusted proxy"
+        )
+    return settings
+
+
+def load_settings(path: str | Path | None = None, **overrides) -> Settings:
+    """Defaults, then the TOML file at `path`, then `overrides` (flags; None means 'not given')."""
+    values = read_toml(path) if path else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if os.environ.get(TOKEN_ENV):
+        values["token"] = os.environ[TOKEN_ENV]
+    kinds = {f.name: type(f.default) for f in fields(Settings)}
+    unknown = set(values) - set(kinds)
+    if unknown:
+        raise ConfigError(f"unknown settings {sorted(unknown)}; known: {', '.join(kinds)}")
+    return _check(dataclasses.replace(Settings(), **{k: _typed(k, v, kinds[k]) for k, v in values.items()}))

@@ -1,0 +1,70 @@
+"""What goes on the websocket: Moshi's protocol (`OpusWire`, `/api/chat`) or the widget's frames
+(`FrameWire`, `/api/frames`, what the `GET /` page's duplex-audio.js speaks).
+
+A wire turns a client message into PCM (and the sender's sequence number, when it has one) or a
+`ProtocolError`, and the pipeline's steps into messages. A wire belongs to one connection: its codec
+state (Opus streams) is that connection's.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import sphn
+
+from csmlab.errors import AudioFormatError
+from csmlab.metrics import SAMPLE_RATE
+from csmlab.serve.protocol import HANDSHAKE, ProtocolError, audio_message, audio_payload, error_message, text_message
+from csmlab.widget.frames import FLAG_LATE, FLAG_NO_SEQ, KIND_SYSTEM, pack_frame, unpack_mic_frame
+
+Message = bytes | str
+
+
+class OpusWire:
+    """Moshi's protocol: 0x01 Ogg/Opus both ways, 0x02 text, 0x00 handshake, 0x05 errors."""
+
+    def __init__(self):
+        self.reader = sphn.OpusStreamReader(SAMPLE_RATE)
+        self.writer = sphn.OpusStreamWriter(SAMPLE_RATE)
+
+    handshake = staticmethod(lambda: bytes([HANDSHAKE]))
+    error = staticmethod(error_message)
+
+    def decode(self, data) -> tuple[np.ndarray, int | None]:
+        ogg = audio_payload(data)
+        try:
+            return self.reader.append_bytes(ogg), None  # [T] float32 at 24 kHz
+        except ValueError as err:  # whole pages, yet not a stream sphn can read: start a fresh reader
+            self.reader = sphn.OpusStreamReader(SAMPLE_RATE)
+            raise ProtocolError("bad_opus", f"audio could not be decoded as Ogg/Opus ({err}); "
+                                "the stream was reset, keep sending") from err
+
+    def encode(self, steps: list) -> list[Message]:
+        """Runs in the session's worker thread: Opus encoding is compute too."""
+        ogg = self.writer.append_pcm(np.concatenate([s.pcm for s in steps])) if steps else b""
+        return ([audio_message(ogg)] if ogg else []) + [text_message(s.text) for s in steps if s.text]
+
+
+class FrameWire:
+    """The widget's binary 80 ms frames (csmlab/widget/frames.py) and JSON text messages."""
+
+    handshake = staticmethod(lambda: json.dumps({"type": "ready"}))
+    error = staticmethod(lambda text: json.dumps({"type": "error", "message": text}))
+
+    def decode(self, data) -> tuple[np.ndarray, int | None]:
+        if isinstance(data, str):
+            raise ProtocolError("text_frame", "send binary mic frames (duplex-audio.js packFrame), not text")
+        try:
+            frame = unpack_mic_frame(data)
+        except AudioFormatError as err:
+            raise ProtocolError("bad_frame", str(err)) from err
+        return frame.pcm, frame.seq
+
+    def encode(self, steps: list) -> list[Message]:
+        out: list[Message] = []
+        for s in steps:
+            flags = (FLAG_NO_SEQ if s.seq is None else 0) | (FLAG_LATE if s.late else 0)
+            out.append(pack_frame(KIND_SYSTEM, s.seq or 0, s.compute_ms.get("total", 0.0), s.pcm, flags))
+            if s.text:
+                out.append(json.dumps({"type": "text", "text": s.text}))
+        return out

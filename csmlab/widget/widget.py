@@ -1,0 +1,120 @@
+"""`DuplexWidget`: talk to the stack from a notebook, on anywidget over ipywidgets 8.
+
+The page (assets/widget/widget.js on top of duplex-audio.js) captures the microphone, sends 80 ms
+binary frames over the widget's comm and plays what comes back; the kernel side is a `DuplexWorker`.
+Synced traits carry the state the page draws: `status`, `error`, `stats` (the kernel's counts and the
+session's report, every 0.5 s), `text` (the brain's text stream, last `TEXT_KEEP` characters) and
+`page_stats` (the page's own figures, sent back every second: latency parts, levels, underruns).
+Tested in JupyterLab 4 with Chromium (tests/test_browser.py); other anywidget front ends are untested.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import anywidget
+import traitlets
+
+from csmlab.widget.worker import WORKER_PREFIX, DuplexWorker
+
+THREAD_PREFIXES = (WORKER_PREFIX, "brain-")  # the worker's, and the session's brain thread
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "widget"
+AUDIO_JS = ASSETS / "duplex-audio.js"  # standalone: also served by `csmlab serve`
+BRAINS = ("loopback", "moshi", "cascade")  # the pipeline's brains that listen (not "scripted")
+# the loopback you hear through the small trained Mimi (listen=True): the full-size one is random offline
+BRAIN_DEFAULTS = {"loopback": {"listen": True}}
+TEXT_KEEP = 2000
+
+
+def widget_esm() -> str:
+    """duplex-audio.js and widget.js as one ES module (anywidget loads a single module, no imports)."""
+    return AUDIO_JS.read_text() + "\n" + (ASSETS / "widget.js").read_text()
+
+
+class DuplexWidget(anywidget.AnyWidget):
+    """Microphone in, system audio out, through a live `DuplexSession` on the chosen brain."""
+
+    _esm = widget_esm()
+    _css = (ASSETS / "widget.css").read_text()
+
+    brain = traitlets.Unicode("loopback").tag(sync=True)
+    brains = traitlets.List(traitlets.Unicode(), default_value=list(BRAINS)).tag(sync=True)
+    status = traitlets.Unicode("idle").tag(sync=True)
+    error = traitlets.Unicode("").tag(sync=True)
+    text = traitlets.Unicode("").tag(sync=True)
+    stats = traitlets.Dict().tag(sync=True)
+    page_stats = traitlets.Dict().tag(sync=True)
+    jitter_ms = traitlets.Float(60.0).tag(sync=True)
+    max_queue = traitlets.Int(4).tag(sync=True)
+
+    def __init__(self, brain: str = "loopback", brain_kwargs: dict | None = None, clock: str = "realtime", **kwargs):
+        """`brain_kwargs` go to `make_brain` (e.g. `{"delay_ms": 240}`); `kwargs` set traits (`jitter_ms`).
+
+        `clock="realtime"` (live): a step that overruns 80 ms sends silence and counts as late.
+        `"simulated"` sends every step's audio however long it took (compute is still measured)."""
+        self.brain_kwargs, self.clock = brain_kwargs, clock
+        super().__init__(brain=brain, **kwargs)
+        self.worker: DuplexWorker | None = None
+        self.on_msg(self._on_page_message)
+
+    # -- from the page (kernel main thread: must return at once) ---------------------------------
+    def _on_page_message(self, _, content: dict, buffers: list) -> None:
+        kind = content.get("type")
+        if kind == "frame":
+            if self.worker is not None:
+                for buffer in buffers:
+                    self.worker.feed(buffer)
+        elif kind == "start":
+            self.start(content.get("brain", self.brain))
+        elif kind == "stop":
+            self.stop()
+        elif kind == "page_stats":
+            self.page_stats = content.get("stats", {})
+
+    def start(self, brain: str | None = None) -> None:
+        """Start a fresh worker (stopping any previous one); the page then streams its frames."""
+        self.stop()
+        self.brain = brain or self.brain
+        self.error, self.text, self.status, self.stats = "", "", "starting", {}
+        kwargs = self.brain_kwargs if self.brain_kwargs is not None else BRAIN_DEFAULTS.get(self.brain, {})
+        worker = DuplexWorker(self.brain, lambda c, b: self._from_worker(worker, c, b), max_queue=self.max_queue, clock=self.clock,
+                              on_stats=lambda report: self._on_stats(worker, report), **kwargs)
+        self.worker = worker  # before it starts: its first message must find it current
+        worker.start()
+
+    def stop(self, wait: bool = False) -> None:
+        """Stop the worker (it closes its session and exits); `wait=True` joins its thread."""
+        if self.worker is not None:
+            self.worker.stop(wait=wait)
+
+    def close(self) -> None:
+        self.stop(wait=True)
+        super().close()
+
+    def report(self) -> dict:
+        """What the kernel counted (frames received, dropped, ...), its worker threads still alive,
+        and what the page measured (latency parts, levels, underruns)."""
+        kernel = self.worker.report() if self.worker is not None else {}
+        kernel["alive"] = self.worker is not None and self.worker.alive
+        kernel["threads"] = [t.name for t in threading.enumerate() if t.name.startswith(THREAD_PREFIXES)]
+        return {"kernel": kernel, "page": dict(self.page_stats)}
+
+    # -- from the worker thread -----------------------------------------------------------------
+    def _from_worker(self, worker: DuplexWorker, content: dict, buffers: list) -> None:
+        if worker is not self.worker:
+            return  # a stopped worker's last words must not overwrite the new one's state
+        kind = content["type"]
+        if kind == "status":
+            self.status = content["status"]
+            if content["status"] == "failed":
+                self.error = content["reason"]
+        elif kind == "error":
+            self.error = content["message"]
+        elif kind == "step":
+            if content["text"]:
+                self.text = (self.text + content["text"])[-TEXT_KEEP:]
+            self.send(content, buffers)
+
+    def _on_stats(self, worker: DuplexWorker, report: dict) -> None:
+        if worker is self.worker:
+            self.stats = report
