@@ -66,7 +66,7 @@ def _add_serve(sub) -> None:
     serve.add_argument("--listen", action="store_true", default=None,
                        help="offline: decode with the small trained Mimi, so the audio follows the speech")
     serve.add_argument("--device", help="cpu or cuda")
-    serve.add_argument("--threads", type=int, help="torch threads per session")
+    serve.add_argument("--threads", type=int, help="torch threads (one setting for the process)")
     serve.add_argument("--max-sessions", type=int, dest="max_sessions")
     serve.add_argument("--max-session-s", type=float, dest="max_session_s", help="session length limit, seconds")
     serve.add_argument("--max-message-bytes", type=int, dest="max_message_bytes")

@@ -182,6 +182,7 @@ def test_start_stop_restart_and_close_leave_no_thread():
             widget.stop(wait=True)
             report = widget.report()["kernel"]
             assert report["received"] == 5 and report["status"] == "stopped", report
+            assert widget.worker.session.deadline_ms == 80 + widget.jitter_ms  # a late reply still finds its slot
             assert not report["alive"] and report["threads"] == []
         _page_says(widget, {"type": "start"})
     finally:

@@ -117,7 +117,8 @@ def _growth_mib_per_min(rss: list) -> float:
 
 
 def summarize(args, rss: list, talks: list, metrics: dict, exit_code: int, log: list[str]) -> dict:
-    turnaround = np.concatenate([t.turnaround_ms for t in talks if t.turnaround_ms] or [np.zeros(0)])
+    whole = [t for t in talks if len(t.turnaround_ms) == t.frames_sent]  # after a drop, answer n is not frame n's
+    turnaround = np.concatenate([t.turnaround_ms for t in whole] or [np.zeros(0)])
     sent = sum(t.frames_sent for t in talks)
     return {
         "minutes": args.minutes, "brain": args.brain, "listen": args.listen, "sessions": args.sessions, "conversations": len(talks),
@@ -127,6 +128,7 @@ def summarize(args, rss: list, talks: list, metrics: dict, exit_code: int, log: 
         "compute_ms_mean": metrics["compute_ms"],
         "turnaround_ms": {q: float(np.percentile(turnaround, p)) for q, p in (("p50", 50), ("p95", 95), ("max", 100))}
         if turnaround.size else {},
+        "turnaround_sessions": len(whole),  # sessions with every frame answered, the ones timed
         "rss_mib": [[t, round(m, 1)] for t, m in rss], "rss_start_mib": rss[0][1], "rss_end_mib": rss[-1][1],
         "rss_growth_mib_per_min": _growth_mib_per_min(rss), "exit_code": exit_code,
         "offline_weights": any("OFFLINE" in line for line in log),
@@ -140,7 +142,8 @@ def _print(fig: dict) -> None:
           f"dropped {fig['dropped_frames']:g}")
     print(f"  errors: server {fig['server_errors'] or 'none'}, client {fig['client_errors'] or 'none'}")
     if fig["turnaround_ms"]:
-        print("  turnaround (send -> answer) ms: " + ", ".join(f"{k} {v:.1f}" for k, v in fig["turnaround_ms"].items()))
+        print(f"  turnaround (send -> answer, {fig['turnaround_sessions']} sessions without drops) ms: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in fig["turnaround_ms"].items()))
     print(f"  server RSS {fig['rss_start_mib']:.0f} -> {fig['rss_end_mib']:.0f} MiB, "
           f"second-half growth {fig['rss_growth_mib_per_min']:+.2f} MiB/min; SIGTERM exit status {fig['exit_code']}")
 

@@ -17,13 +17,25 @@ stream out is `consumed + concealed` frames long. Nothing is lost silently.
 """
 from __future__ import annotations
 
+import numbers
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from csmlab.errors import ConfigError
+from csmlab.errors import AudioFormatError, ConfigError
+
+
+def check_seq(seq) -> int | None:
+    """The sender's frame number as an int (or None), or an `AudioFormatError`: checked before the
+    buffer counts the frame, so a bad one changes nothing ("abc" and NaN escaped as ValueError, 1.5
+    and True were silently taken as frame 1)."""
+    if seq is None:
+        return None
+    if isinstance(seq, bool) or not isinstance(seq, numbers.Integral):
+        raise AudioFormatError(f"seq must be an int (the sender's frame counter) or None (no numbering), not {seq!r}")
+    return int(seq)
 
 
 @dataclass

@@ -42,7 +42,7 @@ from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
 from csmlab.pipeline.brain import FRAME_MS, SILENT, Brain, Heard, Said
 from csmlab.pipeline.clock import make_clock
 from csmlab.pipeline.events import EventLog
-from csmlab.pipeline.jitter import JitterBuffer
+from csmlab.pipeline.jitter import JitterBuffer, check_seq
 
 LAYERS = ("input", "encode", "brain", "decode")
 STALL_MS = 1000.0  # a brain silent this long on the real-time clock is stalled
@@ -153,6 +153,7 @@ class DuplexSession:
         start = time.perf_counter()
         try:
             rate = check_sample_rate(sample_rate)
+            seq = check_seq(seq)
             mono = to_mono(chunk)
             if self._rate is not None and rate != self._rate and self._disconnected_at is None:
                 raise AudioFormatError(f"sample rate changed mid-stream from {self._rate} to {rate} Hz: keep one rate "

@@ -22,6 +22,7 @@ from typing import Callable
 
 from aiohttp import web
 import numpy as np
+import torch
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from csmlab.serve.access import access_denied
@@ -36,12 +37,6 @@ from csmlab.serve.config import Settings
 from csmlab.serve.metrics import ServerMetrics
 
 log = logging.getLogger("csmlab.serve")
-
-
-def _thread_setup(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)  # a new thread starts with torch's default count (DEVELOPERS.md)
 
 
 def brain_factory(settings: Settings) -> Callable[[], Brain]:
@@ -99,8 +94,7 @@ class Server:
         self.settings = settings
         self.new_brain = new_brain
         self.metrics = ServerMetrics()
-        self.executor = ThreadPoolExecutor(settings.max_sessions + 1, thread_name_prefix="csmlab-session",
-                                           initializer=_thread_setup, initargs=(settings.threads,))
+        self.executor = ThreadPoolExecutor(settings.max_sessions + 1, thread_name_prefix="csmlab-session")
         self.chats: set[Chat] = set()
         self.opening = 0
         self.ready = False
@@ -135,6 +129,7 @@ class Server:
 
     def _load(self) -> None:
         """Load the models once (every session's brain shares them), say which weights, warm up."""
+        torch.set_num_threads(self.settings.threads)  # one setting for the whole process (DEVELOPERS.md)
         if self.new_brain is None:
             self.new_brain = brain_factory(self.settings)
         with self._open_session() as warm:

@@ -3,7 +3,8 @@
     websocket -> wire.decode (Opus or widget frames) -> backlog -> [worker thread] DuplexSession.push
               <- messages  <- wire.encode <- Steps
 
-Failure policy: a bad message is answered with an 0x05 error and the session goes on; the session
+Failure policy: a bad message, or audio the pipeline refuses (`AudioFormatError`: int16 PCM sent as
+float, a peak of 1e20), is answered with an 0x05 error and the session goes on; the session
 ends with an 0x05 reason and a websocket close code when it is idle too long, reaches its length
 limit, the pipeline fails, or the server shuts down. Compute runs in the server's thread pool, one
 call at a time per session, so the event loop keeps serving every other client meanwhile.
@@ -19,7 +20,7 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 
-from csmlab.errors import CsmlabError
+from csmlab.errors import AudioFormatError, CsmlabError
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
 from csmlab.serve.metrics import ServerMetrics
 from csmlab.serve.protocol import ProtocolError
@@ -121,6 +122,10 @@ class Chat:
                 continue  # the client left: drain without computing
             try:
                 messages, steps = await loop.run_in_executor(self.executor, self._compute, *item)
+            except AudioFormatError as err:  # one chunk was not audio (push changed nothing): say so, go on
+                self.metrics.errors.labels("bad_audio").inc()
+                await self._send([self.wire.error(str(err))], [])
+                continue
             except Exception as err:  # the session's boundary: one failing brain must not take the server down
                 if not isinstance(err, CsmlabError):
                     log.exception("unexpected failure in a session's pipeline")

@@ -21,7 +21,7 @@ import sphn
 
 RATE = 24_000
 FRAME = 1920
-QUIET_S = 3.0  # after the last frame is sent, the answer is over once the server is this long quiet
+QUIET_S = 10.0  # after the last frame is sent, the answer is over once the server is this long quiet
 _KINDS = {0: "handshake", 1: "audio", 2: "text", 5: "error"}
 
 

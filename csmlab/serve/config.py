@@ -38,7 +38,7 @@ class Settings:
     weights: str = ""  # a checkpoint path; "" lets csmlab.weights resolve it
     listen: bool = False  # offline: the small trained Mimi, so that the audio follows the speech
     device: str = "cpu"
-    threads: int = 1  # torch threads per session worker
+    threads: int = 1  # torch threads, one setting for the whole process
     max_sessions: int = 2
     max_session_s: float = 600.0
     max_message_bytes: int = 64 * 1024  # a 80 ms Opus page is ~300 bytes

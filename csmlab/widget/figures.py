@@ -59,7 +59,7 @@ def replay_figure(replay: Replay, title: str = "") -> plt.Figure:
     latency.stackplot(t, *[p for _, p in parts], labels=[n for n, _ in parts], alpha=0.8)
     over = replay.late | (replay.kernel_ms > FRAME_MS)
     latency.scatter(t[over], replay.round_trip_ms[over], color="red", s=8, zorder=3,
-                    label="kernel over 80 ms (live: silence sent)")
+                    label="kernel over 80 ms (more than the frame it answers)")
     latency.set_ylabel("round trip (ms)")
     latency.set_xlabel("time (s)")
     latency.legend(loc="upper right", fontsize=8)

@@ -15,6 +15,7 @@ from pathlib import Path
 import anywidget
 import traitlets
 
+from csmlab.metrics import frame_ms
 from csmlab.widget.worker import WORKER_PREFIX, DuplexWorker
 
 THREAD_PREFIXES = (WORKER_PREFIX, "brain-")  # the worker's, and the session's brain thread
@@ -24,6 +25,7 @@ BRAINS = ("loopback", "moshi", "cascade")  # the pipeline's brains that listen (
 # the loopback you hear through the small trained Mimi (listen=True): the full-size one is random offline
 BRAIN_DEFAULTS = {"loopback": {"listen": True}}
 TEXT_KEEP = 2000
+FRAME_MS = frame_ms()  # 80.0
 
 
 def widget_esm() -> str:
@@ -50,8 +52,10 @@ class DuplexWidget(anywidget.AnyWidget):
     def __init__(self, brain: str = "loopback", brain_kwargs: dict | None = None, clock: str = "realtime", **kwargs):
         """`brain_kwargs` go to `make_brain` (e.g. `{"delay_ms": 240}`); `kwargs` set traits (`jitter_ms`).
 
-        `clock="realtime"` (live): a step that overruns 80 ms sends silence and counts as late.
-        `"simulated"` sends every step's audio however long it took (compute is still measured)."""
+        `clock="realtime"` (live): a step that overruns its deadline sends silence and counts as late.
+        The deadline is 80 ms plus the page's jitter margin: a reply that comes that late still
+        finds its slot in the playback buffer. `"simulated"` sends every step's audio however long
+        it took (compute is still measured)."""
         self.brain_kwargs, self.clock = brain_kwargs, clock
         super().__init__(brain=brain, **kwargs)
         self.worker: DuplexWorker | None = None
@@ -78,6 +82,7 @@ class DuplexWidget(anywidget.AnyWidget):
         self.error, self.text, self.status, self.stats = "", "", "starting", {}
         kwargs = self.brain_kwargs if self.brain_kwargs is not None else BRAIN_DEFAULTS.get(self.brain, {})
         worker = DuplexWorker(self.brain, lambda c, b: self._from_worker(worker, c, b), max_queue=self.max_queue, clock=self.clock,
+                              deadline_ms=FRAME_MS + self.jitter_ms,
                               on_stats=lambda report: self._on_stats(worker, report), **kwargs)
         self.worker = worker  # before it starts: its first message must find it current
         worker.start()

@@ -43,20 +43,23 @@ def _set_torch_threads(threads: int | None) -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
-def open_session(brain, clock: str = "realtime", **brain_kwargs):
+def open_session(brain, clock: str = "realtime", deadline_ms: float | None = None, **brain_kwargs):
     """A `DuplexSession` on `brain`: a name for `make_brain` ("loopback", "moshi", ...) or a brain."""
     from csmlab.pipeline import DuplexSession, make_brain
+    from csmlab.pipeline.brain import FRAME_MS
 
-    return DuplexSession(make_brain(brain, **brain_kwargs) if isinstance(brain, str) else brain, clock=clock)
+    brain = make_brain(brain, **brain_kwargs) if isinstance(brain, str) else brain
+    return DuplexSession(brain, clock=clock, deadline_ms=FRAME_MS if deadline_ms is None else deadline_ms)
 
 
 class DuplexWorker:
     """Runs one live session. `feed(buffer)` from any thread; outputs go to `send` from the worker."""
 
     def __init__(self, brain, send: Send, *, max_queue: int = 4, idle_timeout_s: float = 5.0,
-                 clock: str = "realtime", threads: int | None = 1, on_stats: Callable[[dict], None] | None = None,
-                 **brain_kwargs):
+                 clock: str = "realtime", deadline_ms: float | None = None, threads: int | None = 1,
+                 on_stats: Callable[[dict], None] | None = None, **brain_kwargs):
         self.brain, self.send, self.max_queue, self.idle_timeout_s = brain, send, max_queue, idle_timeout_s
+        self.deadline_ms = deadline_ms  # None: the session's (80 ms)
         self.clock, self.threads, self.on_stats, self.brain_kwargs = clock, threads, on_stats, brain_kwargs
         self.counts = {"received": 0, "dropped": 0, "malformed": 0, "steps": 0, "late": 0, "concealed": 0, "errors": 0}
         self.queue_max = 0
@@ -134,7 +137,7 @@ class DuplexWorker:
     def _run(self) -> None:
         _set_torch_threads(self.threads)
         try:
-            self.session = open_session(self.brain, self.clock, **self.brain_kwargs)
+            self.session = open_session(self.brain, self.clock, self.deadline_ms, **self.brain_kwargs)
             self._warm_up()
             self._set_status("running")
             while (item := self._next()) is not None:

@@ -1,0 +1,83 @@
+"""Hostile input through the layers built on issue 12's (pipeline, server): a bad push gets a clear
+`CsmlabError`, changes nothing, and the session goes on with the next chunk."""
+import asyncio
+import math
+
+import aiohttp
+import numpy as np
+import pytest
+import torch
+
+from csmlab.errors import AudioFormatError
+from csmlab.pipeline import DuplexSession, ScriptedBrain, Utterance, make_brain
+from csmlab.serve import Settings
+from csmlab.serve.app import serve_in_thread
+from csmlab.widget.frames import KIND_MIC, KIND_SYSTEM, pack_frame, unpack_frame
+
+RATE = 24_000
+FRAME = 1920
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tone(seconds: float, amplitude: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (amplitude * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+def scripted() -> ScriptedBrain:
+    return ScriptedBrain([Utterance(0, tone(0.32), RATE, "hello")])  # no codec: cheap
+
+
+def pushed(bad_seqs=()) -> tuple[np.ndarray, dict]:
+    """A session fed 6 numbered frames, with each of `bad_seqs` pushed (and refused) after the second."""
+    session = DuplexSession(scripted())
+    audio, steps = tone(0.48), []
+    for i in range(6):
+        steps += session.push(audio[i * FRAME:(i + 1) * FRAME], RATE, seq=i)
+        if i == 1:
+            for seq in bad_seqs:
+                with pytest.raises(AudioFormatError, match="seq must be an int"):
+                    session.push(audio[:FRAME], RATE, seq=seq)
+    frames = session.report()["frames"]
+    session.close()
+    return np.concatenate([s.pcm for s in steps]), frames
+
+
+def test_a_bad_seq_is_refused_before_anything_changes():
+    """"abc" and NaN escaped as a bare ValueError after the jitter buffer had counted the frame
+    (received != consumed + held); 1.5 and True were taken as frames 1 and 1."""
+    clean, clean_frames = pushed()
+    got, frames = pushed(["abc", math.nan, 1.5, True, b"2"])
+    assert np.array_equal(got, clean)
+    assert frames == clean_frames
+
+
+def test_a_bad_audio_frame_to_the_server_is_answered_and_the_session_goes_on():
+    """A well-formed frame whose samples are not audio (int16 PCM sent as float, 1e20) passes the
+    frame layout check and is refused by the pipeline's push: the server used to close the whole
+    session (1011); it answers with an error and keeps streaming."""
+
+    async def talk(port):
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"ws://127.0.0.1:{port}/api/frames") as ws:
+                await ws.receive_json(timeout=10)  # ready
+                errors = []
+                for seq, scale in enumerate([32767, 1e20]):
+                    await ws.send_bytes(pack_frame(KIND_MIC, seq, 0.0, tone(0.08) * scale))
+                    errors.append(await ws.receive_json(timeout=10))
+                await ws.send_bytes(pack_frame(KIND_MIC, 2, 0.0, tone(0.08)))
+                reply = await ws.receive(timeout=10)
+                return errors, reply
+
+    with serve_in_thread(Settings(port=0, listen=True), scripted) as server:
+        errors, reply = asyncio.run(talk(server.port))
+    assert [e["type"] for e in errors] == ["error", "error"]
+    assert "divide by 32768" in errors[0]["message"] and "not audio samples" in errors[1]["message"]
+    assert reply.type == aiohttp.WSMsgType.BINARY and unpack_frame(reply.data, kind=KIND_SYSTEM).seq == 2

@@ -1,0 +1,24 @@
+"""csmlab.testsuite sorts test ids by what they prove (notebook 06 counts the suite with it)."""
+from csmlab import testsuite as ts
+
+IDS = [
+    "tests/test_codec_equivalence.py::test_streaming_equals_batch_on_random_partitions_16k_mono[0]",
+    "tests/test_codec_equivalence.py::test_moshi_and_rustymimi_give_identical_codes",
+    "tests/test_csm.py::test_stream_frames_are_generate_codes_greedy[loop]",
+    "tests/test_pipeline.py::test_brain_that_stalls_gives_silence_is_counted_and_recovers",
+    "tests/test_bad_input_matrix.py::test_bad_input_is_refused_clearly_and_loses_nothing[codec: NaN samples]",
+    "tests/test_serve.py::test_handshake_then_streamed_audio_and_text_come_back",
+    "tests/test_serve_soak.py::test_one_minute_soak_holds",
+    "tests/test_environment.py::test_environment_yml_explains_the_no_deps_install",
+]
+
+
+def test_each_claim_finds_its_tests_and_words_match_whole_parts_only():
+    claims = ts.by_claim(IDS)
+    assert claims["streaming = batch"] == IDS[:1] + IDS[2:3]
+    assert claims["cross-implementation identity"] == IDS[1:2]
+    assert claims["token-exact CSM streaming"] == IDS[2:3]
+    assert claims["fault injection"] == IDS[3:4]  # "install" is not a stall
+    assert IDS[4] in claims["bad input"] and claims["server protocol"] == IDS[5:6] and claims["soak"] == IDS[6:7]
+    assert not any(IDS[7] in ids for ids in claims.values())
+    assert ts.by_module(IDS)["tests/test_codec_equivalence.py"] == 2
