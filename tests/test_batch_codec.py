@@ -10,7 +10,7 @@ import torch
 from csmlab.codec import FRAME_SIZE, load_codec
 from csmlab.codec.batch import CodecBatch, SharedCodec, agreement
 from csmlab.data import real_recording
-from csmlab.errors import CapacityError, ComponentError
+from csmlab.errors import AudioFormatError, CapacityError, CodesError, ComponentError, ConfigError
 from csmlab.gather import Gather
 
 RATE = 24000
@@ -128,6 +128,20 @@ def test_a_full_batch_refuses_clearly_and_frees_slots_on_close():
     assert speakers[2].encode(silence, RATE).shape == (8, 1)  # the freed row, reset
     for s in speakers[1:]:
         s.close()
+
+
+def test_a_batch_step_refuses_bad_frames_and_codes_before_anything_moves():
+    batch = CodecBatch(load_codec(8, listen=True), size=2)
+    slot = batch.join()
+    with pytest.raises(AudioFormatError, match="one frame of 1920 samples"):
+        batch.encode({slot: np.zeros(1000, np.float32)})
+    with pytest.raises(CodesError, match="codes must lie in"):
+        batch.decode({slot: np.full(8, 5000)})
+    with pytest.raises(ConfigError, match="not taken"):
+        batch.encode({1: np.zeros(FRAME_SIZE, np.float32)})
+    frames = frames_of(8, 3)
+    codes = np.stack([batch.encode({slot: f})[slot] for f in frames], axis=1)
+    assert agreement(codes, alone(batch.codec, frames)[0])["overall"] == 1.0  # the refused calls left no trace
 
 
 def test_gather_hands_a_failed_round_error_to_every_caller_and_goes_on():

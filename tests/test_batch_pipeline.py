@@ -72,3 +72,15 @@ def test_a_full_pool_refuses_a_conversation_clearly(model):
         pool.brain()
     first.close()
     pool.brain().close()  # the freed slot
+
+
+def test_the_server_opts_in_with_batch_true():
+    from csmlab.codec.batch import SharedCodec
+    from csmlab.serve.app import brain_factory
+    from csmlab.serve.config import load_settings
+
+    settings = load_settings(brain="loopback", listen=True, batch=True, max_sessions=2)
+    new_brain = brain_factory(settings)
+    first, second = new_brain(), new_brain()
+    assert first.codec() is second.codec() and isinstance(first.codec(), SharedCodec)
+    assert first.codec().backend.batches["encode"].slots.size == 2

@@ -29,7 +29,7 @@ import torch
 from csmlab.codec import Codec
 from csmlab.codec.backends import MoshiBackend
 from csmlab.codec.fast import FastMimiStream
-from csmlab.errors import CapacityError, ConfigError
+from csmlab.errors import AudioFormatError, CapacityError, ConfigError
 from csmlab.gather import Gather, GatherGroup
 from csmlab.metrics import FRAME_SIZE
 from csmlab.slots import Slots, clear_rows, row_views
@@ -63,13 +63,19 @@ class CodecBatch:
         self.slots.renew(slot)
 
     def encode(self, frames: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-        """One frame of 24 kHz audio per slot (`[1920]` float32) -> that frame's codes (`[K]` int64) per slot."""
+        """One frame of 24 kHz audio per slot (`[1920]` float32) -> that frame's codes (`[K]` int64) per slot.
+
+        Frames come clean (a `CodecSession` in front does validation and resampling); a frame of the
+        wrong shape is refused with `AudioFormatError` before any state moves."""
         if not frames:
             return {}
         self.slots.check(frames)
         rows = max(frames) + 1
         x = np.zeros((rows, 1, FRAME_SIZE), np.float32)  # [B, 1, 1920]
         for slot, frame in frames.items():
+            if np.shape(frame) != (FRAME_SIZE,):
+                raise AudioFormatError(f"slot {slot}: a batch step takes one frame of {FRAME_SIZE} samples at "
+                                       f"24 kHz, not shape {np.shape(frame)}; feed longer audio through SharedCodec")
             x[slot, 0] = frame
         codes = self._step(frames, lambda: self.model.encode(torch.from_numpy(x)))  # [B, K, 1]
         return {slot: codes[slot, :, 0].to(torch.int64).numpy() for slot in frames}
@@ -82,7 +88,7 @@ class CodecBatch:
         rows = max(codes) + 1
         x = torch.zeros(rows, self.codec.num_codebooks, 1, dtype=torch.long)  # [B, K, 1]
         for slot, frame in codes.items():
-            x[slot, :, 0] = torch.as_tensor(frame)
+            x[slot, :, 0] = torch.from_numpy(self.codec.check_codes(np.reshape(frame, (-1, 1)))[:, 0])
         pcm = self._step(codes, lambda: self.model.decode(x))  # [B, 1, 1920]
         return {slot: pcm[slot, 0].float().numpy().copy() for slot in codes}
 

@@ -47,11 +47,19 @@ def brain_factory(settings: Settings) -> Callable[[], Brain]:
         from csmlab.codec import load_codec
 
         codec = load_codec(8, weights=weights, listen=settings.listen)
+        if settings.batch:
+            from csmlab.pipeline.batching import SharedCodec
+
+            codec = SharedCodec(codec, settings.max_sessions)
         return lambda: LoopbackBrain(codec=codec)
     if settings.brain == "moshi":
         from csmlab import moshi
 
         model = moshi.load(weights, device=settings.device)
+        if settings.batch:
+            from csmlab.pipeline.batching import ConversationPool
+
+            return ConversationPool(model, settings.max_sessions).brain
         return lambda: make_brain("moshi", model=model)
     if settings.brain == "cascade":
         from csmlab.pipeline.voices import CsmSpeaker, make_voice

@@ -21,7 +21,7 @@ BRAINS = ("loopback", "moshi", "cascade", "scripted")
 TOKEN_ENV = "CSMLAB_TOKEN"
 SECTIONS = {
     "server": ("host", "port", "token", "insecure"),
-    "brain": ("brain", "weights", "listen", "device", "threads"),
+    "brain": ("brain", "weights", "listen", "device", "threads", "batch"),
     "limits": ("max_sessions", "max_session_s", "max_message_bytes", "idle_timeout_s"),
 }
 
@@ -39,6 +39,7 @@ class Settings:
     listen: bool = False  # offline: the small trained Mimi, so that the audio follows the speech
     device: str = "cpu"
     threads: int = 1  # torch threads, one setting for the whole process
+    batch: bool = False  # step all sessions' Moshi and Mimi in one forward per step (csmlab.pipeline.batching)
     max_sessions: int = 2
     max_session_s: float = 600.0
     max_message_bytes: int = 64 * 1024  # a 80 ms Opus page is ~300 bytes
