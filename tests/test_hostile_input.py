@@ -176,6 +176,8 @@ def test_moshi_steps_refuse_bad_codes_by_shape_and_type_and_take_unsigned_ones(m
     ({"top_k": 0}, "top_k must be an int >= 1"),
     ({"top_k_text": 2.5}, "top_k_text"),
     ({"use_sampling": "no"}, "use_sampling"),
+    ({"seed": "x"}, "seed must be an int"),  # escaped as torch's ValueError at the first step, not here
+    ({"seed": 1.5}, "seed must be an int"),
 ])
 def test_moshi_sampling_options_are_checked(moshi, sampling, match):
     with pytest.raises(ConfigError, match=match):

@@ -10,6 +10,7 @@ import torch
 
 from csmlab.errors import AudioFormatError
 from csmlab.pipeline import DuplexSession, ScriptedBrain, Utterance, make_brain
+from csmlab.pipeline.brain import Said
 from csmlab.serve import Settings
 from csmlab.serve.app import serve_in_thread
 from csmlab.widget.frames import KIND_MIC, KIND_SYSTEM, pack_frame, unpack_frame
@@ -81,3 +82,30 @@ def test_a_bad_audio_frame_to_the_server_is_answered_and_the_session_goes_on():
     assert [e["type"] for e in errors] == ["error", "error"]
     assert "divide by 32768" in errors[0]["message"] and "not audio samples" in errors[1]["message"]
     assert reply.type == aiohttp.WSMsgType.BINARY and unpack_frame(reply.data, kind=KIND_SYSTEM).seq == 2
+
+
+BAD_OUTPUTS = {  # what a brain (a learner's, or one with a bug) might return
+    "codes as a 0-d array": Said(codes=np.int64(5)),
+    "codes in bf16": Said(codes=torch.zeros(8, dtype=torch.bfloat16)),
+    "two frames of 4 codes": Said(codes=np.zeros((2, 4), np.int64)),
+    "pcm at int16 scale": Said(pcm=np.full(FRAME, 9000.0, np.float32)),
+    "pcm of 1e20": Said(pcm=np.full(FRAME, 1e20, np.float32)),
+    "pcm as text": Said(pcm="abc"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_OUTPUTS)
+def test_a_bad_brain_output_is_silence_and_a_fault_and_the_session_goes_on(case):
+    """A 0-d or bf16 `codes` escaped from push as IndexError/TypeError (the frame was lost); a pcm
+    of 9000 or 1e20 went out to the speaker as it was."""
+    brain = make_brain("loopback")
+    brain.step = lambda heard: BAD_OUTPUTS[case]
+    session = DuplexSession(brain)
+    try:
+        steps = session.push(tone(0.08), RATE)
+        assert len(steps) == 1 and steps[0].fault in ("bad_output", "decode_error")
+        assert not steps[0].pcm.any()
+        brain.step = lambda heard: Said(pcm=np.full(FRAME, 0.25, np.float32))
+        assert session.push(tone(0.08), RATE)[0].pcm[0] == np.float32(0.25)  # the next step is fine
+    finally:
+        session.close()

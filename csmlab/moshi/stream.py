@@ -164,6 +164,8 @@ class MoshiStream:
     """
 
     def __init__(self, model: Moshi, seed: int = 0, **sampling):
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):  # torch would refuse it at the first step
+            raise ConfigError(f"seed must be an int (the same seed gives the same tokens), not {seed!r}")
         self.model = model
         self.seed = seed
         self.gen = LMGen(model.lm, **check_sampling(sampling))

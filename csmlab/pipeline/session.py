@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from csmlab.audio import Resampler, check_sample_rate, to_mono
-from csmlab.errors import AudioFormatError, ComponentError, CsmlabError, StreamClosedError
+from csmlab.codec.codes import integer_codes
+from csmlab.errors import AudioFormatError, CodesError, ComponentError, CsmlabError, StreamClosedError
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
 from csmlab.pipeline.brain import FRAME_MS, SILENT, Brain, Heard, Said
 from csmlab.pipeline.clock import make_clock
@@ -290,16 +291,22 @@ class DuplexSession:
         with _timed(ms, "decode"):
             if said.codes is not None:
                 try:
-                    return self._system.decode(np.asarray(said.codes)[:, None]), None  # [K, 1] -> [1920]
+                    codes = integer_codes(said.codes)  # CodesError for bf16, floats, text
+                    if codes.ndim != 1:
+                        raise CodesError(f"a brain says one frame of codes, [K], not shape {codes.shape}")
+                    return self._system.decode(codes[:, None]), None  # [K, 1] -> [1920]
                 except CsmlabError as err:
                     self._log("decode", "error", f"{err}; system codec reset")
                     self._system.reset()
                     return silence, "decode_error"
             if said.pcm is None:
                 return silence, None
-            pcm = np.asarray(said.pcm, dtype=np.float32)
-            if pcm.shape != (FRAME_SIZE,) or not np.isfinite(pcm).all():
-                self._log("brain", "bad_output", f"brain gave pcm of shape {pcm.shape} (needs finite [{FRAME_SIZE}])")
+            try:  # what goes to the speaker: one frame of audio in [-1, 1], by csmlab.audio's rules
+                pcm = to_mono(said.pcm)
+                if pcm.shape != (FRAME_SIZE,):
+                    raise AudioFormatError(f"brain gave pcm of shape {pcm.shape}; a step says [{FRAME_SIZE}]")
+            except AudioFormatError as err:
+                self._log("brain", "bad_output", str(err))
                 return silence, "bad_output"
             return pcm, None
 
