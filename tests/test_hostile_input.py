@@ -311,3 +311,18 @@ def test_csm_decode_refuses_the_codec_layout(voice, codec, speech):
     with pytest.raises(CodesError, match=r"got shape \(32, 5\).*codes\.T"):
         voice.decode(np.zeros((32, 5), np.int64))
     assert voice.decode(codes.T).shape == (13 * FRAME_SIZE,)  # the fix works
+
+
+def test_an_interrupt_mid_encode_leaves_the_session_refusing_until_reset(codec, speech, monkeypatch):
+    """Interrupting the kernel during a session's encode (KeyboardInterrupt, not an Exception) left the
+    state half-updated and the session went on with it, silently; now it is refused, like a failure."""
+    with codec.stream() as s:
+        s.encode(speech[: RATE // 2], RATE)
+        monkeypatch.setattr(s._stream, "encode", lambda x: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            s.encode(speech[RATE // 2 :], RATE)
+        monkeypatch.undo()
+        with pytest.raises(ComponentError, match="call reset"):
+            s.encode(speech[:100], RATE)
+        s.reset()
+        assert np.array_equal(np.concatenate([s.encode(speech, RATE), s.flush()], axis=1), session_codes(codec, [speech]))

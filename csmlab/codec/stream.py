@@ -105,10 +105,12 @@ class CodecSession:
         turned into codes, so that nothing is lost (re-send it at 24 kHz after the reset)."""
         try:
             return call(*args)
-        except Exception as err:
+        except BaseException as err:  # an interrupt (Ctrl-C, the notebook's stop button) half-updates it too
             self._failure = f"{type(err).__name__}: {err}"
             if self._resampler is not None and not self._flushed:  # its delay line holds audio too
                 self._buffer = np.concatenate([self._buffer, self._resampler.push(np.zeros(0, np.float32), last=True)])
+            if not isinstance(err, Exception):
+                raise
             raise ComponentError(
                 f"the {self.codec.name} codec failed mid-stream ({self._failure}). Recover with: "
                 "audio = session.unencoded; session.reset(); session.encode(audio, 24000)"
