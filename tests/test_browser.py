@@ -41,6 +41,7 @@ LAG_TOLERANCE_MS = 25  # echo lag vs measured round trip: two render quanta of 1
 # sends silence for a step over 80 ms: on this project's shared 2-core machine at load 10-37 nearly
 # every step was late, so no in-browser value is recorded yet; the small Mimi costs 26 ms CPU a step.
 ENVELOPE_MS = 10
+LIVE_CELL = 'DuplexWidget(brain=\\"loopback\\")'  # as the notebook's JSON spells the live cell
 MIN_ENVELOPE_CORRELATION = 0.6
 
 
@@ -94,7 +95,13 @@ def browser_run(tmp_path_factory):
     if not SPEECH.exists():
         pytest.skip(f"{SPEECH} is missing: run `python data/fetch.py`")
     root = tmp_path_factory.mktemp("lab")
-    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)  # JupyterLab may save it: never the repository's copy
+    # JupyterLab may save the notebook: run a copy, never the repository's. In the copy the live cell
+    # keeps every step's audio (clock="simulated"): with the real-time clock a step that overruns its
+    # deadline sends silence, and on a 2-core CI machine that also runs JupyterLab and Chromium that
+    # decides how much echo comes back. The real-time policy is tested without a browser (test_widget).
+    source = NOTEBOOK.read_text()
+    assert LIVE_CELL in source, f"notebook 05 no longer has the live cell {LIVE_CELL!r}"
+    (root / NOTEBOOK.name).write_text(source.replace(LIVE_CELL, LIVE_CELL[:-1] + ', clock=\\"simulated\\")'))
     OUT.mkdir(parents=True, exist_ok=True)
     errors, result = [], {}
     with jupyter_lab(root) as (url, token), sync_playwright() as p:
@@ -106,7 +113,7 @@ def browser_run(tmp_path_factory):
             page.goto(f"{url}/lab/tree/{NOTEBOOK.name}?token={token}")
             page.wait_for_selector("text=/Python 3 \\(ipykernel\\) \\| Idle/", timeout=90_000)
             page.wait_for_selector(".jp-Spinner", state="detached", timeout=30_000)
-            cell = _run_cell(page, 'DuplexWidget(brain="loopback")')
+            cell = _run_cell(page, "live = DuplexWidget(")
             widget = cell.locator(".csmlab-duplex")
             widget.wait_for(timeout=60_000)
             widget.locator(".csmlab-start").click()
@@ -170,7 +177,8 @@ def test_echo_comes_back_and_matches_the_input(browser_run):
     }
     (OUT / "latency.json").write_text(json.dumps(figures, indent=1))
     print(json.dumps(figures, indent=1))
-    assert page["counts"]["played"] > 0 and page["levels"]["output"] > -60
+    output = browser_run["recording"]["output"]
+    assert page["counts"]["played"] > 0 and np.sqrt(np.mean(output ** 2)) > 1e-3, "no echo came back to the speaker"
     why = (f"{echo}; the kernel was late on {kernel['late']} of {kernel['steps']} steps (a step over 80 ms sends "
            f"silence) at load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     assert echo["windows"] >= 3 and echo["correlation"] > MIN_ENVELOPE_CORRELATION, why
