@@ -97,7 +97,7 @@ def test_sampled_stream_with_same_seed_is_generate(voice):
 def test_stream_yields_one_frame_of_audio_per_step_equal_to_whole_decode(voice, reference):
     chunks = list(voice.stream(TEXT, max_audio_ms=FRAMES * csm.FRAME_MS, sampling=GREEDY))
     assert [c.shape for c in chunks] == [(FRAME_SIZE,)] * FRAMES
-    whole = voice.decode(reference)  # transformers' Mimi, all frames at once
+    whole = voice.decode(reference, layout="TK")  # transformers' Mimi, all frames at once
     assert snr(whole, np.concatenate(chunks)) > 60  # streaming moshi Mimi == batch transformers Mimi
 
 
@@ -155,7 +155,7 @@ def test_without_the_window_fix_codes_drift_after_10_s(long_codes):
 def test_moshi_hears_first_8_codebooks(voice, reference):
     heard = csm.moshi_hears(voice, reference)  # moshi's Mimi with 8 codebooks
     assert heard.shape == (FRAMES * FRAME_SIZE,)
-    assert snr(voice.decode(reference[:, :8]), heard) > 60  # == CSM's own Mimi fed 8 codebooks
+    assert snr(voice.decode(reference[:, :8], layout="TK"), heard) > 60  # == CSM's own Mimi fed 8 codebooks
     other_deep = reference.clone()
     other_deep[:, 8:] = torch.randint(0, 2048, other_deep[:, 8:].shape)
     assert np.array_equal(csm.moshi_hears(voice, other_deep), heard)  # codebooks 8..31 never reach Moshi

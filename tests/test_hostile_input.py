@@ -311,6 +311,17 @@ def test_csm_decode_refuses_the_codec_layout(voice, codec, speech):
     with pytest.raises(CodesError, match=r"got shape \(32, 5\).*codes\.T"):
         voice.decode(np.zeros((32, 5), np.int64))
     assert voice.decode(codes.T).shape == (13 * FRAME_SIZE,)  # the fix works
+    assert np.array_equal(voice.decode(codes, layout="KT"), voice.decode(codes.T))  # or naming the layout
+
+
+@pytest.mark.parametrize("shape", [(32, 8), (8, 32), (8, 8), (32, 32)])
+def test_csm_decode_asks_for_the_layout_when_the_shape_fits_both(voice, shape):
+    """Case 12: `[32, 8]` is 8 frames of 32 codebooks or 32 frames of 8: never guessed."""
+    codes = np.zeros(shape, np.int64)
+    with pytest.raises(CodesError, match="layout='TK'.*layout='KT'"):
+        voice.decode(codes)
+    assert voice.decode(codes, layout="TK").shape == (shape[0] * FRAME_SIZE,)
+    assert voice.decode(codes, layout="KT").shape == (shape[1] * FRAME_SIZE,)
 
 
 def test_an_interrupt_mid_encode_leaves_the_session_refusing_until_reset(codec, speech, monkeypatch):

@@ -134,13 +134,23 @@ def _check_audio(audio, sample_rate: int, what: str) -> np.ndarray:
         raise AudioFormatError(f"{what}: {err}") from err
 
 
-def _check_codes(codes, num_codebooks: int = 32, cardinality: int = 2048) -> torch.Tensor:
+def _check_codes(codes, num_codebooks: int = 32, cardinality: int = 2048, layout: str | None = None) -> torch.Tensor:
     """`[T, K]` integer codes (K = `num_codebooks`, or Moshi's 8) inside Mimi's codebooks, or a CodesError.
 
     The codec's codes are `[K, n]` and CSM's `[T, K]`: a transposed array is refused by its shape,
-    not decoded as noise (a `[K, K]` array alone cannot say which it is)."""
+    not decoded as noise. When both axes could be codebooks (`[32, 8]` is 8 frames of the codec's 32
+    codebooks, or 32 frames of Moshi's 8), the shape cannot tell: the caller names the layout."""
+    if layout not in (None, "TK", "KT"):
+        raise ConfigError(f"layout must be 'TK' (CSM's [frames, codebooks]) or 'KT' (csmlab.codec's [codebooks, frames]), not {layout!r}")
     codes = integer_codes(codes)
+    if layout == "KT" and codes.ndim == 2:
+        codes = codes.T
     widths = (num_codebooks, MOSHI_CODEBOOKS)
+    if layout is None and codes.ndim == 2 and codes.shape[0] in widths and codes.shape[1] in widths:
+        raise CodesError(
+            f"codes of shape {tuple(codes.shape)} could be CSM's [T, K] or csmlab.codec's [K, n]: say which, "
+            "decode(codes, layout='TK') or decode(codes, layout='KT')"
+        )
     if codes.ndim != 2 or codes.shape[1] not in widths:
         hint = "; csmlab.codec's encode() gives [K, n]: pass codes.T" if codes.ndim == 2 and codes.shape[0] in widths else ""
         raise CodesError(
@@ -268,7 +278,7 @@ class CsmVoice:
     def generate(self, text: str, speaker: int = 0, context: Sequence[Segment] = (),
                  max_audio_ms: int = DEFAULT_MAX_AUDIO_MS, sampling: Sampling = Sampling()) -> np.ndarray:
         """The whole utterance as 24 kHz audio, decoded once at the end (Sesame's reference way)."""
-        return self.decode(self.generate_codes(text, speaker, context, max_audio_ms, sampling))
+        return self.decode(self.generate_codes(text, speaker, context, max_audio_ms, sampling), layout="TK")
 
     def _ends_audio(self, frames: torch.Tensor) -> torch.Tensor:
         """Per `[..., 32]` frame: is it CSM's end-of-audio frame (codebooks 0..30 all `codebook_eos_token_id`)?"""
@@ -280,9 +290,12 @@ class CsmVoice:
         return codes[: int(eos[0])] if len(eos) else codes
 
     @torch.inference_mode()
-    def decode(self, codes: torch.Tensor) -> np.ndarray:
-        """`[T, K]` codes -> audio with CSM's own (transformers) Mimi, all at once. K < 32 works too."""
-        codes = _check_codes(codes, self.config.num_codebooks, self.config.codec_config.codebook_size)
+    def decode(self, codes: torch.Tensor, layout: str | None = None) -> np.ndarray:
+        """`[T, K]` codes -> audio with CSM's own (transformers) Mimi, all at once. K = 32 or Moshi's 8.
+
+        `layout="KT"` takes csmlab.codec's `[K, n]` instead; a shape that fits both (`[32, 8]`) needs
+        `layout`, since the shape alone cannot say which it is."""
+        codes = _check_codes(codes, self.config.num_codebooks, self.config.codec_config.codebook_size, layout)
         audio = self.model.codec_model.decode(codes.T[None].to(self.model.device)).audio_values  # [1, 1, T*1920]
         return audio[0, 0].float().cpu().numpy()
 
