@@ -184,7 +184,12 @@ def test_echo_comes_back_and_matches_the_input(browser_run):
     assert echo["windows"] >= 3 and echo["correlation"] > MIN_ENVELOPE_CORRELATION, why
     shown = re.search(r"round trip\s+(\d+) ms", browser_run["shown"])  # what the widget displays
     assert shown and np.isfinite(round_trip) and round_trip > 0, browser_run["shown"]
-    assert abs(echo["lag_ms"] - (round_trip + delay_ms)) < LAG_TOLERANCE_MS + ENVELOPE_MS, (echo, round_trip, delay_ms)
+    # The page's playback buffer absorbs bursts of late steps and grows during the run, so the echo's
+    # lag over the recorded seconds lies between the path's fixed part (one captured frame plus the
+    # loopback delay) and the round trip the page measured last, plus the loopback delay.
+    fixed = page["latency"]["capture"]["median"] + delay_ms
+    longest = max(round_trip, page["latency"]["roundTrip"]["last"]) + delay_ms
+    assert fixed - ENVELOPE_MS <= echo["lag_ms"] <= longest + LAG_TOLERANCE_MS + ENVELOPE_MS, (echo, fixed, longest)
 
 
 def test_no_javascript_errors(browser_run):
