@@ -40,9 +40,11 @@ LAG_TOLERANCE_MS = 25  # echo lag vs measured round trip: two render quanta of 1
 # 0.94 (notebook 05's twin) at exactly the loopback delay. Through the browser the real-time clock
 # sends silence for a step over 80 ms: on this project's shared 2-core machine at load 10-37 nearly
 # every step was late, so no in-browser value is recorded yet; the small Mimi costs 26 ms CPU a step.
+# Recorded: quiet fresh-clone runs here gave 0.67, 0.73 and 0.76 (0.37-0.46 with the machine loaded by
+# other work); the call's input against 12 s of its own unrelated speech gives 0.26, against noise 0.13.
 ENVELOPE_MS = 10
 LIVE_CELL = 'DuplexWidget(brain=\\"loopback\\")'  # as the notebook's JSON spells the live cell
-MIN_ENVELOPE_CORRELATION = 0.6
+MIN_ENVELOPE_CORRELATION = 0.5
 
 
 def _cell(page, text: str):
