@@ -3,7 +3,7 @@
     codec = load_codec(num_codebooks=8, backend="moshi")   # or "rustymimi", "transformers"
     codes = codec.encode(audio, sample_rate)   # [K, T] int64, batch (offline) mode
     audio24k = codec.decode(codes)             # [T * 1920] float32 mono at 24 kHz
-    with codec.stream() as s:                  # one session per audio stream
+    with codec.stream() as s:                  # one session per audio stream (precision="int8": cheaper, inexact)
         new_codes = s.encode(chunk, sample_rate)  # chunks of any length -> [K, n] for frames now complete
         pcm = s.decode(new_codes)                 # 1920 samples per frame
         tail = s.flush()                          # zero-pads and encodes what is still buffered
@@ -31,6 +31,7 @@ import numpy as np
 
 from csmlab.audio import MIMI_RATE, to_mimi
 from csmlab.codec.backends import BACKENDS
+from csmlab.codec.precision import ReducedMoshiBackend, check_precision
 from csmlab.codec.codes import check_range, integer_codes
 from csmlab.codec.stream import CodecSession
 from csmlab.errors import CodesError, ConfigError
@@ -53,13 +54,15 @@ class Codec:
         self.backend, self.weights = backend, weights
         self.num_codebooks: int = backend.num_codebooks
         self.codebook_size: int = backend.codebook_size  # 2048 for Mimi, 1024 for the small one
+        self.precision: str = getattr(backend, "precision", "fp32")  # "int8": see csmlab.codec.precision
 
     @property
     def name(self) -> str:
         return self.backend.name
 
     def __repr__(self) -> str:
-        return f"Codec(backend={self.name!r}, num_codebooks={self.num_codebooks}, weights={self.weights.kind})"
+        reduced = "" if self.precision == "fp32" else f", precision={self.precision!r}: REDUCED PRECISION, codes differ from fp32"
+        return f"Codec(backend={self.name!r}, num_codebooks={self.num_codebooks}, weights={self.weights.kind}{reduced})"
 
     def encode(self, audio, sample_rate, layout: str = "auto") -> np.ndarray:
         """Encode a whole clip: `[K, ceil(T24 / 1920)]` int64 codes (`T24` samples after resampling)."""
@@ -101,12 +104,14 @@ class Codec:
         return f"load_codec(num_codebooks={k}) to decode them"
 
 @functools.lru_cache(maxsize=8)
-def _backend(name: str, path: Path, num_codebooks: int, config: str | None):
+def _backend(name: str, path: Path, num_codebooks: int, config: str | None, precision: str):
+    if precision != "fp32":  # a model of its own: the fp32 codec's weights are never touched
+        return ReducedMoshiBackend(path, num_codebooks, config and json.loads(config), precision)
     return BACKENDS[name](path, num_codebooks, config and json.loads(config))
 
 
 def load_codec(num_codebooks: int = 8, backend: str = "moshi", weights: str | Path | WeightsSource | None = None,
-               listen: bool = False) -> Codec:
+               listen: bool = False, precision: str = "fp32") -> Codec:
     """Load Mimi with `num_codebooks` (1..32; Moshi uses 8) on one of `"moshi"`, `"rustymimi"`, `"transformers"`.
 
     `weights` is a moshi-format checkpoint path or a `WeightsSource`; by default `resolve("mimi")`
@@ -114,9 +119,12 @@ def load_codec(num_codebooks: int = 8, backend: str = "moshi", weights: str | Pa
     `listen=True` is for hearing the result: without real weights it loads the small Mimi trained
     on synthetic speech (moshi backend, 1..8 codebooks of 1024) instead of the full-size stand-in.
     Loaded models are cached, so loading the same codec twice is free.
+    `precision="int8"` (moshi backend) loads a separate int8-weight copy for cheaper streaming; its
+    codes differ from fp32's at times (`csmlab.codec.precision`), so keep "fp32" where equality matters.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+    check_precision(precision, backend)
     if isinstance(num_codebooks, bool) or not isinstance(num_codebooks, int) or not 1 <= num_codebooks <= MAX_CODEBOOKS:
         raise CodesError(f"num_codebooks must be an int in 1..{MAX_CODEBOOKS} (Moshi uses 8), not {num_codebooks!r}")
     if isinstance(weights, WeightsSource):
@@ -124,4 +132,4 @@ def load_codec(num_codebooks: int = 8, backend: str = "moshi", weights: str | Pa
     else:
         source = resolve_listening(weights) if listen else resolve("mimi", weights)
     config = source.config and json.dumps(source.config, sort_keys=True)  # hashable, for the cache
-    return Codec(_backend(backend, Path(source.path), num_codebooks, config), source)
+    return Codec(_backend(backend, Path(source.path), num_codebooks, config, precision), source)
