@@ -32,6 +32,9 @@ def add_arguments(parser) -> None:
                         help="instead: streams stepped together in one forward (e.g. 1,2,4,8,16), with --seconds "
                              "of audio each (default 4 s here)")
     parser.add_argument("--listen", action="store_true", help="with --streams: the small trained Mimi")
+    parser.add_argument("--precision", default=None, metavar="int8",
+                        help="instead: a reduced-precision codec next to fp32 (per-frame cost, cold frame, memory, "
+                             "agreement of codes, log-mel distance); 1 thread unless --threads")
 
 
 def _frames(seconds: float) -> np.ndarray:
@@ -214,6 +217,13 @@ def print_table(figures: dict, goal: bool = True) -> None:
 
 
 def run(args) -> dict:
+    if args.precision:
+        from csmlab.bench import codec_precision
+
+        figures = codec_precision.measure(args.precision, _frames(args.seconds), args.codebooks, args.warmup,
+                                          args.threads or 1)
+        codec_precision.print_report(figures)
+        return figures
     if args.streams:
         figures = measure_streams(args.streams, args.seconds if args.seconds != 10.0 else 4.0, args.codebooks,
                                   args.listen, args.threads or 1)
