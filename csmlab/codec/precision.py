@@ -15,14 +15,23 @@ also deprecated in torch 2.13. Here the activations are only rounded to bf16, el
 so a row's result does not depend on its neighbours: streaming equals batch for this precision up
 to float near-ties.
 
-What is quantized: every Linear and every ungrouped, unpadded Conv1d / ConvTranspose1d with at
-least `MIN_WEIGHTS` weights (the transformers and the deep SEANet layers: 309 of Mimi's 317 MB).
+What is quantized: every Linear (the transformers') and every ungrouped, unpadded Conv1d /
+ConvTranspose1d with at least `MIN_WEIGHTS` weights (the deep SEANet layers): 309 of Mimi's 317 MB.
 Each output row of a weight gets its own scale (absmax / 127, held in bf16); the small first and
 last layers, norms and codebooks stay fp32. One product `x @ W.T` is then: `x` rounded to bf16,
 times the int8 weights, summed in fp32, times the scale, the result rounded to bf16, plus an fp32
 bias. Few rows (a streaming call) run `_weight_int8pack_mm`, which reads the int8 weights once;
 many rows (a batch clip) dequantize the weights and use fp32 BLAS, which computes the same thing
-(a bf16 value times an int8 times a bf16 scale is exact in fp32) and was 2x faster for 250 rows.
+(a bf16 value times an int8 times a bf16 scale is exact in fp32). On AVX2 the int8 kernel's cost
+grows with the rows (24 MB of int8 weights: 6 ms for 2 rows, 13 for 8, 104 for 64; dequantize +
+BLAS 166 for 64, 180 for 128), so it pays for one stream (2 rows per transformer layer) and less
+and less for batched streams (`csmlab.codec.batch`: 2 rows per stream).
+
+Streaming equals batch only up to *bf16* near-ties: rounding to bf16 turns an fp32 summation-order
+difference (1e-7) into one bf16 step (4e-3) wherever a value sits near a rounding boundary, and
+the codes flip where such a step meets a near-tie of the quantizer. Measured on data/speech with
+the small trained Mimi: isolated flips (99.5% of codebook 0, 99.0% of all codes equal; fp32
+streaming gives 100%).
 """
 from __future__ import annotations
 
@@ -39,7 +48,7 @@ PRECISIONS = {
             "codes differ from fp32 at times",
 }
 MIN_WEIGHTS = 2**18  # 1 MB in fp32: smaller layers run at high rates on few weights, and stay fp32
-FEW_ROWS = 16  # rows up to which the int8 kernel pays (measured: equal to fp32 BLAS at 16, 2x slower at 250)
+FEW_ROWS = 64  # rows up to which the int8 kernel beats dequantizing (measured: 104 vs 166 ms at 64, 246 vs 180 at 128)
 
 
 def check_precision(precision: str, backend: str) -> str:
@@ -158,12 +167,13 @@ class Int8ConvTranspose1d(nn.ConvTranspose1d):
 
 
 def _int8_module(module: nn.Module) -> nn.Module | None:
-    """The int8 replacement for `module`, or None where it stays fp32."""
+    """The int8 replacement for `module`, or None where it stays fp32: every Linear (they are the
+    transformers', 2 tokens per frame), and the convs with at least `MIN_WEIGHTS` weights."""
+    if type(module) is nn.Linear:
+        return Int8Linear(module)
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.numel() < MIN_WEIGHTS:
         return None
-    if type(module) is nn.Linear:
-        return Int8Linear(module)
     if type(module) is nn.Conv1d and module.groups == 1 and module.padding == (0,):
         return Int8Conv1d(module)
     if (type(module) is nn.ConvTranspose1d and module.groups == 1 and module.padding == (0,)
