@@ -18,6 +18,7 @@ from csmlab import metrics
 from csmlab.bench.streams import cached, conditions, parse_streams, plot_scaling, scaling, state_mb  # noqa: F401
 from csmlab.codec import FRAME_SIZE, load_codec
 from csmlab.codec.batch import CodecBatch, agreement
+from csmlab.codec.precision import PRECISIONS
 from csmlab.data import real_recording
 
 FRAME_S = FRAME_SIZE / 24_000
@@ -32,7 +33,7 @@ def add_arguments(parser) -> None:
                         help="instead: streams stepped together in one forward (e.g. 1,2,4,8,16), with --seconds "
                              "of audio each (default 4 s here)")
     parser.add_argument("--listen", action="store_true", help="with --streams: the small trained Mimi")
-    parser.add_argument("--precision", default=None, metavar="int8",
+    parser.add_argument("--precision", default=None, choices=sorted(set(PRECISIONS) - {"fp32"}),
                         help="instead: a reduced-precision codec next to fp32 (per-frame cost, cold frame, memory, "
                              "agreement of codes, log-mel distance); 1 thread unless --threads")
 

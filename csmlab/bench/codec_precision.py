@@ -6,7 +6,8 @@ loading. Fidelity: the espeak-ng utterances of data/speech, encoded in batch by 
 full-size Mimi and on the small trained one (`listen=True`): how many codes agree with fp32's
 (codebook 0, which Moshi listens to most, and all), and the log-mel distance of the reduced round
 trip (its encode, its decode) from fp32's round trip, next to fp32's own distance from the input
-for scale. The offline full-size Mimi has random weights, whose codebook choices sit much nearer
+for scale. Memory is what the model holds (weights, scales, all 32 codebooks). The offline
+full-size Mimi has random weights, whose codebook choices sit much nearer
 to ties than a trained model's: its agreement is a pessimistic figure.
 """
 from __future__ import annotations
@@ -121,7 +122,7 @@ def print_report(f: dict) -> None:
     print(f"{f['reduced']}")
     print(f"{start['utc']}: load average {start['load_average_1min']:.1f} -> {end['load_average_1min']:.1f} on "
           f"{start['cores']} cores; {f['frames']} frames of 80 ms, {f['torch_threads']} thread, sessions taking turns")
-    print(f"{'precision':<11}{'p50 ms':>8}{'p95 ms':>8}{'cold frame ms':>15}{'weights MB':>12}{'stream = batch cb0/all':>24}")
+    print(f"{'precision':<11}{'p50 ms':>8}{'p95 ms':>8}{'cold frame ms':>15}{'MB held':>12}{'stream = batch cb0/all':>24}")
     for name, s in f["streaming"].items():
         a = f["stream_vs_batch"][name]
         print(f"{name:<11}{s['p50']:>8.1f}{s['p95']:>8.1f}{f['cold'][name]['first_frame_ms']:>15.0f}"
