@@ -61,7 +61,8 @@ class Codec:
         return self.backend.name
 
     def __repr__(self) -> str:
-        reduced = "" if self.precision == "fp32" else f", precision={self.precision!r}: REDUCED PRECISION, codes differ from fp32"
+        reduced = "" if self.precision == "fp32" else \
+            f", precision={self.precision!r}: REDUCED PRECISION, codes differ from fp32"
         return f"Codec(backend={self.name!r}, num_codebooks={self.num_codebooks}, weights={self.weights.kind}{reduced})"
 
     def encode(self, audio, sample_rate, layout: str = "auto") -> np.ndarray:

@@ -12,26 +12,29 @@ weights no faster (AVX2 has no bf16 arithmetic, the kernel converts); int8 weigh
 (`quantize_dynamic`) was as fast but quantizes each call's activations with one scale for the
 whole call, so a streamed frame and the same frame inside a batch clip got different codes; it is
 also deprecated in torch 2.13. Here the activations are only rounded to bf16, element by element,
-so a row's result does not depend on its neighbours: streaming equals batch for this precision up
-to float near-ties.
+so a row's result does not depend on its neighbours (see the last paragraph for what remains).
+Whole Mimi, one stream, 8 codebooks: 0.69x fp32's per-frame cost (`csmlab bench codec --precision
+int8`, data/results/bench_codec_int8.json); the rest is small-op overhead and the fp32 early layers.
 
 What is quantized: every Linear (the transformers') and every ungrouped, unpadded Conv1d /
-ConvTranspose1d with at least `MIN_WEIGHTS` weights (the deep SEANet layers): 309 of Mimi's 317 MB.
+ConvTranspose1d with at least `MIN_WEIGHTS` weights (the deep SEANet layers): 312 of Mimi's 317 MB
+of weight matrices, which become 78 MB of int8.
 Each output row of a weight gets its own scale (absmax / 127, held in bf16); the small first and
 last layers, norms and codebooks stay fp32. One product `x @ W.T` is then: `x` rounded to bf16,
 times the int8 weights, summed in fp32, times the scale, the result rounded to bf16, plus an fp32
 bias. Few rows (a streaming call) run `_weight_int8pack_mm`, which reads the int8 weights once;
 many rows (a batch clip) dequantize the weights and use fp32 BLAS, which computes the same thing
 (a bf16 value times an int8 times a bf16 scale is exact in fp32). On AVX2 the int8 kernel's cost
-grows with the rows (24 MB of int8 weights: 6 ms for 2 rows, 13 for 8, 104 for 64; dequantize +
+grows with the rows (25 MB of int8 weights: 6 ms for 2 rows, 13 for 8, 104 for 64; dequantize +
 BLAS 166 for 64, 180 for 128), so it pays for one stream (2 rows per transformer layer) and less
 and less for batched streams (`csmlab.codec.batch`: 2 rows per stream).
 
 Streaming equals batch only up to *bf16* near-ties: rounding to bf16 turns an fp32 summation-order
 difference (1e-7) into one bf16 step (4e-3) wherever a value sits near a rounding boundary, and
 the codes flip where such a step meets a near-tie of the quantizer. Measured on data/speech with
-the small trained Mimi: isolated flips (99.5% of codebook 0, 99.0% of all codes equal; fp32
-streaming gives 100%).
+the small trained Mimi: isolated flips (100 ms chunks: 99.5% of codebook 0 and 99.0% of all codes
+equal; 250 ms chunks: 100% and 98.9%); on the random full-size Mimi, whose codebooks sit nearer to
+ties, 92% and 91% (fp32 streaming gives 100% on both).
 """
 from __future__ import annotations
 
@@ -53,7 +56,7 @@ FEW_ROWS = 64  # rows up to which the int8 kernel beats dequantizing (measured: 
 
 def check_precision(precision: str, backend: str) -> str:
     """`precision` if csmlab offers it on `backend`, else a `ConfigError` that says what to pass."""
-    if precision not in PRECISIONS:
+    if not isinstance(precision, str) or precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {sorted(PRECISIONS)} "
                           "('fp32' is exact; 'int8' trades exactness for cheaper streaming)")
     if precision != "fp32" and backend != "moshi":
@@ -91,6 +94,13 @@ def _placeholder() -> nn.Parameter:
     return nn.Parameter(torch.empty(0), requires_grad=False)
 
 
+def _copy_conv_attributes(source: nn.Module, target: nn.Module) -> None:
+    """The hyperparameters moshi's streaming wrappers and `repr` read from a conv."""
+    for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                 "padding_mode", "transposed", "output_padding"):
+        setattr(target, attr, getattr(source, attr))
+
+
 class Int8Linear(nn.Linear):
     """An `nn.Linear` with int8 weights: `[..., in] -> [..., out]` (a subclass, so moshi accepts it,
     and not `nn.Linear` itself, so `csmlab.codec.fast` leaves its forward alone)."""
@@ -114,9 +124,7 @@ class Int8Conv1d(nn.Conv1d):
 
     def __init__(self, conv: nn.Conv1d):
         nn.Module.__init__(self)
-        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
-                     "padding_mode", "transposed", "output_padding"):
-            setattr(self, attr, getattr(conv, attr))
+        _copy_conv_attributes(conv, self)
         self.weight, self.bias = _placeholder(), conv.bias
         q, scales = quantize_rows(conv.weight.detach().reshape(conv.out_channels, -1))
         self.register_buffer("qweight", q)  # [C_out, C_in * k] int8
@@ -144,9 +152,7 @@ class Int8ConvTranspose1d(nn.ConvTranspose1d):
 
     def __init__(self, convtr: nn.ConvTranspose1d):
         nn.Module.__init__(self)
-        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
-                     "padding_mode", "transposed", "output_padding"):
-            setattr(self, attr, getattr(convtr, attr))
+        _copy_conv_attributes(convtr, self)
         self.weight, self.bias = _placeholder(), convtr.bias
         taps = convtr.weight.detach().reshape(convtr.in_channels, -1).T  # [C_out * k, C_in]
         q, scales = quantize_rows(taps)
