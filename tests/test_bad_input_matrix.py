@@ -15,8 +15,6 @@ import sphn
 import torch
 
 from csmlab import csm
-from csmlab.codec import load_codec
-from csmlab.data import real_recording
 from csmlab.errors import AudioFormatError, CodesError, ConfigError, CsmlabError, StreamClosedError
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
 from csmlab.pipeline import DuplexSession, LoopbackBrain, make_brain
@@ -25,28 +23,9 @@ from csmlab.serve.protocol import ProtocolError, audio_payload
 RATE = 16_000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def chunks():
-    speech = real_recording(RATE).audio[8 * RATE: 9 * RATE]  # 1 s of the call, 16 kHz
-    return np.array_split(speech, 5)
-
-
-@pytest.fixture(scope="module")
-def codec():
-    return load_codec(8, listen=True)  # the small trained Mimi: every check runs before the model
-
-
-@pytest.fixture(scope="module")
-def voice():
-    return csm.load_csm()
+def chunks(speech):
+    return np.array_split(speech, 5)  # 1 s of the call at 16 kHz (RATE)
 
 
 class Inject:
@@ -65,7 +44,7 @@ class Inject:
 
 # -- the jobs: each takes (fixtures, inject) and returns what a user would keep ---------------------
 def codec_encode(f, inject, bad_chunk, bad_rate=RATE):
-    with f["codec"].stream() as s:
+    with f["small_codec"].stream() as s:
         out = [s.encode(f["chunks"][0], RATE)]
         inject(lambda: s.encode(bad_chunk, bad_rate))
         out += [s.encode(c, RATE) for c in f["chunks"][1:]] + [s.flush()]
@@ -73,8 +52,8 @@ def codec_encode(f, inject, bad_chunk, bad_rate=RATE):
 
 
 def codec_decode(f, inject, bad_codes):
-    codes = f["codec"].encode(np.concatenate(f["chunks"]), RATE)
-    with f["codec"].stream() as s:
+    codes = f["small_codec"].encode(np.concatenate(f["chunks"]), RATE)
+    with f["small_codec"].stream() as s:
         out = [s.decode(codes[:, :6])]
         inject(lambda: s.decode(bad_codes(codes)))
         out.append(s.decode(codes[:, 6:]))
@@ -82,14 +61,14 @@ def codec_decode(f, inject, bad_codes):
 
 
 def codec_closed(f, inject):
-    other = f["codec"].stream()
+    other = f["small_codec"].stream()
     other.close()
     inject(lambda: other.encode(f["chunks"][0], RATE))  # a closed session says so; live ones go on
     return codec_encode(f, Inject(), None)
 
 
 def pipeline(f, inject, bad_chunk, bad_rate=RATE):
-    with DuplexSession(LoopbackBrain(delay_ms=80, codec=f["codec"])) as session:
+    with DuplexSession(LoopbackBrain(delay_ms=80, codec=f["small_codec"])) as session:
         steps = session.push(f["chunks"][0], RATE) + session.push(f["chunks"][1], RATE)
         inject(lambda: session.push(bad_chunk, bad_rate))
         for c in f["chunks"][2:]:
@@ -166,7 +145,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.layer}: {c.kind}" for c in CASES])
 def test_bad_input_is_refused_clearly_and_loses_nothing(case, request):
-    needs = {"codec": ["codec", "chunks"], "pipeline": ["codec", "chunks"], "voice": ["voice", "chunks"], "server": []}
+    needs = {"codec": ["small_codec", "chunks"], "pipeline": ["small_codec", "chunks"], "voice": ["voice", "chunks"], "server": []}
     fixtures = {name: request.getfixturevalue(name) for name in needs[case.layer]}
     clean = case.job(fixtures, Inject())
     inject = Inject(case.error, case.words)

@@ -5,18 +5,12 @@ import argparse
 
 import matplotlib
 import pytest
-import torch
 
 from csmlab.bench import codec as bench_codec
 from csmlab.bench import moshi as bench_moshi
 from csmlab.bench.streams import held_in_real_time, parse_streams, plot_scaling
 
 matplotlib.use("Agg")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
 
 
 def test_codec_scaling_figures_and_plot():

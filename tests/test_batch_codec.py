@@ -16,11 +16,6 @@ from csmlab.gather import Gather
 RATE = 24000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
 def frames_of(start_s: float, n: int) -> np.ndarray:
     audio = real_recording(RATE).audio
     start = int(start_s * RATE)

@@ -4,25 +4,14 @@ the same seed (its sampling drawn from its own RNG, whoever else is in the batch
 import pytest
 import torch
 
-from csmlab import moshi as M
 from csmlab.errors import CapacityError, ConfigError
 from csmlab.moshi.batch import MoshiBatch
 from csmlab.moshi.stream import MoshiStream
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return M.load()
-
-
-def user_frames(model, n: int, seed: int) -> list:
+def user_frames(moshi, n: int, seed: int) -> list:
     g = torch.Generator().manual_seed(seed)
-    frames = list(torch.randint(0, model.lm.card, (n, model.num_user_codebooks), generator=g))
+    frames = list(torch.randint(0, moshi.lm.card, (n, moshi.num_user_codebooks), generator=g))
     frames[n // 2] = None  # a frame lost on the way: silence stands in
     return frames
 
@@ -31,15 +20,15 @@ def tokens(steps) -> list:
     return [(s.text_token, None if s.audio is None else s.audio.tolist()) for s in steps]
 
 
-def test_each_conversation_gets_its_single_stream_tokens(model):
+def test_each_conversation_gets_its_single_stream_tokens(moshi):
     n = 8
     plan = {  # name: (seed, first step, frames, steps it sits out)
-        "a": (0, 0, user_frames(model, n + 4, 10), {2, 3}),
-        "b": (1, 0, user_frames(model, n // 2, 11), set()),  # leaves early ...
-        "c": (2, n // 2 + 1, user_frames(model, n, 12), set()),  # ... c gets its slot, reset alone
-        "d": (0, 1, user_frames(model, n, 13), set()),  # same seed as a, other input
+        "a": (0, 0, user_frames(moshi, n + 4, 10), {2, 3}),
+        "b": (1, 0, user_frames(moshi, n // 2, 11), set()),  # leaves early ...
+        "c": (2, n // 2 + 1, user_frames(moshi, n, 12), set()),  # ... c gets its slot, reset alone
+        "d": (0, 1, user_frames(moshi, n, 13), set()),  # same seed as a, other input
     }
-    batch = MoshiBatch(model, size=4)
+    batch = MoshiBatch(moshi, size=4)
     slot, fed, got = {}, {k: 0 for k in plan}, {k: [] for k in plan}
     for step in range(2 * n):
         for name, (seed, first, _, _) in plan.items():
@@ -57,19 +46,19 @@ def test_each_conversation_gets_its_single_stream_tokens(model):
                 batch.leave(slot.pop(k))
     assert slot == {}
     for name, (seed, _, frames, _) in plan.items():
-        with MoshiStream(model, seed=seed) as alone:
+        with MoshiStream(moshi, seed=seed) as alone:
             expected = [alone.step(f) for f in frames]
         assert tokens(got[name]) == tokens(expected), name
         assert [s.user_dropped for s in got[name]] == [f is None for f in frames]
     assert tokens(got["a"])[:n] != tokens(got["d"])  # same seed, other input: its own conversation
 
 
-def test_a_full_batch_refuses_and_a_restart_replays_the_same_conversation(model):
-    batch = MoshiBatch(model, size=1)
+def test_a_full_batch_refuses_and_a_restart_replays_the_same_conversation(moshi):
+    batch = MoshiBatch(moshi, size=1)
     slot = batch.join(seed=5)
     with pytest.raises(CapacityError, match="all 1 Moshi conversation slots are in use"):
         batch.join()
-    frames = user_frames(model, 4, 3)
+    frames = user_frames(moshi, 4, 3)
     first = [batch.step({slot: f})[slot] for f in frames]
     with pytest.raises(ConfigError, match=r"slot\(s\) \[3\] are not taken"):
         batch.step({3: frames[0]})

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from csmlab import moshi as M
 from csmlab.codec import FRAME_SIZE
 from csmlab.data import real_recording
 from csmlab.errors import CapacityError
@@ -16,16 +15,6 @@ from csmlab.pipeline.moshi_brain import MoshiBrain
 
 RATE = 24000
 STEPS = 6
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return M.load()
 
 
 def clip(i: int) -> np.ndarray:
@@ -38,8 +27,8 @@ def converse(brain, audio) -> list:
         return [(s.text, s.pcm, s.fault) for s in session.run(audio, RATE)]
 
 
-def test_sessions_in_threads_share_forwards_and_each_gets_its_own_conversation(model):
-    pool = ConversationPool(model, max_conversations=3, window_ms=500)
+def test_sessions_in_threads_share_forwards_and_each_gets_its_own_conversation(moshi):
+    pool = ConversationPool(moshi, max_conversations=3, window_ms=500)
     results = [None] * 3
     barrier = threading.Barrier(3)
 
@@ -56,7 +45,7 @@ def test_sessions_in_threads_share_forwards_and_each_gets_its_own_conversation(m
     report = pool.report()
     assert report["moshi_per_step"] > 1.5 and report["codec_per_step"]["encode"] > 1.5, report
     for i in range(3):
-        alone = converse(MoshiBrain(model, seed=i), clip(i))  # its own MoshiStream, its own codec sessions
+        alone = converse(MoshiBrain(moshi, seed=i), clip(i))  # its own MoshiStream, its own codec sessions
         assert len(results[i]) == len(alone) >= STEPS
         assert [fault for _, _, fault in results[i]] == [None] * len(alone)
         assert [text for text, _, _ in results[i]] == [text for text, _, _ in alone]
@@ -65,8 +54,8 @@ def test_sessions_in_threads_share_forwards_and_each_gets_its_own_conversation(m
     assert any(np.abs(p).max() > 0 for _, p, _ in results[0])  # Moshi spoke: the frames were really compared
 
 
-def test_a_full_pool_refuses_a_conversation_clearly(model):
-    pool = ConversationPool(model, max_conversations=1)
+def test_a_full_pool_refuses_a_conversation_clearly(moshi):
+    pool = ConversationPool(moshi, max_conversations=1)
     first = pool.brain()
     with pytest.raises(CapacityError, match="all 1 Moshi conversation slots are in use"):
         pool.brain()

@@ -10,36 +10,25 @@ from csmlab.errors import AudioFormatError, CodesError, ComponentError, ConfigEr
 RATE = 16000
 
 
-@pytest.fixture(scope="module")
-def codec():
-    torch.set_num_threads(1)  # a busy 2-core CI machine: one thread wastes no time at fork/join
-    return load_codec(8, "moshi")
-
-
-@pytest.fixture(scope="module")
-def speech():
-    return real_recording(RATE).audio[8 * RATE : 9 * RATE]  # 1 s of speech from the call, at 16 kHz
-
-
-def stream_codes(codec, chunks, rate=RATE):
-    with codec.stream() as s:
+def stream_codes(mimi, chunks, rate=RATE):
+    with mimi.stream() as s:
         return np.concatenate([s.encode(c, rate) for c in chunks] + [s.flush()], axis=1)
 
 
-def test_batch_shapes_dtypes_and_frame_count(codec, speech):
-    codes = codec.encode(speech, RATE)
+def test_batch_shapes_dtypes_and_frame_count(mimi, speech):
+    codes = mimi.encode(speech, RATE)
     n24 = len(speech) * 24000 // RATE
     assert codes.dtype == np.int64 and codes.shape == (8, -(-n24 // FRAME_SIZE))
     assert codes.min() >= 0 and codes.max() < 2048
     assert len(np.unique(codes[0])) > 5  # calibrated codebooks: codes spread, not all 0
-    audio = codec.decode(codes)
+    audio = mimi.decode(codes)
     assert audio.dtype == np.float32 and audio.shape == (codes.shape[1] * FRAME_SIZE,)
-    assert codec.frame_rate == 12.5 and codec.sample_rate == 24000
+    assert mimi.frame_rate == 12.5 and mimi.sample_rate == 24000
 
 
-def test_a_session_emits_only_complete_frames(codec, speech):
+def test_a_session_emits_only_complete_frames(mimi, speech):
     x = speech[: RATE // 2]  # 0.5 s at 16 kHz = 12000 samples at 24 kHz = 6.25 frames
-    with codec.stream() as s:
+    with mimi.stream() as s:
         first = s.encode(x[:100], RATE)
         assert first.shape == (8, 0) and first.dtype == np.int64
         rest = s.encode(x[100:], RATE)
@@ -66,15 +55,15 @@ BAD_CHUNKS = [  # (what, chunk from the speech, sample rate, error, message frag
 
 
 @pytest.fixture(scope="module")
-def clean_run(codec, speech):
+def clean_run(mimi, speech):
     chunks = np.array_split(speech, 6)
-    return chunks, stream_codes(codec, chunks)
+    return chunks, stream_codes(mimi, chunks)
 
 
-def test_bad_chunks_raise_and_leave_the_session_intact(codec, clean_run):
+def test_bad_chunks_raise_and_leave_the_session_intact(mimi, clean_run):
     """Every bad chunk of issue 4 in one stream: each raises, and the codes are those of a clean run."""
     chunks, expected = clean_run
-    with codec.stream() as s:
+    with mimi.stream() as s:
         got = [s.encode(chunks[0], RATE)]
         for (what, make, rate, error, match), chunk in zip(BAD_CHUNKS, chunks[1:] * 2):
             with pytest.raises(error, match=match):
@@ -94,9 +83,9 @@ BAD_CODES = [
 ]
 
 
-def test_bad_codes_raise_and_decoding_carries_on(codec, clean_run):
+def test_bad_codes_raise_and_decoding_carries_on(mimi, clean_run):
     codes = clean_run[1]
-    with codec.stream() as s:
+    with mimi.stream() as s:
         expected = s.decode(codes)
         s.reset()
         got = [s.decode(codes[:, :5])]
@@ -104,15 +93,15 @@ def test_bad_codes_raise_and_decoding_carries_on(codec, clean_run):
             with pytest.raises(error, match=match):
                 s.decode(make(codes[:, 5:9]))
             with pytest.raises(error, match=match):
-                codec.decode(make(codes))
+                mimi.decode(make(codes))
         got.append(s.decode(torch.from_numpy(codes[:, 5:])))  # torch codes are fine too
     # the same arithmetic up to float summation order (matrix products of another width)
     assert np.allclose(np.concatenate(got), expected, atol=1e-5)
 
 
-def test_closed_flushed_and_reset_sessions(codec, speech):
+def test_closed_flushed_and_reset_sessions(mimi, speech):
     speech = speech[: RATE // 2]
-    s = codec.stream()
+    s = mimi.stream()
     codes = s.encode(speech, RATE)
     s.flush()
     with pytest.raises(StreamClosedError, match="flushed"):
@@ -127,17 +116,17 @@ def test_closed_flushed_and_reset_sessions(codec, speech):
     for call in (lambda: s.decode(codes), lambda: s.encode(speech, RATE), s.flush, s.reset):
         with pytest.raises(StreamClosedError, match="closed"):
             call()
-    with codec.stream() as t:
+    with mimi.stream() as t:
         pass
     assert t.closed
 
 
-def test_two_sessions_side_by_side_do_not_share_state(codec, clean_run):
+def test_two_sessions_side_by_side_do_not_share_state(mimi, clean_run):
     chunks_a, alone_a = clean_run
     other = real_recording(RATE).audio[12 * RATE : 13 * RATE]
     chunks_b = np.array_split(other, len(chunks_a))
-    alone_b = stream_codes(codec, chunks_b)
-    with codec.stream() as a, codec.stream() as b:
+    alone_b = stream_codes(mimi, chunks_b)
+    with mimi.stream() as a, mimi.stream() as b:
         got_a, got_b = [], []
         for ca, cb in zip(chunks_a, chunks_b):
             got_a.append(a.encode(ca, RATE))
@@ -148,13 +137,13 @@ def test_two_sessions_side_by_side_do_not_share_state(codec, clean_run):
     assert np.array_equal(np.concatenate(got_b, 1), alone_b)
 
 
-def test_an_ambiguous_stereo_chunk_follows_the_layout_the_stream_already_showed(codec, speech):
+def test_an_ambiguous_stereo_chunk_follows_the_layout_the_stream_already_showed(mimi, speech):
     pcm = stereo_int16(speech[: RATE // 4])  # [T, 2]
-    with codec.stream() as s:
+    with mimi.stream() as s:
         s.encode(pcm[:1000], RATE)  # unambiguous: [T, 2]
         s.encode(pcm[1000:1002], RATE)  # [2, 2] would be ambiguous on its own
         s.encode(pcm[1002:], RATE)
-    with codec.stream() as s, pytest.raises(AudioFormatError, match="ambiguous"):
+    with mimi.stream() as s, pytest.raises(AudioFormatError, match="ambiguous"):
         s.encode(pcm[:2], RATE)
 
 
@@ -191,8 +180,8 @@ def test_the_listening_codec_offline_is_the_small_trained_mimi_and_says_so(monke
     assert load_codec(8).weights.kind == "offline"  # measurements keep the full-size stand-in
 
 
-def test_a_codec_failure_mid_stream_stops_the_session_and_loses_no_audio(codec, speech, monkeypatch):
-    with codec.stream() as s:
+def test_a_codec_failure_mid_stream_stops_the_session_and_loses_no_audio(mimi, speech, monkeypatch):
+    with mimi.stream() as s:
         first = s.encode(speech[:8000], RATE)  # 0.5 s: 6 frames, the rest waits
         monkeypatch.setattr(s._stream, "encode", lambda x: (_ for _ in ()).throw(RuntimeError("device lost")))
         with pytest.raises(ComponentError, match="device lost.*reset"):
@@ -204,4 +193,4 @@ def test_a_codec_failure_mid_stream_stops_the_session_and_loses_no_audio(codec, 
         assert abs(len(lost) - (24000 - first.shape[1] * FRAME_SIZE)) <= 1  # all after the 6 frames (resampler rounding)
         s.reset()
         rest = np.concatenate([s.encode(lost, 24000), s.flush()], axis=1)
-    assert first.shape[1] + rest.shape[1] == codec.encode(speech, RATE).shape[1]
+    assert first.shape[1] + rest.shape[1] == mimi.encode(speech, RATE).shape[1]

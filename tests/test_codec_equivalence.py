@@ -21,16 +21,6 @@ MIN_SNR_DB = 80  # same codes, two decoders' float summation orders: measured ~1
 MIN_IDENTICAL = 0.99  # the issue's threshold for all codes; codebook 0 must be identical
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def moshi():
-    return load_codec(8, "moshi")
-
-
 @pytest.fixture(scope="module")
 def clip16k():
     return real_recording(16000).audio[8 * 16000 : (8 + SECONDS) * 16000]  # speech (the call opens with 7 s of hiss)
@@ -63,40 +53,40 @@ def assert_codes_match(got, ref):
     assert (got == ref).mean() >= MIN_IDENTICAL
 
 
-def test_the_calibrated_codebooks_are_not_degenerate(moshi, clip16k):
-    codes = moshi.encode(clip16k, 16000)  # [8, 38]
+def test_the_calibrated_codebooks_are_not_degenerate(mimi, clip16k):
+    codes = mimi.encode(clip16k, 16000)  # [8, 38]
     distinct = [len(np.unique(row)) for row in codes]  # measured 10, 12, 16, 21, 25, 30, ... of 38
     assert min(distinct) >= 5, distinct  # empty codebooks would give 1
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_streaming_equals_batch_on_random_partitions_16k_mono(moshi, clip16k, seed):
-    ref = moshi.encode(clip16k, 16000)
-    codes, pcm = stream(moshi, clip16k, 16000, partition(len(clip16k), np.random.default_rng(seed)))
+def test_streaming_equals_batch_on_random_partitions_16k_mono(mimi, clip16k, seed):
+    ref = mimi.encode(clip16k, 16000)
+    codes, pcm = stream(mimi, clip16k, 16000, partition(len(clip16k), np.random.default_rng(seed)))
     assert_codes_match(codes, ref)
-    assert snr(moshi.decode(codes), pcm) > MIN_SNR_DB  # the session's decoder vs the batch decoder
+    assert snr(mimi.decode(codes), pcm) > MIN_SNR_DB  # the session's decoder vs the batch decoder
 
 
-def test_streaming_equals_batch_44k1_stereo_int16(moshi, clip16k):
+def test_streaming_equals_batch_44k1_stereo_int16(mimi, clip16k):
     mono = soxr.resample(clip16k, 16000, 44100)
     pcm16 = np.round(np.stack([mono, 0.5 * mono], axis=1) * 32767).astype(np.int16)  # [T, 2]
-    ref = moshi.encode(pcm16, 44100)
+    ref = mimi.encode(pcm16, 44100)
     rng = np.random.default_rng(2)
     # a 1-sample stereo chunk [1, 2] could also be 2 mono samples [C=1, T=2]: say which
-    codes, _ = stream(moshi, pcm16, 44100, partition(len(pcm16), rng, ones=100), layout="channels_last")
+    codes, _ = stream(mimi, pcm16, 44100, partition(len(pcm16), rng, ones=100), layout="channels_last")
     assert_codes_match(codes, ref)
 
 
-def test_session_decode_equals_batch_decode(moshi, clip16k):
-    ref = moshi.encode(clip16k, 16000)
-    with moshi.stream() as s:
+def test_session_decode_equals_batch_decode(mimi, clip16k):
+    ref = mimi.encode(clip16k, 16000)
+    with mimi.stream() as s:
         pcm = np.concatenate([s.decode(ref[:, i : i + 3]) for i in range(0, ref.shape[1], 3)])
-    assert snr(moshi.decode(ref), pcm) > MIN_SNR_DB
+    assert snr(mimi.decode(ref), pcm) > MIN_SNR_DB
 
 
-def test_moshi_and_rustymimi_give_identical_codes(moshi, clip16k):
+def test_moshi_and_rustymimi_give_identical_codes(mimi, clip16k):
     rusty = load_codec(8, "rustymimi")
-    ref = moshi.encode(clip16k, 16000)
+    ref = mimi.encode(clip16k, 16000)
     assert np.array_equal(rusty.encode(clip16k, 16000), ref)
     cuts = partition(len(clip16k), np.random.default_rng(3), ones=50)
     with rusty.stream() as s:  # a used and reset session must start like a fresh one
@@ -105,16 +95,16 @@ def test_moshi_and_rustymimi_give_identical_codes(moshi, clip16k):
         assert np.array_equal(np.concatenate([s.encode(clip16k, 16000), s.flush()], axis=1), ref)
     codes, pcm = stream(rusty, clip16k, 16000, cuts)
     assert np.array_equal(codes, ref)
-    assert snr(moshi.decode(ref), pcm) > MIN_SNR_DB  # candle vs torch kernels: measured ~119 dB
+    assert snr(mimi.decode(ref), pcm) > MIN_SNR_DB  # candle vs torch kernels: measured ~119 dB
 
 
-def test_transformers_gives_identical_codes_in_batch_and_streaming(moshi, clip16k):
+def test_transformers_gives_identical_codes_in_batch_and_streaming(mimi, clip16k):
     hf = load_codec(8, "transformers")
-    ref = moshi.encode(clip16k, 16000)
+    ref = mimi.encode(clip16k, 16000)
     assert np.array_equal(hf.encode(clip16k, 16000), ref)
     codes, pcm = stream(hf, clip16k[: 16000 * 2], 16000, partition(16000 * 2, np.random.default_rng(4), ones=20))
-    assert np.array_equal(codes, moshi.encode(clip16k[: 16000 * 2], 16000))
-    assert snr(moshi.decode(codes), pcm) > MIN_SNR_DB
+    assert np.array_equal(codes, mimi.encode(clip16k[: 16000 * 2], 16000))
+    assert snr(mimi.decode(codes), pcm) > MIN_SNR_DB
 
 
 @torch.inference_mode()

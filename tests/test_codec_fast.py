@@ -1,9 +1,11 @@
-"""csmlab.codec.fast: the matrix-product convolutions equal PyTorch's own, and leave no trace."""
+"""csmlab.codec.fast and .lean: the fast kernels equal PyTorch's and moshi's own, and leave no trace."""
 import pytest
 import torch
+from moshi.quantization.core_vq import EuclideanCodebook
 from torch import nn
 
-from csmlab.codec import fast, load_codec
+from csmlab.codec import fast, lean, load_codec
+from csmlab.codec.backends import _widen_attention_caches
 
 
 @pytest.mark.parametrize("c_in, c_out, k, stride, dilation, steps", [(8, 16, 3, 1, 1, 9), (16, 8, 7, 1, 3, 30), (8, 12, 16, 8, 1, 40), (4, 4, 1, 1, 1, 5)])
@@ -31,3 +33,62 @@ def test_a_fast_session_restores_the_model_and_the_thread_count():
         s.encode(torch.zeros(4000), 24000)
     assert not any("forward" in vars(m) for m in model.modules())  # no instance forward left behind
     assert not model.is_streaming and torch.get_num_threads() == threads
+    assert not any("_quantize" in vars(m) for m in model.modules())
+
+
+@pytest.fixture(scope="module")
+def small_transformer():
+    """The small trained Mimi's decoder transformer (a 32-step context: its ring cache wraps soon),
+    with the fast linears installed as a streaming call installs them."""
+    model = load_codec(listen=True).backend.model
+    transformer = model.decoder_transformer.transformer
+    assert lean.supports(transformer)
+    for module in transformer.modules():
+        if (forward := fast._fast_forward(module)) is not None and module is not transformer:
+            module.forward = forward
+    yield transformer
+    for module in transformer.modules():
+        vars(module).pop("forward", None)
+
+
+def _stream(transformer, inputs, use_lean) -> list[torch.Tensor]:
+    """`transformer` stepped over `inputs` in one streaming context; `use_lean(i)` picks the step.
+    The ring caches are widened as a session widens them, so the mask's window is what bounds attention."""
+    with torch.inference_mode(), transformer.streaming(inputs[0].shape[0]):
+        _widen_attention_caches(transformer, 8)
+        return [lean.lean_forward(transformer, x) if use_lean(i) else type(transformer).forward(transformer, x)
+                for i, x in enumerate(inputs)]
+
+
+@pytest.mark.parametrize("tokens", [1, 2, 8])
+def test_the_lean_transformer_step_is_bit_identical_to_moshis(small_transformer, tokens):
+    torch.manual_seed(0)
+    dim = small_transformer.layers[0].self_attn.embed_dim
+    inputs = [torch.randn(1, tokens, dim) for _ in range(64 // tokens + 8)]  # past the 32-step window
+    reference = _stream(small_transformer, inputs, lambda i: False)
+    for use_lean in (lambda i: True, lambda i: i % 3 == 0):  # lean throughout, and taking turns with moshi's
+        assert all(torch.equal(a, b) for a, b in zip(_stream(small_transformer, inputs, use_lean), reference))
+
+
+def test_the_lean_step_leaves_a_batch_of_streams_to_moshi(small_transformer):
+    torch.manual_seed(1)
+    dim = small_transformer.layers[0].self_attn.embed_dim
+    inputs = [torch.randn(2, 2, dim) for _ in range(6)]
+    lean_outputs = _stream(small_transformer, inputs, lambda i: True)
+    assert all(torch.equal(a, b) for a, b in zip(lean_outputs, _stream(small_transformer, inputs, lambda i: False)))
+
+
+def test_nearest_codes_are_cdists_codes_and_follow_a_new_embedding():
+    codebook = next(m for m in load_codec(listen=True).backend.model.modules() if isinstance(m, EuclideanCodebook))
+    torch.manual_seed(2)
+    for rows in (1, 2, 30):
+        x = 3 * codebook.embedding.std() * torch.randn(rows, codebook.embedding.shape[1])
+        distances = torch.cdist(x[None], codebook.embedding[None], p=2)[0]
+        assert torch.equal(fast.nearest_codes(codebook, x), distances.argmin(dim=-1))
+    embedding = codebook._embedding
+    try:
+        codebook.register_buffer("_embedding", torch.flip(embedding, [0]), persistent=False)  # as training replaces it
+        assert torch.equal(fast.nearest_codes(codebook, embedding[:5]), torch.arange(len(embedding))[-5:].flip(0))
+    finally:
+        codebook.register_buffer("_embedding", embedding, persistent=False)
+    assert torch.equal(fast.nearest_codes(codebook, embedding[:5]), torch.arange(5))

@@ -20,7 +20,6 @@ WINDOW_S = 10  # sliding_window=250 steps at 25 Hz
 
 @pytest.fixture(scope="module")
 def models():
-    torch.set_num_threads(1)
     path = resolve("mimi").path
     return get_mimi(str(path), num_codebooks=32, device="cpu").eval(), convert.to_transformers_mimi(path, 32)
 

@@ -23,20 +23,6 @@ GREEDY = csm.Sampling(greedy=True)
 FRAMES = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small ops: one torch thread is faster, and on a busy 2-core machine several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def voice():
-    return csm.load_csm()
-
-
 @pytest.fixture(scope="module")
 def recording():
     return real_recording(SAMPLE_RATE)

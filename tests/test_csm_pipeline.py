@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from csmlab import csm
 from csmlab import moshi as M
@@ -16,16 +15,7 @@ from csmlab.metrics import FRAME_SIZE
 from csmlab.pipeline import bridge
 
 
-@pytest.fixture(scope="module")
-def models():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small ops: one thread is faster
-    yield csm.load_csm(), M.load()
-    torch.set_num_threads(threads)
-
-
-def test_csm_frames_are_moshi_user_tokens(models):
-    voice, moshi = models
+def test_csm_frames_are_moshi_user_tokens(voice, moshi):
     codes = voice.generate_codes("Hello, this is Diane.", max_audio_ms=800, sampling=csm.Sampling(greedy=True))
     steps = bridge.csm_codes_to_moshi(moshi, codes, seed=0)
     assert [s.index for s in steps] == list(range(len(codes)))
@@ -34,8 +24,7 @@ def test_csm_frames_are_moshi_user_tokens(models):
     assert [s.text_token for s in again] == [s.text_token for s in steps]  # seeded: reproducible
 
 
-def test_moshi_monologue_is_voiced_by_csm(models):
-    voice, moshi = models
+def test_moshi_monologue_is_voiced_by_csm(voice, moshi):
     steps = [M.Step(0, 5, " hello", None, 0.0), M.Step(1, 3, "", None, 0.0), M.Step(2, 9, " there", None, 0.0)]
     assert bridge.moshi_says(steps) == "hello there"
     chunks = list(bridge.moshi_to_csm(voice, steps, max_audio_ms=240, sampling=csm.Sampling(greedy=True)))

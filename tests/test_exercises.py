@@ -17,8 +17,6 @@ from csmlab import exercises as ex
 from csmlab import metrics
 from csmlab.data import Turn, overlap_seconds, real_recording, speaking_time
 
-torch.set_num_threads(1)
-
 TURNS = [Turn("Diane", 1.0, 3.0), Turn("Sheila", 2.5, 4.0), Turn("Diane", 5.0, 6.0)]
 
 

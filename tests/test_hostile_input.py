@@ -16,27 +16,9 @@ from csmlab.errors import AudioFormatError, CodesError, ComponentError, ConfigEr
 RATE = 16000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def codec():
-    return load_codec(8, "moshi")
-
-
-@pytest.fixture(scope="module")
-def speech():
-    return real_recording(RATE).audio[8 * RATE : 9 * RATE]  # 1 s of speech at 16 kHz
-
-
-def session_codes(codec, chunks, rate=RATE, bad=()):
+def session_codes(mimi, chunks, rate=RATE, bad=()):
     """Codes of a session fed `chunks`, with each (chunk, rate, error, match) of `bad` refused after the first."""
-    with codec.stream() as s:
+    with mimi.stream() as s:
         got = [s.encode(chunks[0], rate)]
         for chunk, bad_rate, error, match in bad:
             with pytest.raises(error, match=match):
@@ -54,27 +36,27 @@ HUGE = [
 ]
 
 
-def test_huge_or_int16_scaled_chunks_are_refused_and_the_session_goes_on(codec, speech):
+def test_huge_or_int16_scaled_chunks_are_refused_and_the_session_goes_on(mimi, speech):
     """Case 5 and 6: the chunks are refused before any state changes, so the codes equal a clean run."""
     chunks = np.array_split(speech, 4)
-    clean = session_codes(codec, chunks)
+    clean = session_codes(mimi, chunks)
     int16_scale = (chunks[1] * 32767).astype(np.float32)
     bad = [(x, RATE, AudioFormatError, match) for x, match in HUGE]
     bad.append((int16_scale, RATE, AudioFormatError, "divide by 32768"))
-    assert np.array_equal(session_codes(codec, chunks, bad=bad), clean)
+    assert np.array_equal(session_codes(mimi, chunks, bad=bad), clean)
     with pytest.raises(AudioFormatError, match="divide by 32768"):
-        codec.encode(speech * 32767, RATE)
+        mimi.encode(speech * 32767, RATE)
 
 
-def test_loud_but_plausible_audio_is_kept_not_clipped(codec, speech):
+def test_loud_but_plausible_audio_is_kept_not_clipped(mimi, speech):
     loud = speech / np.abs(speech).max() * (MAX_PEAK * 0.9)  # +17 dBFS: hot, but audio
-    assert codec.encode(loud, RATE).shape == codec.encode(speech, RATE).shape
+    assert mimi.encode(loud, RATE).shape == mimi.encode(speech, RATE).shape
 
 
-def test_reset_restores_a_clean_state_even_after_nan_reached_the_codec(codec, speech):
+def test_reset_restores_a_clean_state_even_after_nan_reached_the_codec(mimi, speech):
     """Case 5: NaN put straight into the streaming state (past every check): reset() starts afresh."""
-    fresh = session_codes(codec, [speech])
-    with codec.stream() as s:
+    fresh = session_codes(mimi, [speech])
+    with mimi.stream() as s:
         s.encode(speech, RATE)
         s._stream.encode(np.full(4 * FRAME_SIZE, np.nan, np.float32))  # poisons the attention caches
         s.reset()
@@ -87,10 +69,10 @@ BAD_RATES = [math.nan, math.inf, -math.inf, 3e14, MAX_RATE + 1, MIN_RATE - 1, 0]
 
 
 @pytest.mark.parametrize("rate", BAD_RATES)
-def test_rates_outside_the_bounds_are_refused_everywhere(codec, speech, rate):
+def test_rates_outside_the_bounds_are_refused_everywhere(mimi, speech, rate):
     with pytest.raises(AudioFormatError, match=f"from {MIN_RATE} to {MAX_RATE} Hz"):
-        codec.encode(speech, rate)
-    with codec.stream() as s, pytest.raises(AudioFormatError, match="sample_rate"):
+        mimi.encode(speech, rate)
+    with mimi.stream() as s, pytest.raises(AudioFormatError, match="sample_rate"):
         s.encode(speech, rate)
 
 
@@ -99,10 +81,10 @@ def test_every_backend_gives_the_same_answer_for_a_clip_too_short(backend):
     """Case 7: one sample at 96 kHz is no sample at 24 kHz: one error; two samples make one frame.
     The refusal comes before any backend runs (`csmlab.audio.to_mimi`), so transformers (22 s to
     load here) gives it too; it used to raise its own RuntimeError."""
-    codec = load_codec(8, backend)
+    mimi = load_codec(8, backend)
     with pytest.raises(AudioFormatError, match="shorter than one sample at 24000 Hz; pass at least 4"):
-        codec.encode(np.full(1, 0.1, np.float32), 96000)
-    assert codec.encode(np.full(2, 0.1, np.float32), 96000).shape == (8, 1)
+        mimi.encode(np.full(1, 0.1, np.float32), 96000)
+    assert mimi.encode(np.full(2, 0.1, np.float32), 96000).shape == (8, 1)
 
 
 # ---- 8: codes for a codec ---------------------------------------------------------------------------
@@ -117,24 +99,19 @@ def test_every_backend_gives_the_same_answer_for_a_clip_too_short(backend):
     (np.zeros((4, 5), np.int64), r"load_codec\(num_codebooks=4\)"),
     (np.zeros((9, 5), np.int64), r"codes\[:8\]"),
 ])
-def test_bad_codes_get_the_right_advice(codec, codes, match):
+def test_bad_codes_get_the_right_advice(mimi, codes, match):
     with pytest.raises(CodesError, match=match):
-        codec.decode(codes)
-    with codec.stream() as s, pytest.raises(CodesError, match=match):
+        mimi.decode(codes)
+    with mimi.stream() as s, pytest.raises(CodesError, match=match):
         s.decode(codes)
 
 
-def test_unsigned_codes_decode_like_int64(codec, speech):
-    codes = codec.encode(speech, RATE)
-    assert np.array_equal(codec.decode(codes.astype(np.uint16)), codec.decode(codes))
+def test_unsigned_codes_decode_like_int64(mimi, speech):
+    codes = mimi.encode(speech, RATE)
+    assert np.array_equal(mimi.decode(codes.astype(np.uint16)), mimi.decode(codes))
 
 
 # ---- 9: MoshiStream --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def moshi():
-    return M.load()
-
-
 def user_codes(frames, seed=0):
     return torch.randint(0, 2048, (8, frames), generator=torch.Generator().manual_seed(seed))  # [K, T]
 
@@ -215,11 +192,6 @@ def test_a_moshi_step_that_fails_midway_is_refused_until_reset(moshi, monkeypatc
 
 
 # ---- 10-12: CSM ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def voice():
-    return csm.load_csm()
-
-
 TEXT = "Hello there."
 
 
@@ -303,9 +275,9 @@ def test_csm_text_with_brackets_and_bars_is_words(voice):
     assert ids.count(begin) == 1  # one turn, no forged one
 
 
-def test_csm_decode_refuses_the_codec_layout(voice, codec, speech):
+def test_csm_decode_refuses_the_codec_layout(voice, mimi, speech):
     """Case 12: the codec's `[K, n]` codes are not CSM's `[T, K]`: refused, with the fix named."""
-    codes = codec.encode(speech, RATE)  # [8, 13]
+    codes = mimi.encode(speech, RATE)  # [8, 13]
     with pytest.raises(CodesError, match=r"\[T, K\].*got shape \(8, 13\).*codes\.T"):
         voice.decode(codes)
     with pytest.raises(CodesError, match=r"got shape \(32, 5\).*codes\.T"):
@@ -324,10 +296,10 @@ def test_csm_decode_asks_for_the_layout_when_the_shape_fits_both(voice, shape):
     assert voice.decode(codes, layout="KT").shape == (shape[1] * FRAME_SIZE,)
 
 
-def test_an_interrupt_mid_encode_leaves_the_session_refusing_until_reset(codec, speech, monkeypatch):
+def test_an_interrupt_mid_encode_leaves_the_session_refusing_until_reset(mimi, speech, monkeypatch):
     """Interrupting the kernel during a session's encode (KeyboardInterrupt, not an Exception) left the
     state half-updated and the session went on with it, silently; now it is refused, like a failure."""
-    with codec.stream() as s:
+    with mimi.stream() as s:
         s.encode(speech[: RATE // 2], RATE)
         monkeypatch.setattr(s._stream, "encode", lambda x: (_ for _ in ()).throw(KeyboardInterrupt()))
         with pytest.raises(KeyboardInterrupt):
@@ -336,4 +308,4 @@ def test_an_interrupt_mid_encode_leaves_the_session_refusing_until_reset(codec, 
         with pytest.raises(ComponentError, match="call reset"):
             s.encode(speech[:100], RATE)
         s.reset()
-        assert np.array_equal(np.concatenate([s.encode(speech, RATE), s.flush()], axis=1), session_codes(codec, [speech]))
+        assert np.array_equal(np.concatenate([s.encode(speech, RATE), s.flush()], axis=1), session_codes(mimi, [speech]))

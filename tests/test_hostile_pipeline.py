@@ -19,14 +19,6 @@ RATE = 24_000
 FRAME = 1920
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tone(seconds: float, amplitude: float = 0.3) -> np.ndarray:
     t = np.arange(int(seconds * RATE)) / RATE
     return (amplitude * np.sin(2 * np.pi * 440 * t)).astype(np.float32)

@@ -2,35 +2,14 @@
 import numpy as np
 import psutil
 import pytest
-import torch
 
 from csmlab.codec import load_codec
-from csmlab.data import real_recording
 from csmlab.errors import AudioFormatError, ConfigError, StreamClosedError
 from csmlab.metrics import FRAME_SIZE
 from csmlab.pipeline import DuplexSession, JitterBuffer, LoopbackBrain, ScriptedBrain, Utterance, make_brain, packets
 from csmlab.pipeline.faults import FaultyBrain, disconnected, lossy, malformed
 
 RATE = 24000
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small models: one thread is faster on a shared CPU
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def call():
-    rec = real_recording()
-    return rec.audio, rec.sample_rate
-
-
-@pytest.fixture(scope="module")
-def small_codec():
-    return load_codec(8, listen=True)  # the small trained Mimi: fast, and it follows the input
 
 
 def tone(seconds: float, hz: float = 220.0) -> np.ndarray:

@@ -1,30 +1,9 @@
 """The pipeline's real brains on the small offline models: Moshi (full duplex) and the cascade."""
 import numpy as np
-import pytest
 import torch
 
 from csmlab import moshi as M
-from csmlab.data import real_recording
 from csmlab.pipeline import DuplexSession, MoshiBrain, make_brain
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small models: one thread is faster on a shared CPU
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def call():
-    rec = real_recording()
-    return rec.audio, rec.sample_rate
-
-
-@pytest.fixture(scope="module")
-def moshi():
-    return M.load()
 
 
 def test_moshi_brain_gives_the_same_tokens_as_moshi_stream_driven_directly(call, moshi):

@@ -4,10 +4,7 @@ Every connection goes to 127.0.0.1. After each bad case, the same connection (or
 protocol closes it, a new one) must still stream audio: the server answers and survives.
 """
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import aiohttp
@@ -227,30 +224,18 @@ def test_token_on_a_non_loopback_bind_is_required_and_checked():
         assert "token is required" in results["missing"] and "wrong access token" in results["wrong"]
 
 
-def test_sigterm_closes_sessions_with_a_reason_and_exits_0():
-    env = {**os.environ, "CSMLAB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "csmlab.cli", "serve", "--port", "0", "--brain", "scripted"],
-                            env=env,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        port = None
-        for line in proc.stderr:
-            if "listening on" in line:
-                port = int(line.rsplit(":", 1)[1].split()[0])
-            if "ready" in line:
-                break
+def test_sigterm_closes_sessions_with_a_reason_and_exits_0(csmlab_serve):
+    server = csmlab_serve("--brain", "scripted")
 
-        async def hold_then_term():
-            async with aiohttp.ClientSession() as http:
-                client = await MoshiClient.connect(http, f"ws://127.0.0.1:{port}/api/chat")
-                await _audio_round_trip(client)
-                proc.send_signal(signal.SIGTERM)
-                return [await client.receive(TIMEOUT), await client.receive(TIMEOUT)]
+    async def hold_then_term():
+        async with aiohttp.ClientSession() as http:
+            client = await MoshiClient.connect(http, f"ws://127.0.0.1:{server.port}/api/chat")
+            await _audio_round_trip(client)
+            server.process.send_signal(signal.SIGTERM)
+            return [await client.receive(TIMEOUT), await client.receive(TIMEOUT)]
 
-        (kind, reason), closed = asyncio.run(hold_then_term())
-        assert proc.wait(timeout=30) == 0
-    finally:
-        proc.kill()
+    (kind, reason), closed = asyncio.run(hold_then_term())
+    assert server.process.wait(timeout=30) == 0
     assert kind == "error" and "shutting down" in reason and closed == ("closed", 1001)
 
 

@@ -20,11 +20,6 @@ RATE = 24000
 ROUNDS = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
 def in_threads(*jobs):
     """Run each job in its own thread (started together); their results. A job's exception is
     raised here, so a race that crashes fails the test. (torch's thread count is per process: the
@@ -68,33 +63,28 @@ def frame_by_frame(codec, clip):
     return codes, audio
 
 
-@pytest.fixture(scope="module")
-def moshi_codec():
-    return load_codec(8, "moshi")
-
-
-def test_two_sessions_and_the_batch_path_in_three_threads_equal_each_alone(moshi_codec, clips):
+def test_two_sessions_and_the_batch_path_in_three_threads_equal_each_alone(mimi, clips):
     """Cases 1 and 2: the batch call and two sessions share one moshi model and never its state."""
-    alone = [frame_by_frame(moshi_codec, clips[0]), frame_by_frame(moshi_codec, clips[1]),
-             moshi_codec.encode(clips[2], RATE)]
-    got = in_threads(repeated(lambda: frame_by_frame(moshi_codec, clips[0])),
-                     repeated(lambda: frame_by_frame(moshi_codec, clips[1])),
-                     repeated(lambda: moshi_codec.encode(clips[2], RATE)))
+    alone = [frame_by_frame(mimi, clips[0]), frame_by_frame(mimi, clips[1]),
+             mimi.encode(clips[2], RATE)]
+    got = in_threads(repeated(lambda: frame_by_frame(mimi, clips[0])),
+                     repeated(lambda: frame_by_frame(mimi, clips[1])),
+                     repeated(lambda: mimi.encode(clips[2], RATE)))
     for rounds, expected in zip(got[:2], alone[:2]):
         for codes, audio in rounds:
             assert np.array_equal(codes, expected[0])
             assert np.array_equal(audio, expected[1])
     assert all(np.array_equal(codes, alone[2]) for codes in got[2])
-    model = moshi_codec.backend.model
+    model = mimi.backend.model
     assert not model.is_streaming and not any("forward" in vars(m) for m in model.modules())
 
 
-def test_many_sessions_opened_at_once_in_many_threads(moshi_codec, clips):
+def test_many_sessions_opened_at_once_in_many_threads(mimi, clips):
     """Case 2: `codec.stream()` from 6 threads at the same moment, repeatedly."""
     clip = clips[0][: 2 * FRAME_SIZE]
 
     def open_and_encode():
-        with moshi_codec.stream() as s:
+        with mimi.stream() as s:
             return np.concatenate([s.encode(clip, RATE), s.flush()], axis=1)
 
     alone = open_and_encode()
@@ -102,21 +92,21 @@ def test_many_sessions_opened_at_once_in_many_threads(moshi_codec, clips):
         assert np.array_equal(codes, alone)
 
 
-def test_a_dropped_session_leaves_the_codec_free(moshi_codec, clips):
-    s = moshi_codec.stream()
+def test_a_dropped_session_leaves_the_codec_free(mimi, clips):
+    s = mimi.stream()
     s.encode(clips[0][:FRAME_SIZE], RATE)
     del s
     gc.collect()
-    assert np.array_equal(frame_by_frame(moshi_codec, clips[1])[0], frame_by_frame(moshi_codec, clips[1])[0])
+    assert np.array_equal(frame_by_frame(mimi, clips[1])[0], frame_by_frame(mimi, clips[1])[0])
 
 
-def test_sessions_on_two_codecs_in_two_threads_restore_the_thread_count(moshi_codec, clips):
+def test_sessions_on_two_codecs_in_two_threads_restore_the_thread_count(mimi, clips):
     """Streaming calls run on 1 torch thread; the count is one per process, so calls in two threads
     must not leave it at 1 (each restoring what the other had set)."""
     small = load_codec(8, listen=True)
     torch.set_num_threads(2)
     try:
-        in_threads(repeated(lambda: frame_by_frame(moshi_codec, clips[0])), repeated(lambda: frame_by_frame(small, clips[1])))
+        in_threads(repeated(lambda: frame_by_frame(mimi, clips[0])), repeated(lambda: frame_by_frame(small, clips[1])))
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(1)
@@ -133,11 +123,6 @@ def test_rustymimi_batch_and_sessions_in_threads():
     got = in_threads(*[repeated(job) for job in batch + stream])
     for rounds, expected in zip(got, alone):
         assert all(np.array_equal(codes, expected) for codes in rounds)
-
-
-@pytest.fixture(scope="module")
-def moshi():
-    return M.load()
 
 
 def tokens(model, user, seed):

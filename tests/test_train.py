@@ -19,7 +19,6 @@ SHIPPED = train.ASSET_DIR / "model.safetensors"
 
 @pytest.fixture(scope="module")
 def shipped():
-    torch.set_num_threads(1)
     return train.load_small_mimi()
 
 
@@ -36,7 +35,6 @@ def tones(batch: int, frames: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_a_training_step_decreases_the_loss_on_a_tiny_batch():
-    torch.set_num_threads(1)
     random.seed(0)
     model, cfg = train.build_small_mimi(seed=0), train.TrainConfig()
     opt = train.make_optimizer(model, cfg)

@@ -9,7 +9,6 @@ import time
 import numpy as np
 import psutil
 import pytest
-import torch
 
 from csmlab.data import real_recording
 from csmlab.errors import AudioFormatError
@@ -19,8 +18,6 @@ from csmlab.widget import DuplexWorker, pack_frame, unpack_frame, unpack_mic_fra
 from csmlab.widget.frames import FLAG_LATE, FLAG_NO_SEQ, HEADER_BYTES, KIND_MIC, KIND_SYSTEM
 from csmlab.widget.replay import level_db, replay
 from csmlab.widget.widget import THREAD_PREFIXES, DuplexWidget
-
-torch.set_num_threads(1)
 
 
 class EchoBrain(Brain):

@@ -183,7 +183,7 @@ def _measure(seconds: float, num_codebooks: int, warmup: int) -> dict:
     out["goal"] = {
         "floor_over_batch": out["weight_read_floor"]["ms_per_frame"] / per_frame,
         "session_over_batch": ours / per_frame,
-        "session_over_batch_max": 1.3,
+        "session_over_batch_max": 1.6,  # issue 16's single-stream goal
         "faster_than_rustymimi": ("rustymimi step" in paths) and ours < out["streaming"]["rustymimi step"]["p50"],
     }
     return out

@@ -35,7 +35,7 @@ def provenance(result: dict) -> str:
     else:
         busy = f"; load {load_1:.1f}"
     gpu = m["gpu"] or "no GPU"
-    return (f"`{result.get('command', '?')}` on {result.get('date', '?')}: {m['processor']}, {m['cpu_cores']} cores, "
+    return (f"`{result.get('command', '?')}` on {result.get('date', '?')}: {m.get('cpu_model', m['processor'])}, {m['cpu_cores']} cores, "
             f"{m['ram_gib']} GiB, {gpu}, torch {m['torch']}{busy}")
 
 

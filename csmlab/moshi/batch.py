@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 
 import torch
 from moshi.models import LMGen
 from moshi.models import lm as moshi_lm
 
 from csmlab.errors import StreamClosedError
-from csmlab.locks import exclusive
-from csmlab.moshi.stream import Moshi, Step, _eager, check_sampling, check_user_codes
+from csmlab.moshi.stream import Moshi, Step, _eager, check_sampling, check_user_codes, exclusive_gen
 from csmlab.slots import Slots, clear_rows, row_views
 
 _moshi_sample_token = moshi_lm.sample_token
@@ -75,7 +74,7 @@ class MoshiBatch:
         self.model, self.size = model, size
         self.slots = Slots(size, "Moshi conversation")
         self.gen = LMGen(model.lm, support_out_of_sync=True, **check_sampling(sampling))
-        with self._exclusive():
+        with exclusive_gen(self.gen):
             self.gen._start_streaming(size, ExitStack())  # also starts the LM's; moshi's states need no exit
             self._state = (self.gen.get_streaming_state(), model.lm.get_streaming_state())
         self._seeds = [0] * size
@@ -106,15 +105,6 @@ class MoshiBatch:
         """LMGen's and the LM's streaming states, `size` rows each (on the model only during a step)."""
         return self._state
 
-    @contextmanager
-    def _exclusive(self):
-        """The LM to ourselves (its lock), with no other stream's state in it, and none left on exit."""
-        with exclusive(self.model.lm, "Moshi"):
-            try:
-                yield
-            finally:
-                self.gen._stop_streaming()
-
     def step(self, user: dict[int, object]) -> dict[int, Step]:
         """One 80 ms step for the conversations in `user` (slot -> one frame of user codes, or None
         for a frame lost on the way: Mimi's silence stands in, as in `MoshiStream`); the others sit
@@ -133,7 +123,7 @@ class MoshiBatch:
         mask = torch.zeros(rows, dtype=torch.bool)
         mask[list(user)] = True
         start = time.perf_counter()
-        with self._exclusive(), _eager(lm.device):
+        with exclusive_gen(self.gen), _eager(lm.device):
             gen_state, lm_state = self._state
             self.gen.set_streaming_state(gen_state)
             lm.set_streaming_state(lm_state)

@@ -177,7 +177,7 @@ class MoshiStream:
     def reset(self) -> None:
         """Start a new conversation: fresh caches (nothing of the old survives), step 0, the same seed."""
         self._require_open()
-        with self._exclusive():
+        with exclusive_gen(self.gen):
             self.gen._start_streaming(1, ExitStack())  # also starts the LM's; moshi's states need no exit
             self._state = (self.gen.get_streaming_state(), self.model.lm.get_streaming_state())
         self.index = 0
@@ -197,15 +197,6 @@ class MoshiStream:
         if self._closed:
             raise StreamClosedError("this MoshiStream was closed; open a new one with MoshiStream(model)")
 
-    @contextmanager
-    def _exclusive(self):
-        """The model to ourselves, with no stream's state in it on entry, and none left on exit."""
-        with exclusive(self.model.lm, "Moshi"):
-            try:
-                yield
-            finally:
-                self.gen._stop_streaming()
-
     def step(self, user_codes=None) -> Step:
         """Advance 80 ms with one frame of user codes, or `None` for a frame lost on the way."""
         self._require_open()
@@ -221,7 +212,7 @@ class MoshiStream:
             log.warning("step %d: user frame missing, fed Mimi's silence codes instead", self.index)
         start = time.perf_counter()
         state, self._state = self._state, None  # a step that fails leaves half-updated caches: refuse them
-        with self._exclusive(), _private_rng(self), _eager(self.model.lm.device):
+        with exclusive_gen(self.gen), _private_rng(self), _eager(self.model.lm.device):
             self.gen.set_streaming_state(state[0])
             self.model.lm.set_streaming_state(state[1])
             try:
@@ -236,6 +227,17 @@ class MoshiStream:
             return Step(self.index - 1, None, "", None, ms, dropped)
         token = int(out[0, 0, 0])
         return Step(self.index - 1, token, self.model.piece(token), out[0, 1:, 0].cpu(), ms, dropped)
+
+
+@contextmanager
+def exclusive_gen(gen: LMGen):
+    """`gen`'s LM to ourselves (its lock), with no stream's state in it on entry, and none left on
+    exit: neither the LM's nor `gen`'s own (its delay buffers), whoever installed them."""
+    with exclusive(gen.lm_model, "Moshi"):
+        try:
+            yield
+        finally:
+            gen._stop_streaming()
 
 
 _RNG_LOCK = threading.Lock()  # torch's global RNG is one per process

@@ -14,27 +14,27 @@ import logging
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from aiohttp import web
 import numpy as np
 import torch
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from csmlab.serve.access import access_denied
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
 from csmlab.pipeline import Brain, DuplexSession, LoopbackBrain, make_brain
+from csmlab.serve.access import access_denied
 from csmlab.serve.chat import CLOSE_GOING_AWAY, Chat, refuse
+from csmlab.serve.config import Settings
+from csmlab.serve.metrics import ServerMetrics
 from csmlab.serve.wires import FrameWire, OpusWire
 from csmlab.widget.widget import AUDIO_JS
 
 PAGE = Path(__file__).resolve().parent.parent / "assets" / "serve" / "index.html"
-from csmlab.serve.config import Settings
-from csmlab.serve.metrics import ServerMetrics
 
 log = logging.getLogger("csmlab.serve")
 

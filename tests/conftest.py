@@ -1,0 +1,128 @@
+"""Fixtures that many test modules share: one torch thread, the real call, the loaded models,
+`csmlab serve` in a process of its own.
+
+Models load once per test session (the offline Moshi and CSM take seconds each) and tests only
+read them: every csmlab call on a model installs its own session's streaming state under the
+model's lock (`csmlab.locks`), so no test's streams reach another's. Codecs come from
+`load_codec`, which caches them anyway. Audio is loaded per module (cheap), so that no module
+sees what another did to its arrays. Models are imported inside their fixtures: a module that needs
+none (the server's config, the audio rules) does not pay for importing transformers.
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from csmlab.data import real_recording
+
+
+@contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to `n` for a block: one setting for the whole process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Small models on a shared CPU: one torch thread is faster, and on a busy 2-core machine
+    several times faster (DEVELOPERS.md, "Threads"). Tests that need more set it themselves."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def call():
+    """The real two-party telephone call at its own rate (16 kHz): (audio, sample_rate)."""
+    rec = real_recording()
+    return rec.audio, rec.sample_rate
+
+
+@pytest.fixture(scope="module")
+def speech():
+    """1 s of speech from the call at 16 kHz (the call opens with 7 s of hiss)."""
+    return real_recording(16_000).audio[8 * 16_000: 9 * 16_000]
+
+
+@pytest.fixture(scope="session")
+def mimi():
+    """The full-size offline Mimi (random weights) with Moshi's 8 codebooks, on moshi's backend."""
+    from csmlab.codec import load_codec
+
+    return load_codec(8, "moshi")
+
+
+@pytest.fixture(scope="session")
+def small_codec():
+    """The small trained Mimi: fast, and its audio follows the input (checks run before the model)."""
+    from csmlab.codec import load_codec
+
+    return load_codec(8, listen=True)
+
+
+@pytest.fixture(scope="session")
+def moshi():
+    """The small offline Moshi (real structure, random weights), shared by every module."""
+    from csmlab import moshi
+
+    return moshi.load()
+
+
+@pytest.fixture(scope="session")
+def voice():
+    """The small offline CSM (real structure, random weights), shared by every module."""
+    from csmlab.csm import load_csm
+
+    return load_csm()
+
+
+class Served:
+    """A `csmlab serve` process: its port, and its log lines so far (read in a thread, so that
+    the process never blocks on a full pipe)."""
+
+    def __init__(self, process: subprocess.Popen, port: int):
+        self.process, self.port, self.log = process, port, []
+        self._reader = threading.Thread(target=lambda: self.log.extend(process.stderr), daemon=True)
+        self._reader.start()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, the graceful path; the exit status."""
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+
+@pytest.fixture(scope="module")
+def csmlab_serve():
+    """`start(*flags)` runs `csmlab serve --port 0 *flags` offline in its own process and returns a
+    `Served` once the brain is ready; every process still running when the module ends is killed."""
+    processes = []
+
+    def start(*flags: str) -> Served:
+        process = subprocess.Popen([sys.executable, "-m", "csmlab.cli", "serve", "--port", "0", *flags],
+                                   env={**os.environ, "CSMLAB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True)
+        processes.append(process)
+        port, seen = None, []
+        for line in process.stderr:
+            seen.append(line)
+            if "listening on" in line:
+                port = int(line.rsplit(":", 1)[1].split()[0])
+            if re.search(r"brain \S+ ready$", line.rstrip()):
+                return Served(process, port)
+        raise AssertionError(f"csmlab serve exited with {process.wait()} before it was ready:\n{''.join(seen[-20:])}")
+
+    yield start
+    for process in processes:
+        process.kill()
+        process.wait()
