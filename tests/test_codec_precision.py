@@ -26,17 +26,10 @@ MIN_CODEBOOK0_STREAM, MIN_ALL_STREAM = 0.98, 0.97
 MIN_DECODE_SNR_DB = 40  # same codes, session vs batch decode: measured 64-73 dB (bf16 steps; fp32's ~114 dB)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
-def small():
-    return load_codec(8, listen=True), load_codec(8, listen=True, precision="int8")
+def small(small_codec):
+    """The small trained Mimi (conftest's) and its int8 copy: (fp32, int8)."""
+    return small_codec, load_codec(8, listen=True, precision="int8")
 
 
 @pytest.mark.parametrize("kwargs, hint", [({"precision": "int4"}, "choose one of"), ({"precision": None}, "choose one of"),
