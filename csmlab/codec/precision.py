@@ -13,7 +13,7 @@ weights no faster (AVX2 has no bf16 arithmetic, the kernel converts); int8 weigh
 whole call, so a streamed frame and the same frame inside a batch clip got different codes; it is
 also deprecated in torch 2.13. Here the activations are only rounded to bf16, element by element,
 so a row's result does not depend on its neighbours (see the last paragraph for what remains).
-Whole Mimi, one stream, 8 codebooks: 0.69x fp32's per-frame cost (`csmlab bench codec --precision
+Whole Mimi, one stream, 8 codebooks: about 0.7x fp32's per-frame cost (`csmlab bench codec --precision
 int8`, data/results/bench_codec_int8.json); the rest is small-op overhead and the fp32 early layers.
 
 What is quantized: every Linear (the transformers') and every ungrouped, unpadded Conv1d /
