@@ -78,6 +78,7 @@ def test_a_reduced_codec_says_so_and_holds_fewer_bytes(small):
     kinds = {type(m) for m in int8.backend.model.modules()}
     assert {precision.Int8Linear, precision.Int8Conv1d, precision.Int8ConvTranspose1d} <= kinds
     assert int8.backend.megabytes < 0.6 * int8.backend.fp32_megabytes  # measured 7.0 vs 12.5 MB
+    assert int8.backend.matrix_megabytes < 0.5 * int8.backend.fp32_matrix_megabytes  # 4.9 vs 10.4 MB (small convs stay fp32)
 
 
 def test_int8_codes_and_audio_stay_close_to_fp32(small):

@@ -63,6 +63,8 @@ def _measure(precision, frames, num_codebooks, warmup) -> dict:
         "per_frame_ratio": {q: reduced[q] / fp32[q] for q in ("p50", "p95")},
         "cold": cold,
         "weight_mb": {"fp32": codecs[precision].backend.fp32_megabytes, precision: codecs[precision].backend.megabytes},
+        "matrix_mb_read_per_frame": {"fp32": codecs[precision].backend.fp32_matrix_megabytes,
+                                     precision: codecs[precision].backend.matrix_megabytes},
         "stream_vs_batch": {name: agreement(streaming[name].pop("codes"), codecs[name].encode(frames.reshape(-1), 24_000))
                             for name in codecs},
         "fidelity": {"full-size": fidelity(codecs["fp32"], codecs[precision]),
@@ -127,6 +129,8 @@ def print_report(f: dict) -> None:
         a = f["stream_vs_batch"][name]
         print(f"{name:<11}{s['p50']:>8.1f}{s['p95']:>8.1f}{f['cold'][name]['first_frame_ms']:>15.0f}"
               f"{f['weight_mb'][name]:>12.0f}{a['codebook0']:>15.1%} / {a['overall']:.1%}")
+    m = f["matrix_mb_read_per_frame"]
+    print(f"weight matrices read per frame: fp32 {m['fp32']:.0f} MB, {f['precision']} {m[f['precision']]:.0f} MB")
     r = f["per_frame_ratio"]
     print(f"{f['precision']} / fp32 per frame: p50 x{r['p50']:.2f}, p95 x{r['p95']:.2f}")
     for model, d in f["fidelity"].items():

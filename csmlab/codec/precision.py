@@ -206,6 +206,14 @@ def weight_megabytes(model: nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 1e6
 
 
+def matrix_megabytes(model: nn.Module) -> float:
+    """Bytes of the weight matrices (fp32 parameters of 2 or more dims, int8 `qweight`s), in MB: what
+    a streaming frame reads once (the codebooks are not counted: a frame reads few of their rows)."""
+    tensors = [p for p in model.parameters() if p.dim() >= 2]
+    tensors += [m.qweight for m in model.modules() if isinstance(getattr(m, "qweight", None), torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors) / 1e6
+
+
 class ReducedMoshiBackend(MoshiBackend):
     """moshi's Mimi loaded afresh from the checkpoint and quantized: a model of its own, so the fp32
     codec's weights and results never change. Streams run csmlab's fast path (`csmlab.codec.fast`)
@@ -216,6 +224,6 @@ class ReducedMoshiBackend(MoshiBackend):
             raise ConfigError(f"reduced precision is one of {sorted(QUANTIZERS)}, not {precision!r}")
         super().__init__(path, num_codebooks, config)
         self.precision, self.name = precision, f"moshi-{precision}"
-        self.fp32_megabytes = weight_megabytes(self.model)
+        self.fp32_megabytes, self.fp32_matrix_megabytes = weight_megabytes(self.model), matrix_megabytes(self.model)
         QUANTIZERS[precision](self.model)
-        self.megabytes = weight_megabytes(self.model)
+        self.megabytes, self.matrix_megabytes = weight_megabytes(self.model), matrix_megabytes(self.model)
