@@ -2,7 +2,8 @@
 
 Streaming cost: an fp32 and a reduced session take turns on the same frames (one frame each per
 round), so machine load falls on both alike; the cold first frame is each codec's first frame after
-loading. Fidelity: the espeak-ng utterances of data/speech, encoded in batch by both, on the
+loading (fp32 goes first, so it also pays the process's one-time costs: compare cold figures
+with that in mind). Fidelity: the espeak-ng utterances of data/speech, encoded in batch by both, on the
 full-size Mimi and on the small trained one (`listen=True`): how many codes agree with fp32's
 (codebook 0, which Moshi listens to most, and all), and the log-mel distance of the reduced round
 trip (its encode, its decode) from fp32's round trip, next to fp32's own distance from the input
