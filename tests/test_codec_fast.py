@@ -70,12 +70,43 @@ def test_the_lean_transformer_step_is_bit_identical_to_moshis(small_transformer,
         assert all(torch.equal(a, b) for a, b in zip(_stream(small_transformer, inputs, use_lean), reference))
 
 
-def test_the_lean_step_leaves_a_batch_of_streams_to_moshi(small_transformer):
+def _batch_stream(transformer, inputs, use_lean) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Two streams in one batch, out of step: row 1 sits out steps 3-5 (exec mask) and row 0 restarts
+    at step 8 (reset mask), as `csmlab.codec.batch` does when sessions idle, leave and join.
+    Returns the outputs and every streaming tensor (ring caches, offsets) at the end."""
+    with torch.inference_mode(), transformer.streaming(2):
+        _widen_attention_caches(transformer, 8)
+        outputs = []
+        for i, x in enumerate(inputs):
+            transformer.set_exec_mask(torch.tensor([True, not 3 <= i <= 5]))
+            if i == 8:
+                transformer.reset_streaming(torch.tensor([True, False]))
+            step = lean.lean_forward if use_lean else type(transformer).forward
+            outputs.append(step(transformer, x))
+        states = [t.clone() for t in _tensors(transformer.get_streaming_state())]
+    return outputs, states
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    """Every tensor in a nested streaming state, in a fixed order."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for key in sorted(tree) for t in _tensors(tree[key])]
+    if isinstance(tree, (list, tuple)):
+        return [t for item in tree for t in _tensors(item)]
+    return [t for value in vars(tree).values() for t in _tensors(value)] if hasattr(tree, "__dict__") else []
+
+
+def test_the_lean_step_is_bit_identical_for_a_batch_of_streams_out_of_step(small_transformer):
     torch.manual_seed(1)
     dim = small_transformer.layers[0].self_attn.embed_dim
-    inputs = [torch.randn(2, 2, dim) for _ in range(6)]
-    lean_outputs = _stream(small_transformer, inputs, lambda i: True)
-    assert all(torch.equal(a, b) for a, b in zip(lean_outputs, _stream(small_transformer, inputs, lambda i: False)))
+    inputs = [torch.randn(2, 2, dim) for _ in range(24)]  # past the 32-step window
+    lean_outputs, lean_states = _batch_stream(small_transformer, inputs, use_lean=True)
+    moshi_outputs, moshi_states = _batch_stream(small_transformer, inputs, use_lean=False)
+    assert all(torch.equal(a, b) for a, b in zip(lean_outputs, moshi_outputs))
+    assert len(lean_states) == len(moshi_states) >= 4 * len(small_transformer.layers)  # every layer's caches and offsets
+    assert all(torch.equal(a, b) for a, b in zip(lean_states, moshi_states))
 
 
 def test_nearest_codes_are_cdists_codes_and_follow_a_new_embedding():
