@@ -51,7 +51,10 @@ from csmlab.codec.backends import MimiStream
 
 STREAM_THREADS = 1
 GEMM_MAX_STEPS = 64  # longer inputs (the first encoder / last decoder layers: small weights) keep oneDNN
-LINEAR_MAX_ROWS = 8  # tokens per call up to which a Linear is a weight read, not arithmetic
+# Tokens per call up to which a Linear is a weight read, not arithmetic: 2 per stream per frame, so 16
+# at 8 batched streams. A/B in one process (CodecBatch step p50, load ~1): B = 8, 354 -> 335 ms at 16;
+# B = 16, 487 -> 477 ms at 32 and 468 at 64; the same codes.
+LINEAR_MAX_ROWS = 32
 
 
 def conv1d_gemm(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
