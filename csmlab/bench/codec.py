@@ -282,9 +282,10 @@ def _measure_streams(sizes, seconds, num_codebooks, listen) -> dict:
         session.decode(codes)
         alone.append(codes)
 
-    batch_ms = [_batch_frame_ms(codec, frames)]
+    # Batch is timed 3 times before the streams and 3 after (runs differed by up to 30% here): the median.
+    batch_ms = [_batch_frame_ms(codec, frames) for _ in range(3)]
     rows = scaling(make, sizes, steps=n, extra={"session": single})
-    batch_ms.append(_batch_frame_ms(codec, frames))
+    batch_ms += [_batch_frame_ms(codec, frames) for _ in range(3)]
     batch_frame_ms = float(np.median([wall for wall, _ in batch_ms]))
     batch_frame_cpu_ms = float(np.median([cpu for _, cpu in batch_ms]))
     single = rows.pop("session")
