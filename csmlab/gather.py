@@ -20,6 +20,15 @@ gathers (some in encode, the others in the brain), and they would stay out of st
 set of conversations shares form a `GatherGroup`: a round then closes as soon as every conversation
 waits in some round of the group (nobody else can come), and otherwise waits for the ones still
 computing, so the conversations fall into step after a few rounds.
+
+In real time a conversation also spends most of each 80 ms between steps, waiting for its next
+frame. Only the group's first gather (`stage="entry"`) waits for such a conversation, up to the
+window: its frame may be about to arrive, and batching it is the point. The later gathers do not:
+once a conversation has left the last gather (`stage="exit"`) it will not come before its next
+step, so a brain or decode round closes as soon as everyone *in* a step waits. (On a real-time
+server this cut the wait from up to one window per stage to one window per step.) The count is
+bookkeeping for waiting only: whoever a round leaves out is served in the next, so results never
+depend on it.
 """
 from __future__ import annotations
 
@@ -35,16 +44,27 @@ class GatherGroup:
         self.members = members
         self.cond = threading.Condition()  # one lock for the group's gathers: an arrival wakes every leader
         self.pending = 0  # requests waiting in a round not yet run, across the group
+        self.between_steps = 0  # conversations that left the exit gather and have not entered again
 
-    def everyone_waits(self) -> bool:
-        return self.pending >= self.members()
+    def everyone_waits(self, entry: bool) -> bool:
+        """Nobody else will come to a round: every conversation waits in the group or, past the
+        entry, is between steps."""
+        members = self.members()
+        idle = 0 if entry else min(self.between_steps, members)
+        return self.pending + idle >= members
 
 
 class Gather:
     """Combine concurrent `submit(slot, item)` calls into `run({slot: item}) -> {slot: result}`."""
 
-    def __init__(self, run: Callable[[dict], dict], window_ms: float = 20.0, group: GatherGroup | None = None):
-        self._run, self.window_ms, self._group = run, window_ms, group
+    STAGES = ("entry", "middle", "exit")
+
+    def __init__(self, run: Callable[[dict], dict], window_ms: float = 20.0, group: GatherGroup | None = None,
+                 stage: str = "middle"):
+        if stage not in self.STAGES:
+            raise ValueError(f"stage must be one of {self.STAGES}, not {stage!r}")
+        self._run, self.window_ms, self._group, self.stage = run, window_ms, group, stage
+        self._stepped: set = set()  # at the entry: slots that have entered before (between steps after an exit)
         self._cond = group.cond if group is not None else threading.Condition()
         self._pending: dict = {}  # slot -> item, the round being gathered
         self._members: set = set()  # slots expected in every round
@@ -65,6 +85,7 @@ class Gather:
             self._waiting[round_id] = self._waiting.get(round_id, 0) + 1
             if self._group is not None:
                 self._group.pending += 1
+                self._enter(slot)
             self._cond.notify_all()  # the leaders (of this gather, and in a group of the others) count arrivals
             batch = self._lead() if len(self._pending) == 1 else None
         if batch is not None:
@@ -83,10 +104,17 @@ class Gather:
         self._cond.notify_all()  # slots that wait to join the next round
         return batch
 
+    def _enter(self, slot) -> None:
+        """At the entry, a conversation that stepped before comes back from between steps."""
+        if self.stage == "entry":
+            if slot in self._stepped and self._group.between_steps > 0:
+                self._group.between_steps -= 1
+            self._stepped.add(slot)
+
     def _complete(self) -> bool:
         """Nobody else will come: every member is here (or, in a group, waits in some round)."""
         if self._group is not None:
-            return self._group.everyone_waits()
+            return self._group.everyone_waits(entry=self.stage == "entry")
         return self._members <= self._pending.keys()
 
     def _finish(self, round_id: int, batch: dict) -> None:
@@ -108,6 +136,9 @@ class Gather:
             self._waiting[round_id] -= 1
             if not self._waiting[round_id]:
                 del self._done[round_id], self._waiting[round_id]
+            if self._group is not None and self.stage == "exit":
+                self._group.between_steps = min(self._group.between_steps + 1, self._group.members())
+                self._cond.notify_all()  # later-stage leaders: one fewer to wait for
         if error is not None:
             raise error
         return results[slot]
@@ -116,6 +147,9 @@ class Gather:
         """`slot` will submit no more: rounds stop waiting for it."""
         with self._cond:
             self._members.discard(slot)
+            self._stepped.discard(slot)
+            if self._group is not None and self.stage == "exit" and self._group.between_steps > 0:
+                self._group.between_steps -= 1  # a conversation ends between steps, after its last exit
             self._cond.notify_all()
 
     @property

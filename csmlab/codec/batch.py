@@ -121,7 +121,9 @@ class _BatchedBackend:
         self.batches = {"encode": CodecBatch(codec, size), "decode": CodecBatch(codec, size)}
         # without a brain's group, the conversations are the encoding streams (one per duplex session)
         group = group or GatherGroup(lambda: self.batches["encode"].slots.in_use)
-        self.gathers = {kind: Gather(getattr(batch, kind), window_ms, group) for kind, batch in self.batches.items()}
+        stages = {"encode": "entry", "decode": "exit"}  # a duplex step: encode, (the brain), decode
+        self.gathers = {kind: Gather(getattr(batch, kind), window_ms, group, stages[kind])
+                        for kind, batch in self.batches.items()}
 
     def open_stream(self) -> "_SlotStream":
         return _SlotStream(self)
