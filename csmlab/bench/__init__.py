@@ -7,6 +7,7 @@ Benchmarks compare implementations side by side in one run: ratios travel, milli
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from pathlib import Path
@@ -42,3 +43,16 @@ def machine() -> dict:
         "torch": torch.__version__,
         "load_average_1min": round(os.getloadavg()[0], 2),  # > cpu_cores: a shared, busy machine; timings inflate
     }
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch's intra-op thread count set to `threads` for a block (None: unchanged), then restored.
+    One setting for the whole process (DEVELOPERS.md, "Threads")."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

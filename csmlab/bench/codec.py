@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from csmlab import metrics
+from csmlab.bench import torch_threads
 # `plot_scaling` and `cached` are here for the notebooks: plot_scaling(cached("codec_streams"))
 from csmlab.bench.streams import cached, conditions, parse_streams, plot_scaling, scaling, state_mb  # noqa: F401
 from csmlab.codec import FRAME_SIZE, load_codec
@@ -137,13 +138,8 @@ def measure(seconds: float = 10.0, num_codebooks: int = 8, warmup: int = 3, thre
     `threads` sets torch's intra-op threads for the batch path and moshi's `streaming()` during the
     run (csmlab's session always streams on one); None keeps the process's setting.
     """
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _measure(seconds, num_codebooks, warmup)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _measure(seconds: float, num_codebooks: int, warmup: int) -> dict:
@@ -243,12 +239,8 @@ def measure_streams(sizes: list[int], seconds: float = 4.0, num_codebooks: int =
     Stream s of a batch plays the clip from frame 7 s on, so the streams carry different audio.
     A plain `codec.stream()` session is timed in the same rounds, and the first stream of the
     largest batch is checked against it (same frames)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _measure_streams(sizes, seconds, num_codebooks, listen)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _measure_streams(sizes, seconds, num_codebooks, listen) -> dict:

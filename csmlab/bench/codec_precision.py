@@ -20,6 +20,7 @@ import torch
 
 from csmlab import metrics
 from csmlab.audio import to_mimi
+from csmlab.bench import torch_threads
 from csmlab.bench.streams import conditions
 from csmlab.codec import FRAME_SIZE, load_codec
 from csmlab.codec.batch import agreement
@@ -31,12 +32,8 @@ def measure(precision: str, frames: np.ndarray, num_codebooks: int = 8, warmup: 
     """Side-by-side streaming cost and fidelity of `precision` against fp32, on `threads` torch threads."""
     if precision == "fp32":
         raise ConfigError("--precision compares a reduced precision with fp32: pass --precision int8")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _measure(precision, frames, num_codebooks, warmup)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _measure(precision, frames, num_codebooks, warmup) -> dict:
