@@ -171,27 +171,25 @@ class FastMimiStream(MimiStream):
 
     def __init__(self, model, batch_size: int = 1):
         super().__init__(model, batch_size)
-        self._fast = [(m, f) for m in model.modules() if (f := _fast_forward(m)) is not None]
-        self._codebooks = [m for m in model.modules() if isinstance(m, EuclideanCodebook)]
+        # (module, method name, replacement): built once, installed for each call
+        self._fast = [(m, "forward", f) for m in model.modules() if (f := _fast_forward(m)) is not None]
+        self._fast += [(m, "_quantize", functools.partial(nearest_codes, m))
+                       for m in model.modules() if isinstance(m, EuclideanCodebook)]
 
     @contextlib.contextmanager
     def _kernels(self):
-        """The GEMM forwards and `STREAM_THREADS`, for the length of one call (under the model's lock:
-        another thread's call on the same modules never sees them half-installed)."""
+        """The fast forwards, the centroid search and `STREAM_THREADS`, for the length of one call
+        (under the model's lock: another thread's call on the same modules never sees them half-installed)."""
         # An instance attribute shadows the class's method. Written straight into `__dict__`: through
         # `nn.Module.__setattr__` installing and removing these took 1.3 ms per call here.
-        for module, forward in self._fast:
-            vars(module)["forward"] = forward
-        for codebook in self._codebooks:
-            vars(codebook)["_quantize"] = functools.partial(nearest_codes, codebook)
+        for module, name, method in self._fast:
+            vars(module)[name] = method
         try:
             with _stream_threads:
                 yield
         finally:
-            for module, _ in self._fast:
-                del vars(module)["forward"]
-            for codebook in self._codebooks:
-                del vars(codebook)["_quantize"]
+            for module, name, _ in self._fast:
+                del vars(module)[name]
 
 
 class _StreamThreads:
