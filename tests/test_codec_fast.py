@@ -4,7 +4,7 @@ import torch
 from moshi.quantization.core_vq import EuclideanCodebook
 from torch import nn
 
-from csmlab.codec import fast, lean, load_codec
+from csmlab.codec import convs, fast, lean, load_codec
 from csmlab.codec.backends import _widen_attention_caches
 
 
@@ -14,7 +14,7 @@ def test_conv1d_gemm_equals_conv1d(c_in, c_out, k, stride, dilation, steps, bias
     torch.manual_seed(0)
     conv = nn.Conv1d(c_in, c_out, k, stride, dilation=dilation, bias=bias)
     x = torch.randn(1, c_in, steps)
-    assert torch.allclose(fast.conv1d_gemm(conv, x), conv(x), atol=1e-5)
+    assert torch.allclose(convs.conv1d_gemm(conv, x), conv(x), atol=1e-5)
 
 
 @pytest.mark.parametrize("c_in, c_out, stride, m, steps", [(16, 8, 8, 2, 2), (8, 4, 5, 2, 3), (6, 6, 2, 3, 1), (4, 4, 1, 1, 7)])
@@ -23,7 +23,7 @@ def test_conv_transpose1d_gemm_equals_conv_transpose1d(c_in, c_out, stride, m, s
     torch.manual_seed(0)
     convtr = nn.ConvTranspose1d(c_in, c_out, m * stride, stride, bias=bias)
     x = torch.randn(1, c_in, steps)
-    assert torch.allclose(fast.conv_transpose1d_gemm(convtr, x), convtr(x), atol=1e-5)
+    assert torch.allclose(convs.conv_transpose1d_gemm(convtr, x), convtr(x), atol=1e-5)
 
 
 def test_a_fast_session_restores_the_model_and_the_thread_count():

@@ -48,6 +48,7 @@ from moshi.quantization.core_vq import EuclideanCodebook
 
 from csmlab.codec import lean
 from csmlab.codec.backends import MimiStream
+from csmlab.codec.convs import conv1d_gemm, conv_transpose1d_gemm, plain_conv, plain_conv_transpose
 
 STREAM_THREADS = 1
 GEMM_MAX_STEPS = 64  # longer inputs (the first encoder / last decoder layers: small weights) keep oneDNN
@@ -55,46 +56,6 @@ GEMM_MAX_STEPS = 64  # longer inputs (the first encoder / last decoder layers: s
 # at 8 batched streams. A/B in one process (CodecBatch step p50, load ~1): B = 8, 354 -> 335 ms at 16;
 # B = 16, 487 -> 477 ms at 32 and 468 at 64; the same codes.
 LINEAR_MAX_ROWS = 32
-
-
-def conv1d_gemm(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """`conv(x)` for an ungrouped, unpadded Conv1d as one matrix product: [B, C_in, L] -> [B, C_out, L'].
-
-    A batch of streams (`csmlab.codec.batch`) adds columns to the same product, so the weights are
-    still read once per call."""
-    (k,), (s,), (d,) = conv.kernel_size, conv.stride, conv.dilation
-    c_out, c_in, _ = conv.weight.shape
-    batch = x.shape[0]
-    cols = x.unfold(2, d * (k - 1) + 1, s)  # [B, C_in, L', span]
-    if d > 1:
-        cols = cols[..., ::d]  # [B, C_in, L', k]
-    steps = cols.shape[2]
-    rows = cols.permute(0, 2, 1, 3).reshape(batch * steps, c_in * k)  # [B * L', C_in * k]
-    weight = conv.weight.view(c_out, c_in * k)
-    # `rows.T` (a transposed view), not a contiguous [C_in * k, L']: with a few columns, the BLAS
-    # kernel for the contiguous layout ran 4x slower here (183 vs 45 ms for all of Mimi's weights).
-    if conv.bias is None:
-        out = torch.mm(weight, rows.T)
-    else:
-        out = torch.addmm(conv.bias[:, None], weight, rows.T)  # [C_out, B * L']
-    return out.view(c_out, batch, steps).transpose(0, 1)  # [B, C_out, L']
-
-
-def conv_transpose1d_gemm(convtr: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
-    """`convtr(x)` for an ungrouped ConvTranspose1d with kernel = m * stride: one mm + overlap-add.
-    [B, C_in, L] -> [B, C_out, (L - 1) * stride + k]."""
-    (k,), (s,) = convtr.kernel_size, convtr.stride
-    c_in, c_out, _ = convtr.weight.shape
-    batch, steps, m = x.shape[0], x.shape[-1], k // s
-    inputs = x.transpose(1, 2).reshape(batch * steps, c_in)  # [B * L, C_in]
-    taps = torch.mm(inputs, convtr.weight.view(c_in, c_out * k))  # [B * L, C_out * k]
-    taps = taps.view(batch, steps, c_out, m, s).permute(0, 2, 3, 1, 4)  # [B, C_out, m, L, s]
-    out = taps.new_zeros(batch, c_out, steps + m - 1, s)  # [B, C_out, L + m - 1, s]
-    for i in range(m):
-        out[:, :, i : i + steps] += taps[:, :, i]
-    if convtr.bias is not None:
-        out += convtr.bias[:, None, None]
-    return out.view(batch, c_out, -1)
 
 
 def linear_gemm(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -153,15 +114,9 @@ def _fast_forward(module: nn.Module):
         return lambda x: lean.lean_forward(module, x)
     if type(module) is nn.Linear:
         return lambda x: linear_gemm(module, x) if x[..., 0].numel() <= LINEAR_MAX_ROWS else nn.Linear.forward(module, x)
-    if type(module) is nn.Conv1d and module.groups == 1 and module.padding == (0,):
+    if plain_conv(module):
         return _short_input(conv1d_gemm, nn.Conv1d.forward, module)
-    if (
-        type(module) is nn.ConvTranspose1d
-        and module.groups == 1
-        and module.padding == (0,)
-        and module.output_padding == (0,)
-        and module.kernel_size[0] % module.stride[0] == 0
-    ):
+    if plain_conv_transpose(module):
         return _short_input(conv_transpose1d_gemm, nn.ConvTranspose1d.forward, module)
     return None
 

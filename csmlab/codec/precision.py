@@ -43,6 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from csmlab.codec.backends import MoshiBackend
+from csmlab.codec.convs import conv_columns, overlap_add, plain_conv, plain_conv_transpose
 from csmlab.errors import ConfigError
 
 PRECISIONS = {
@@ -139,8 +140,7 @@ class Int8Conv1d(nn.Conv1d):
             weight = (self.qweight.float() * self.scales.float()[:, None]).view(self.out_channels, -1, k)
             out = F.conv1d(x.to(torch.bfloat16).float(), weight, None, s, 0, d).to(torch.bfloat16).float()
             return _bias(out, self.bias, axis=1)
-        cols = x.unfold(2, d * (k - 1) + 1, s)[..., ::d]  # [B, C_in, L', k]
-        rows = cols.permute(0, 2, 1, 3).reshape(batch * steps, -1)  # [B * L', C_in * k]
+        rows = conv_columns(x, k, s, d)  # [B * L', C_in * k]
         out = _bias(int8_matmul(rows, self.qweight, self.scales), self.bias)  # [B * L', C_out]
         return out.view(batch, steps, -1).transpose(1, 2)  # [B, C_out, L']
 
@@ -162,13 +162,10 @@ class Int8ConvTranspose1d(nn.ConvTranspose1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C_in, L] -> [B, C_out, (L - 1) * stride + k]."""
         (k,), (s,) = self.kernel_size, self.stride
-        batch, steps, m = x.shape[0], x.shape[-1], k // s
-        inputs = x.transpose(1, 2).reshape(batch * steps, self.in_channels)  # [B * L, C_in]
+        batch = x.shape[0]
+        inputs = x.transpose(1, 2).reshape(-1, self.in_channels)  # [B * L, C_in]
         taps = int8_matmul(inputs, self.qweight, self.scales)  # [B * L, C_out * k]
-        taps = taps.view(batch, steps, self.out_channels, m, s).permute(0, 2, 3, 1, 4)  # [B, C_out, m, L, s]
-        out = taps.new_zeros(batch, self.out_channels, steps + m - 1, s)  # [B, C_out, L + m - 1, s]
-        for i in range(m):
-            out[:, :, i : i + steps] += taps[:, :, i]
+        out = overlap_add(taps, batch, self.out_channels, k // s, s)  # [B, C_out, L + m - 1, s]
         return _bias(out.view(batch, self.out_channels, -1), self.bias, axis=1)
 
 
@@ -180,10 +177,9 @@ def _int8_module(module: nn.Module) -> nn.Module | None:
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.numel() < MIN_WEIGHTS:
         return None
-    if type(module) is nn.Conv1d and module.groups == 1 and module.padding == (0,):
+    if plain_conv(module):
         return Int8Conv1d(module)
-    if (type(module) is nn.ConvTranspose1d and module.groups == 1 and module.padding == (0,)
-            and module.output_padding == (0,) and module.kernel_size[0] % module.stride[0] == 0):
+    if plain_conv_transpose(module):
         return Int8ConvTranspose1d(module)
     return None
 

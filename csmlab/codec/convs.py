@@ -1,0 +1,74 @@
+"""Convolutions as matrix products: what a streaming call's few output steps make of a conv.
+
+With a few output steps per call a convolution is a skinny matrix product whose cost is reading its
+weights once, so `csmlab.codec.fast` runs the deep, weight-heavy convs of Mimi this way, and
+`csmlab.codec.precision` runs its int8 convs on the same columns and overlap-add. Plain torch: no
+moshi import, so `import csmlab.codec` stays light.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def plain_conv(module: nn.Module) -> bool:
+    """An ungrouped, unpadded Conv1d: one matrix product over its input windows (`conv_columns`)."""
+    return type(module) is nn.Conv1d and module.groups == 1 and module.padding == (0,)
+
+
+def plain_conv_transpose(module: nn.Module) -> bool:
+    """An ungrouped, unpadded ConvTranspose1d with kernel = m * stride: one product, then `overlap_add`."""
+    return (type(module) is nn.ConvTranspose1d and module.groups == 1 and module.padding == (0,)
+            and module.output_padding == (0,) and module.kernel_size[0] % module.stride[0] == 0)
+
+
+def conv_columns(x: torch.Tensor, k: int, s: int, d: int) -> torch.Tensor:
+    """A conv's input windows as rows, [B, C_in, L] -> [B * L', C_in * k] (kernel k, stride s, dilation d)."""
+    cols = x.unfold(2, d * (k - 1) + 1, s)  # [B, C_in, L', span]
+    if d > 1:
+        cols = cols[..., ::d]  # [B, C_in, L', k]
+    batch, c_in, steps, _ = cols.shape
+    return cols.permute(0, 2, 1, 3).reshape(batch * steps, c_in * k)
+
+
+def overlap_add(taps: torch.Tensor, batch: int, c_out: int, m: int, s: int) -> torch.Tensor:
+    """A transposed conv's output from each input step's taps: [B * L, C_out * m * s] -> [B, C_out, L + m - 1, s]."""
+    steps = taps.shape[0] // batch
+    taps = taps.view(batch, steps, c_out, m, s).permute(0, 2, 3, 1, 4)  # [B, C_out, m, L, s]
+    out = taps.new_zeros(batch, c_out, steps + m - 1, s)
+    for i in range(m):
+        out[:, :, i : i + steps] += taps[:, :, i]
+    return out
+
+
+def conv1d_gemm(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """`conv(x)` for a `plain_conv` as one matrix product: [B, C_in, L] -> [B, C_out, L'].
+
+    A batch of streams (`csmlab.codec.batch`) adds columns to the same product, so the weights are
+    still read once per call."""
+    (k,), (s,), (d,) = conv.kernel_size, conv.stride, conv.dilation
+    c_out = conv.weight.shape[0]
+    batch = x.shape[0]
+    rows = conv_columns(x, k, s, d)  # [B * L', C_in * k]
+    weight = conv.weight.view(c_out, -1)
+    # `rows.T` (a transposed view), not a contiguous [C_in * k, L']: with a few columns, the BLAS
+    # kernel for the contiguous layout ran 4x slower here (183 vs 45 ms for all of Mimi's weights).
+    if conv.bias is None:
+        out = torch.mm(weight, rows.T)
+    else:
+        out = torch.addmm(conv.bias[:, None], weight, rows.T)  # [C_out, B * L']
+    return out.view(c_out, batch, -1).transpose(0, 1)  # [B, C_out, L']
+
+
+def conv_transpose1d_gemm(convtr: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
+    """`convtr(x)` for a `plain_conv_transpose`: one mm + overlap-add.
+    [B, C_in, L] -> [B, C_out, (L - 1) * stride + k]."""
+    (k,), (s,) = convtr.kernel_size, convtr.stride
+    c_in, c_out, _ = convtr.weight.shape
+    batch = x.shape[0]
+    inputs = x.transpose(1, 2).reshape(-1, c_in)  # [B * L, C_in]
+    taps = torch.mm(inputs, convtr.weight.view(c_in, c_out * k))  # [B * L, C_out * k]
+    out = overlap_add(taps, batch, c_out, k // s, s)  # [B, C_out, L + m - 1, s]
+    if convtr.bias is not None:
+        out += convtr.bias[:, None, None]
+    return out.view(batch, c_out, -1)
