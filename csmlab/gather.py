@@ -28,7 +28,9 @@ once a conversation has left the last gather (`stage="exit"`) it will not come b
 step, so a brain or decode round closes as soon as everyone *in* a step waits. (On a real-time
 server this cut the wait from up to one window per stage to one window per step.) The count is
 bookkeeping for waiting only: whoever a round leaves out is served in the next, so results never
-depend on it.
+depend on it. It counts requests, not conversations (each gather numbers its slots its own way), so
+a step that never reaches the exit (Moshi still silent, a failed brain) takes back a credit it never
+gave; the rounds after it then wait their window again, as they all did before.
 """
 from __future__ import annotations
 
@@ -49,9 +51,7 @@ class GatherGroup:
     def everyone_waits(self, entry: bool) -> bool:
         """Nobody else will come to a round: every conversation waits in the group or, past the
         entry, is between steps."""
-        members = self.members()
-        idle = 0 if entry else min(self.between_steps, members)
-        return self.pending + idle >= members
+        return self.pending + (0 if entry else self.between_steps) >= self.members()
 
 
 class Gather:
@@ -64,7 +64,6 @@ class Gather:
         if stage not in self.STAGES:
             raise ValueError(f"stage must be one of {self.STAGES}, not {stage!r}")
         self._run, self.window_ms, self._group, self.stage = run, window_ms, group, stage
-        self._stepped: set = set()  # at the entry: slots that have entered before (between steps after an exit)
         self._cond = group.cond if group is not None else threading.Condition()
         self._pending: dict = {}  # slot -> item, the round being gathered
         self._members: set = set()  # slots expected in every round
@@ -77,6 +76,7 @@ class Gather:
     def submit(self, slot, item):
         """Run `item` for `slot` in the next batch; block until its result is back (or raise its error)."""
         with self._cond:
+            returning = slot in self._members  # it has stepped before
             self._members.add(slot)
             while slot in self._pending:  # this slot already waits in the round being gathered
                 self._cond.wait()
@@ -85,7 +85,7 @@ class Gather:
             self._waiting[round_id] = self._waiting.get(round_id, 0) + 1
             if self._group is not None:
                 self._group.pending += 1
-                self._enter(slot)
+                self._enter(returning)
             self._cond.notify_all()  # the leaders (of this gather, and in a group of the others) count arrivals
             batch = self._lead() if len(self._pending) == 1 else None
         if batch is not None:
@@ -104,12 +104,10 @@ class Gather:
         self._cond.notify_all()  # slots that wait to join the next round
         return batch
 
-    def _enter(self, slot) -> None:
+    def _enter(self, returning: bool) -> None:
         """At the entry, a conversation that stepped before comes back from between steps."""
-        if self.stage == "entry":
-            if slot in self._stepped and self._group.between_steps > 0:
-                self._group.between_steps -= 1
-            self._stepped.add(slot)
+        if self.stage == "entry" and returning and self._group.between_steps > 0:
+            self._group.between_steps -= 1
 
     def _complete(self) -> bool:
         """Nobody else will come: every member is here (or, in a group, waits in some round)."""
@@ -147,7 +145,6 @@ class Gather:
         """`slot` will submit no more: rounds stop waiting for it."""
         with self._cond:
             self._members.discard(slot)
-            self._stepped.discard(slot)
             if self._group is not None and self.stage == "exit" and self._group.between_steps > 0:
                 self._group.between_steps -= 1  # a conversation ends between steps, after its last exit
             self._cond.notify_all()
