@@ -15,8 +15,7 @@ import torch
 
 from csmlab import metrics
 from csmlab.bench import torch_threads
-# `plot_scaling` and `cached` are here for the notebooks: plot_scaling(cached("codec_streams"))
-from csmlab.bench.streams import cached, conditions, parse_streams, plot_scaling, scaling, state_mb  # noqa: F401
+from csmlab.bench.streams import conditions, parse_streams, scaling, state_mb
 from csmlab.codec import FRAME_SIZE, load_codec
 from csmlab.codec.batch import CodecBatch, agreement
 from csmlab.codec.precision import PRECISIONS
@@ -120,16 +119,21 @@ def weight_read_floor(model, repeats: int = 7) -> dict[str, float]:
 
 
 def batch_costs(codec, frames) -> dict[str, float]:
-    """Whole-clip encode and decode cost divided by the number of frames, in ms."""
+    """Whole-clip encode and decode cost divided by the number of frames, warm, in ms: wall clock, and
+    this thread's CPU time (`*_cpu_ms`).
+
+    The warm-up runs the whole clip: oneDNN builds its kernels per input shape, and a first call at a
+    new length cost 35% more here (the cold call is reported apart)."""
     audio = frames.reshape(-1)
-    codec.decode(codec.encode(audio, 24_000))  # warm up at this length (oneDNN builds kernels per shape)
-    start = time.perf_counter()
+    codec.decode(codec.encode(audio, 24_000))  # warm up, at this length
+    start, cpu = time.perf_counter(), time.thread_time()
     codes = codec.encode(audio, 24_000)
-    encode_ms = 1000 * (time.perf_counter() - start) / len(frames)
-    start = time.perf_counter()
+    encode_ms, encode_cpu_ms = 1000 * (time.perf_counter() - start), 1000 * (time.thread_time() - cpu)
+    start, cpu = time.perf_counter(), time.thread_time()
     codec.decode(codes)
-    decode_ms = 1000 * (time.perf_counter() - start) / len(frames)
-    return {"encode_ms": encode_ms, "decode_ms": decode_ms, "codes": codes}
+    decode_ms, decode_cpu_ms = 1000 * (time.perf_counter() - start), 1000 * (time.thread_time() - cpu)
+    per_frame = {"encode_ms": encode_ms, "decode_ms": decode_ms, "encode_cpu_ms": encode_cpu_ms, "decode_cpu_ms": decode_cpu_ms}
+    return {**{k: v / len(frames) for k, v in per_frame.items()}, "codes": codes}
 
 
 def measure(seconds: float = 10.0, num_codebooks: int = 8, warmup: int = 3, threads: int | None = None) -> dict:
@@ -312,15 +316,9 @@ def _measure_streams(sizes, seconds, num_codebooks, listen) -> dict:
 
 
 def _batch_frame_ms(codec, frames) -> tuple[float, float]:
-    """Whole-clip encode + decode per frame, warm: (wall ms, this thread's CPU ms).
-
-    The warm-up runs the whole clip: oneDNN builds its kernels per input shape, and a first call at
-    a new length cost 35% more here (the cold call is reported apart, as `first_batch_call_ms`)."""
-    audio = frames.reshape(-1)
-    codec.decode(codec.encode(audio, 24_000))  # warm up, at this length
-    start, cpu = time.perf_counter(), time.thread_time()
-    codec.decode(codec.encode(audio, 24_000))
-    return 1000 * (time.perf_counter() - start) / len(frames), 1000 * (time.thread_time() - cpu) / len(frames)
+    """Whole-clip encode + decode per frame, warm: (wall ms, this thread's CPU ms)."""
+    costs = batch_costs(codec, frames)
+    return costs["encode_ms"] + costs["decode_ms"], costs["encode_cpu_ms"] + costs["decode_cpu_ms"]
 
 
 def print_streams(figures: dict) -> None:

@@ -22,7 +22,7 @@ from csmlab import metrics
 from csmlab.audio import to_mimi
 from csmlab.bench import torch_threads
 from csmlab.bench.streams import conditions
-from csmlab.codec import FRAME_SIZE, load_codec
+from csmlab.codec import load_codec
 from csmlab.codec.batch import agreement
 from csmlab.data import speech_utterances
 from csmlab.errors import ConfigError

@@ -112,15 +112,6 @@ def held_in_real_time(rows: dict[str, dict], clock: str = "real_time") -> int:
     return max((f["streams"] for f in rows.values() if f[clock]), default=0)
 
 
-def cached(name: str) -> dict:
-    """The figures a bench wrote to `data/results/<name>.json` (with its machine and date), e.g.
-    `cached("codec_streams")`: the notebooks plot these instead of timing on the reader's machine."""
-    import json
-
-    from csmlab.data import DATA_DIR
-
-    return json.loads((DATA_DIR / "results" / f"{name}.json").read_text())
-
 
 def plot_scaling(figures: dict, ax=None, title: str | None = None):
     """Per-stream-frame cost against streams per forward (wall clock p50 with a bar to p95, and CPU
