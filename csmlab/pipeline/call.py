@@ -2,8 +2,8 @@
 
 The recording is one mono channel with both speakers. To play "the user" into a session we keep
 the call only where the user speaks (their RTTM turns) and silence the rest; overlaps keep the other
-speaker faintly underneath, as a real line would. The RTTM names speakers by diarisation labels and
-the STM by first names; `user_side` matches them by overlap.
+speaker faintly underneath, as a real line would. `csmlab.data` names the RTTM's speakers as the STM
+does (`SPEAKER_NAMES`), so a side is found by name in both.
 """
 from __future__ import annotations
 
@@ -27,16 +27,10 @@ class Side:
     transcript: list[Turn]  # STM utterances (what they said): the cascade's stand-in for ASR
 
 
-def _overlap(a: list[Turn], b: list[Turn]) -> float:
-    return sum(max(0.0, min(x.end, y.end) - max(x.start, y.start)) for x in a for y in b)
-
-
 def user_side(recording: Recording, name: str) -> Side:
     """The call where `name` (an STM speaker, e.g. "Diane") speaks, silence elsewhere."""
     words = [t for t in recording.transcript if t.speaker == name]
-    labels = {t.speaker for t in recording.turns}
-    label = max(labels, key=lambda s: _overlap([t for t in recording.turns if t.speaker == s], words))
-    turns = [t for t in recording.turns if t.speaker == label]
+    turns = [t for t in recording.turns if t.speaker == name]
     mask = np.zeros(len(recording.audio), np.float32)
     for t in turns:
         mask[int(t.start * recording.sample_rate): int(t.end * recording.sample_rate)] = 1.0
@@ -47,8 +41,8 @@ def stereo(user, user_rate: int, system_24k: np.ndarray, rate: int = SAMPLE_RATE
     """`[2, T]` at `rate`: the user on the left, the system on the right (for `IPython.display.Audio`).
 
     A player embeds its samples in the notebook: 16 kHz (the call's own rate) keeps notebooks small."""
-    left = resample(np.asarray(user, np.float32), user_rate, rate) if user_rate != rate else user
-    right = resample(system_24k, SAMPLE_RATE, rate) if rate != SAMPLE_RATE else system_24k
+    left = resample(np.asarray(user, np.float32), user_rate, rate)  # unchanged where the rates agree
+    right = resample(system_24k, SAMPLE_RATE, rate)
     n = max(len(left), len(right))
     out = np.zeros((2, n), np.float32)
     out[0, : len(left)], out[1, : len(right)] = left, right
