@@ -11,8 +11,9 @@ import librosa.display
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+from matplotlib.ticker import FormatStrFormatter
 
-from csmlab.data import Recording, overlap_intervals
+from csmlab.data import Recording, Turn, overlap_intervals
 
 RANDOM_WEIGHTS = "random weights: what compute sounds like, not speech"
 CODEC, BRAIN, VOICE, EDGE = "#c6e2c3", "#f7d9a8", "#f3c1c1", "#d9e8f5"
@@ -60,6 +61,15 @@ def shade_overlaps(ax, turns, **kwargs) -> None:
         ax.axvspan(start, end, color="#555555", alpha=0.28, lw=0, label="both speak" if i == 0 else None, **kwargs)
 
 
+def draw_turns(ax, turns: list[Turn]) -> None:
+    """One bar per turn, one row per speaker (named on the y axis), on a time axis in seconds."""
+    speakers = sorted({t.speaker for t in turns})
+    for turn in turns:
+        row = speakers.index(turn.speaker)
+        ax.broken_barh([(turn.start, turn.end - turn.start)], (row - 0.4, 0.8), color=f"C{row}")
+    ax.set(yticks=range(len(speakers)), yticklabels=speakers, xlabel="time (s)")
+
+
 def recording_overview(rec: Recording) -> plt.Figure:
     """Waveform, log-mel spectrogram and speaker turns of `rec`, on one time axis."""
     fig, (wave, spec, turns) = plt.subplots(3, 1, figsize=(12, 6.5), sharex=True,
@@ -70,12 +80,8 @@ def recording_overview(rec: Recording) -> plt.Figure:
     librosa.display.specshow(librosa.power_to_db(mel, ref=np.max), sr=rec.sample_rate, x_axis="time",
                              y_axis="mel", ax=spec)
     spec.set(title="log-mel spectrogram", xlabel=None)
-    speakers = sorted({t.speaker for t in rec.turns})
-    for turn in rec.turns:
-        row = speakers.index(turn.speaker)
-        turns.broken_barh([(turn.start, turn.end - turn.start)], (row - 0.4, 0.8), color=f"C{row}")
-    turns.set(yticks=range(len(speakers)), yticklabels=speakers, xlabel="time (s)",
-              title="who speaks when (RTTM); shaded: both at once")
+    draw_turns(turns, rec.turns)
+    turns.set(title="who speaks when (RTTM); shaded: both at once")
     for ax in (wave, spec, turns):
         shade_overlaps(ax, rec.turns)
     turns.legend(loc="upper left", fontsize=8)
@@ -90,13 +96,12 @@ def call_window(rec: Recording, start: float, seconds: float = 3.0) -> plt.Figur
     mel = librosa.feature.melspectrogram(y=rec.audio[a:b], sr=rec.sample_rate, n_mels=64, hop_length=160)
     librosa.display.specshow(librosa.power_to_db(mel, ref=np.max), sr=rec.sample_rate, hop_length=160,
                              x_axis="time", y_axis="mel", ax=spec, x_coords=start + np.arange(mel.shape[1]) * 160 / rec.sample_rate)
-    speakers = sorted({t.speaker for t in rec.turns})
-    for turn in rec.turns:
-        row = speakers.index(turn.speaker)
-        turns.broken_barh([(turn.start, turn.end - turn.start)], (row - 0.4, 0.8), color=f"C{row}")
+    draw_turns(turns, rec.turns)
     for ax in (spec, turns):
         shade_overlaps(ax, rec.turns)
-    turns.set(yticks=range(len(speakers)), yticklabels=speakers, xlabel="time (s)", xlim=(start, start + seconds))
+    turns.set(xlim=(start, start + seconds))
+    # librosa's time axis labels whole seconds, which repeats a label ("12 12 12") on a 3 s window
+    turns.xaxis.set_major_formatter(FormatStrFormatter("%.1f"))
     spec.set(title=f"{start:.1f} to {start + seconds:.1f} s; shaded: both speak", xlabel=None)
     fig.tight_layout()
     return fig
