@@ -32,7 +32,7 @@ from csmlab.serve.chat import CLOSE_GOING_AWAY, Chat, refuse
 from csmlab.serve.config import Settings
 from csmlab.serve.metrics import ServerMetrics
 from csmlab.serve.wires import FrameWire, OpusWire
-from csmlab.widget.widget import AUDIO_JS
+from csmlab.widget.frames import AUDIO_JS
 
 PAGE = Path(__file__).resolve().parent.parent / "assets" / "serve" / "index.html"
 

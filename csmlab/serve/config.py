@@ -16,8 +16,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from csmlab.errors import ConfigError
+from csmlab.pipeline.brain import BRAINS
 
-BRAINS = ("loopback", "moshi", "cascade", "scripted")
 TOKEN_ENV = "CSMLAB_TOKEN"
 SECTIONS = {
     "server": ("host", "port", "token", "insecure"),

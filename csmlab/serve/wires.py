@@ -15,7 +15,7 @@ import sphn
 from csmlab.errors import AudioFormatError
 from csmlab.metrics import SAMPLE_RATE
 from csmlab.serve.protocol import HANDSHAKE, ProtocolError, audio_message, audio_payload, error_message, text_message
-from csmlab.widget.frames import FLAG_LATE, FLAG_NO_SEQ, KIND_SYSTEM, pack_frame, unpack_mic_frame
+from csmlab.widget.frames import pack_system_frame, unpack_mic_frame
 
 Message = bytes | str
 
@@ -63,8 +63,7 @@ class FrameWire:
     def encode(self, steps: list) -> list[Message]:
         out: list[Message] = []
         for s in steps:
-            flags = (FLAG_NO_SEQ if s.seq is None else 0) | (FLAG_LATE if s.late else 0)
-            out.append(pack_frame(KIND_SYSTEM, s.seq or 0, s.compute_ms.get("total", 0.0), s.pcm, flags))
+            out.append(pack_system_frame(s, s.compute_ms.get("total", 0.0)))
             if s.text:
                 out.append(json.dumps({"type": "text", "text": s.text}))
         return out

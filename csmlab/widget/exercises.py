@@ -17,7 +17,7 @@ def frame_bytes(answer) -> Verdict:
         hint = "the samples are right; the frame also carries a header (version, kind, flags, seq, time)"
     elif _close(answer, 2 * FRAME_SIZE + HEADER_BYTES):
         hint = "the page sends float32 samples, not 16-bit PCM"
-    return _verdict((answer,), _close(answer, truth), f"{truth} bytes, {truth * 1000 / frame_ms() / 1000:.0f} kB/s", hint)
+    return _verdict((answer,), _close(answer, truth), f"{truth} bytes, {truth / frame_ms():.0f} kB/s", hint)  # bytes per ms = kB/s
 
 
 def drops_per_second(answer, compute_ms: float) -> Verdict:

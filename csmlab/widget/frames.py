@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from csmlab.errors import AudioFormatError
 from csmlab.metrics import FRAME_SIZE
 
+AUDIO_JS = Path(__file__).resolve().parent.parent / "assets" / "widget" / "duplex-audio.js"
+"""The page side of this layout, a standalone module: loaded by the widget, served by `csmlab serve`."""
 VERSION = 1
 KIND_MIC, KIND_SYSTEM = 1, 2
 FLAG_NO_SEQ, FLAG_LATE = 1, 2
@@ -57,6 +60,12 @@ def pack_frame(kind: int, seq: int, time_ms: float, pcm: np.ndarray, flags: int 
     """Header + float32 samples, as one buffer ready for `model.send` or a WebSocket."""
     pcm = np.ascontiguousarray(pcm, dtype="<f4").reshape(-1)  # [N]
     return HEADER.pack(VERSION, kind, flags, seq & MAX_SEQ, float(time_ms)) + pcm.tobytes()
+
+
+def pack_system_frame(step, time_ms: float) -> bytes:
+    """A duplex step's audio for the page, flagged when it concealed a missing mic frame or was late."""
+    flags = (FLAG_NO_SEQ if step.seq is None else 0) | (FLAG_LATE if step.late else 0)
+    return pack_frame(KIND_SYSTEM, step.seq or 0, time_ms, step.pcm, flags)
 
 
 def unpack_frame(buffer, kind: int | None = None, samples: int | None = None) -> Frame:

@@ -10,17 +10,16 @@ Tested in JupyterLab 4 with Chromium (tests/test_browser.py); other anywidget fr
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import anywidget
 import traitlets
 
 from csmlab.metrics import frame_ms
+from csmlab.widget.frames import AUDIO_JS
 from csmlab.widget.worker import WORKER_PREFIX, DuplexWorker
 
 THREAD_PREFIXES = (WORKER_PREFIX, "brain-")  # the worker's, and the session's brain thread
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "widget"
-AUDIO_JS = ASSETS / "duplex-audio.js"  # standalone: also served by `csmlab serve`
+ASSETS = AUDIO_JS.parent
 BRAINS = ("loopback", "moshi", "cascade")  # the pipeline's brains that listen (not "scripted")
 # the loopback you hear through the small trained Mimi (listen=True): the full-size one is random offline
 BRAIN_DEFAULTS = {"loopback": {"listen": True}}

@@ -19,7 +19,6 @@ worker thread (anywidget's `widget.send` in the notebook; a WebSocket in `csmlab
 from __future__ import annotations
 
 import itertools
-import sys
 import threading
 import time
 from collections import deque
@@ -29,7 +28,7 @@ import numpy as np
 
 from csmlab.errors import AudioFormatError
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
-from csmlab.widget.frames import FLAG_LATE, FLAG_NO_SEQ, KIND_SYSTEM, pack_frame, unpack_mic_frame
+from csmlab.widget.frames import pack_system_frame, unpack_mic_frame
 
 Send = Callable[[dict, list], None]
 _ids = itertools.count(1)
@@ -38,9 +37,12 @@ WORKER_PREFIX = "csmlab-duplex-"
 
 
 def _set_torch_threads(threads: int | None) -> None:
-    """A new thread starts with torch's default thread count (see DEVELOPERS.md): set it here."""
-    if threads is not None and "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
+    """A new thread starts with torch's default thread count (see DEVELOPERS.md): set it here. torch is
+    imported here, not found in `sys.modules`: in a fresh process nothing has imported it yet."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def open_session(brain, clock: str = "realtime", deadline_ms: float | None = None, **brain_kwargs):
@@ -67,7 +69,7 @@ class DuplexWorker:
         self.status, self.reason = "starting", ""
         self.session = None
         self._session_report: dict | None = None
-        self._frames: deque = deque()  # (Frame, arrival s), at most max_queue
+        self._frames: deque = deque()  # Frames, at most max_queue
         self._arrivals: dict[int, float] = {}  # seq -> arrival s, until a step consumes it
         self._cond = threading.Condition()
         self._stopping = False
@@ -93,10 +95,10 @@ class DuplexWorker:
                 return
             self.counts["received"] += 1
             if len(self._frames) >= self.max_queue:
-                old, _ = self._frames.popleft()
+                old = self._frames.popleft()
                 self._arrivals.pop(old.seq, None)
                 self.counts["dropped"] += 1
-            self._frames.append((frame, arrived))
+            self._frames.append(frame)
             self._arrivals[frame.seq] = arrived
             self.queue_max = max(self.queue_max, len(self._frames))
             self._cond.notify()
@@ -141,7 +143,7 @@ class DuplexWorker:
             self._warm_up()
             self._set_status("running")
             while (item := self._next()) is not None:
-                self._step(*item)
+                self._step(item)
         except Exception as e:  # the brain or the transport failed: say so on screen, leave nothing running
             self.counts["errors"] += 1
             self._set_status("failed", f"{type(e).__name__}: {e}")
@@ -175,7 +177,7 @@ class DuplexWorker:
                 self._cond.wait(left)
             return None if self._stopping else self._frames.popleft()
 
-    def _step(self, frame, arrived: float) -> None:
+    def _step(self, frame) -> None:
         try:
             steps = self.session.push(frame.pcm, SAMPLE_RATE, seq=frame.seq)
         except AudioFormatError as e:
@@ -189,10 +191,8 @@ class DuplexWorker:
     def _send_step(self, step) -> None:
         self.counts["steps"] += 1
         self.counts["late"] += bool(step.late)
-        flags = FLAG_LATE * bool(step.late)
         if step.seq is None:
             self.counts["concealed"] += 1
-            flags |= FLAG_NO_SEQ
             kernel_ms = 0.0
         else:
             with self._cond:
@@ -200,7 +200,7 @@ class DuplexWorker:
                 for seq in [s for s in self._arrivals if s <= step.seq]:
                     del self._arrivals[seq]
             kernel_ms = 1000 * (time.perf_counter() - arrived) if arrived is not None else 0.0
-        buffer = pack_frame(KIND_SYSTEM, step.seq or 0, kernel_ms, step.pcm, flags)
+        buffer = pack_system_frame(step, kernel_ms)
         content = {"type": "step", "index": step.index, "text": step.text, "late": bool(step.late),
                    "compute_ms": {k: round(v, 3) for k, v in step.compute_ms.items()}, "queue": len(self._frames)}
         self.send(content, [buffer])
