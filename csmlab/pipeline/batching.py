@@ -18,15 +18,12 @@ A conversation beyond `max_conversations` is refused with `CapacityError` when i
 """
 from __future__ import annotations
 
-import numpy as np
-
 from csmlab.codec import Codec
 from csmlab.codec.batch import SharedCodec
 from csmlab.gather import Gather, GatherGroup
 from csmlab.moshi.batch import MoshiBatch
 from csmlab.moshi.stream import Moshi
-from csmlab.pipeline.brain import FRAME_MS, Brain, Heard, Said
-from csmlab.pipeline.moshi_brain import moshi_codec
+from csmlab.pipeline.moshi_brain import MoshiSteps, moshi_codec
 
 __all__ = ["ConversationPool", "PooledMoshiBrain", "SharedCodec"]
 
@@ -56,34 +53,21 @@ class ConversationPool:
                 "codec_per_step": {k: round(v, 3) for k, v in self.codec.occupancy.items()}}
 
 
-class PooledMoshiBrain(Brain):
+class PooledMoshiBrain(MoshiSteps):
     """`MoshiBrain` for one conversation, as a row of its pool's `MoshiBatch`: the same tokens for its
     seed (`MoshiStream`'s), at a share of one forward per step. Recovery as `MoshiBrain`: after a
     failed step the next one starts a fresh conversation in the same slot (logged `moshi_reset`)."""
 
-    name = "moshi"
-    hears_codes = speaks_codes = True
-
     def __init__(self, pool: ConversationPool, seed: int = 0):
         super().__init__()
-        self.pool, self.seed = pool, seed
+        self.pool, self.seed, self.model = pool, seed, pool.model
         self.slot = pool.moshi.join(seed)
-        self._failed = False
 
     def codec(self) -> SharedCodec:
         return self.pool.codec
 
-    def step(self, heard: Heard) -> Said:
-        if self._failed:
-            self.reset()
-            self.log("moshi_reset", "the last step failed: a fresh conversation starts")
-        codes = None if heard.codes is None else np.asarray(heard.codes)  # [K]; None: Moshi hears silence
-        self._failed = True
-        out = self.pool.gather.submit(self.slot, codes)
-        self._failed = False
-        if out.audio is None:  # warming up: the acoustic codebooks are not complete yet
-            return Said(text=out.text)
-        return Said(codes=out.audio.numpy(), text=out.text)
+    def _advance(self, codes):
+        return self.pool.gather.submit(self.slot, codes)
 
     def reset(self) -> None:
         self.pool.moshi.restart(self.slot)
@@ -93,10 +77,3 @@ class PooledMoshiBrain(Brain):
             self.pool.gather.leave(self.slot)
             self.pool.moshi.leave(self.slot)
             self.slot = None
-
-    def algorithmic_ms(self) -> dict[str, float]:
-        return {"acoustic delay": max(self.pool.model.lm.delays) * FRAME_MS}
-
-    @property
-    def weights(self) -> str:
-        return self.pool.model.source.kind

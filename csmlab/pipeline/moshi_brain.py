@@ -16,16 +16,46 @@ from __future__ import annotations
 
 from collections import deque
 
-import torch
-
 from csmlab.pipeline.brain import FRAME_MS, Brain, Heard, Said
 
 
-class MoshiBrain(Brain):
-    """Moshi on the real or the small offline weights (`csmlab.moshi.load()`), seeded."""
+class MoshiSteps(Brain):
+    """What every Moshi brain does with a step's output, whoever computes it (`_advance`): the
+    recovery above, silence while the acoustic codebooks warm up, then Moshi's codes and text."""
 
     name = "moshi"
     hears_codes = speaks_codes = True
+    model = None  # the loaded Moshi (`csmlab.moshi.load()`)
+
+    def __init__(self):
+        super().__init__()
+        self._failed = False
+
+    def _advance(self, codes):
+        """One Moshi step on the user's codes `[8]` (None: Moshi hears silence) -> its `StepOutput`."""
+        raise NotImplementedError
+
+    def step(self, heard: Heard) -> Said:
+        if self._failed:
+            self.reset()
+            self.log("moshi_reset", "the last step failed: a fresh conversation starts")
+        self._failed = True
+        out = self._advance(heard.codes)
+        self._failed = False
+        if out.audio is None:  # warming up: the acoustic codebooks are not complete yet
+            return Said(text=out.text)
+        return Said(codes=out.audio.numpy(), text=out.text)
+
+    def algorithmic_ms(self) -> dict[str, float]:
+        return {"acoustic delay": max(self.model.lm.delays) * FRAME_MS}
+
+    @property
+    def weights(self) -> str:
+        return self.model.source.kind
+
+
+class MoshiBrain(MoshiSteps):
+    """Moshi on the real or the small offline weights (`csmlab.moshi.load()`), seeded."""
 
     def __init__(self, model=None, seed: int = 0, history: int = 10_000, **sampling):
         from csmlab import moshi
@@ -34,23 +64,14 @@ class MoshiBrain(Brain):
         self.model = model if model is not None else moshi.load()
         self.stream = moshi.MoshiStream(self.model, seed=seed, **sampling)
         self.tokens: deque[int | None] = deque(maxlen=history)  # text token per step (None while warming up)
-        self._failed = False
 
     def codec(self):
         return moshi_codec(self.model)
 
-    def step(self, heard: Heard) -> Said:
-        if self._failed:
-            self.reset()
-            self.log("moshi_reset", "the last step failed: a fresh conversation starts")
-        codes = None if heard.codes is None else torch.from_numpy(heard.codes)  # [8], None: Moshi hears silence
-        self._failed = True
+    def _advance(self, codes):
         out = self.stream.step(codes)
-        self._failed = False
         self.tokens.append(out.text_token)
-        if out.audio is None:  # warming up: the acoustic codebooks are not complete yet
-            return Said(text=out.text)
-        return Said(codes=out.audio.numpy(), text=out.text)
+        return out
 
     def reset(self) -> None:
         self.stream.reset()
@@ -58,13 +79,6 @@ class MoshiBrain(Brain):
 
     def close(self) -> None:
         self.stream.close()
-
-    def algorithmic_ms(self) -> dict[str, float]:
-        return {"acoustic delay": max(self.model.lm.delays) * FRAME_MS}
-
-    @property
-    def weights(self) -> str:
-        return self.model.source.kind
 
 
 def moshi_codec(model):
