@@ -139,3 +139,8 @@ def percentiles(samples_ms, qs=(50, 95, 100)) -> dict[str, float]:
     """Median, p95 and max of a latency sample, keyed `p50`, `p95`, `max`."""
     values = np.percentile(np.asarray(samples_ms, dtype=np.float64), qs)
     return {("max" if q == 100 else f"p{q}"): float(v) for q, v in zip(qs, values)}
+
+
+def latency_summary(samples_ms, digits: int = 3) -> dict[str, float]:
+    """`percentiles` rounded to `digits`, with the sample count `n`: a report's JSON-able line."""
+    return {**{k: round(v, digits) for k, v in percentiles(samples_ms).items()}, "n": len(samples_ms)}

@@ -22,7 +22,7 @@ from collections import deque
 import numpy as np
 
 from csmlab.csm.voice import Segment
-from csmlab.metrics import SAMPLE_RATE
+from csmlab.metrics import SAMPLE_RATE, latency_summary
 from csmlab.pipeline.brain import FRAME_MS, Brain, Heard, Said
 from csmlab.pipeline.policies import RuleResponder, UserTurn
 from csmlab.pipeline.vad import StreamingVad
@@ -149,9 +149,7 @@ class CascadeBrain(Brain):
     def latency_ms(self) -> dict:
         if not self.responses:
             return {}
-        r = np.asarray(self.responses)
-        return {"response": {"p50": round(float(np.percentile(r, 50)), 1), "p95": round(float(np.percentile(r, 95)), 1),
-                             "max": round(float(r.max()), 1), "n": len(r)}}
+        return {"response": latency_summary(self.responses, digits=1)}
 
     def algorithmic_ms(self) -> dict[str, float]:
         return {"vad hang-over": self.end_silence_ms, "vad chunk": 32}

@@ -39,7 +39,7 @@ import torch
 from csmlab.audio import Resampler, check_sample_rate, to_mono
 from csmlab.codec.codes import integer_codes
 from csmlab.errors import AudioFormatError, CodesError, ComponentError, CsmlabError, StreamClosedError
-from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
+from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE, latency_summary
 from csmlab.pipeline.brain import FRAME_MS, SILENT, Brain, Heard, Said
 from csmlab.pipeline.clock import make_clock
 from csmlab.pipeline.events import EventLog
@@ -354,7 +354,7 @@ class DuplexSession:
             "clock": self.clock.kind,
             "steps": n,
             "audio_s": round(n * FRAME_MS / 1000, 3),
-            "compute_ms": {k: _percentiles(v) for k, v in self._compute.items() if len(v)},
+            "compute_ms": {k: latency_summary(v) for k, v in self._compute.items() if len(v)},
             "real_time_factor": round(float(total.mean()) / FRAME_MS, 4) if len(total) else None,
             "frames": {"received": counts.received, "consumed": counts.consumed, "concealed": counts.concealed,
                        "duplicate": counts.duplicate, "late": counts.late, "dropped": counts.dropped,
@@ -404,9 +404,3 @@ class _timed:
 
     def __exit__(self, *exc):
         self.ms[self.layer] = self.ms.get(self.layer, 0.0) + 1000 * (time.perf_counter() - self.start)
-
-
-def _percentiles(values) -> dict[str, float]:
-    v = np.asarray(values, dtype=np.float64)
-    return {"p50": round(float(np.percentile(v, 50)), 3), "p95": round(float(np.percentile(v, 95)), 3),
-            "max": round(float(v.max()), 3), "n": int(len(v))}
