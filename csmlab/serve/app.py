@@ -22,13 +22,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
 from csmlab.pipeline import Brain, DuplexSession, LoopbackBrain, make_brain
 from csmlab.serve.access import access_denied
-from csmlab.serve.chat import CLOSE_GOING_AWAY, Chat, refuse
+from csmlab.serve.chat import Chat, refuse
 from csmlab.serve.config import Settings
 from csmlab.serve.metrics import ServerMetrics
 from csmlab.serve.wires import FrameWire, OpusWire
@@ -154,7 +154,7 @@ class Server:
         """Graceful: stop accepting, close sessions with `reason`, let worker threads finish."""
         self.stopping, self.ready = True, False
         self.metrics.ready.set(0)
-        await asyncio.gather(*(c.close("shutdown", reason, CLOSE_GOING_AWAY) for c in list(self.chats)))
+        await asyncio.gather(*(c.close("shutdown", reason, WSCloseCode.GOING_AWAY) for c in list(self.chats)))
         if self.runner:
             await self.runner.cleanup()
         self.executor.shutdown(wait=True, cancel_futures=True)

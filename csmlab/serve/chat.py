@@ -24,18 +24,17 @@ from csmlab.errors import AudioFormatError, CsmlabError
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
 from csmlab.serve.metrics import ServerMetrics
 from csmlab.serve.protocol import ProtocolError
-from csmlab.serve.wires import Message, OpusWire
+from csmlab.serve.wires import Message
 
 log = logging.getLogger("csmlab.serve")
 BACKLOG_S = 2.0  # audio waiting for compute beyond this is dropped, oldest first, and counted
-CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_ERROR, CLOSE_TRY_LATER = 1000, 1001, 1008, 1011, 1013
 
 
 async def send(ws: web.WebSocketResponse, message: Message) -> None:
     await (ws.send_str(message) if isinstance(message, str) else ws.send_bytes(message))
 
 
-async def refuse(ws: web.WebSocketResponse, reason: str, code: int = CLOSE_TRY_LATER, wire=OpusWire) -> None:
+async def refuse(ws: web.WebSocketResponse, reason: str, wire, code: int = aiohttp.WSCloseCode.TRY_AGAIN_LATER) -> None:
     """Tell a client why (an 0x05 message on Moshi's protocol), then close: never leave it waiting."""
     if not ws.closed:
         await send(ws, wire.error(reason))
@@ -45,11 +44,10 @@ async def refuse(ws: web.WebSocketResponse, reason: str, code: int = CLOSE_TRY_L
 class Chat:
     """A websocket bound to its own `DuplexSession`; `run()` returns how the session ended."""
 
-    def __init__(self, ws: web.WebSocketResponse, duplex, executor: Executor, settings, metrics: ServerMetrics,
-                 wire=None):
+    def __init__(self, ws: web.WebSocketResponse, duplex, executor: Executor, settings, metrics: ServerMetrics, wire):
         self.ws, self.duplex, self.executor = ws, duplex, executor
         self.settings, self.metrics = settings, metrics
-        self.wire = wire or OpusWire()
+        self.wire = wire  # OpusWire (Moshi's protocol) or FrameWire (the page's frames)
         self.backlog: asyncio.Queue[tuple[np.ndarray, int | None] | None] = asyncio.Queue()
         self.backlog_samples = 0
         self.outcome: str | None = None
@@ -69,7 +67,7 @@ class Chat:
         if self.outcome is None:
             self.outcome = outcome
             log.info("closing session: %s", reason)
-            await refuse(self.ws, reason, code, self.wire)
+            await refuse(self.ws, reason, self.wire, code)
 
     def _timeout(self, deadline: float) -> tuple[float, bool]:
         left = deadline - time.monotonic()
@@ -83,9 +81,9 @@ class Chat:
                 message = await asyncio.wait_for(self.ws.receive(), max(timeout, 0))
             except asyncio.TimeoutError:
                 if by_length:
-                    await self.close("length", f"session reached its {self.settings.max_session_s:g} s limit", CLOSE_POLICY)
+                    await self.close("length", f"session reached its {self.settings.max_session_s:g} s limit", aiohttp.WSCloseCode.POLICY_VIOLATION)
                 else:
-                    await self.close("idle", f"no message for {self.settings.idle_timeout_s:g} s", CLOSE_POLICY)
+                    await self.close("idle", f"no message for {self.settings.idle_timeout_s:g} s", aiohttp.WSCloseCode.POLICY_VIOLATION)
                 return
             if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
                 return
@@ -130,7 +128,7 @@ class Chat:
                 if not isinstance(err, CsmlabError):
                     log.exception("unexpected failure in a session's pipeline")
                 self.metrics.errors.labels(type(err).__name__).inc()
-                await self.close("error", f"the pipeline failed: {err}", CLOSE_ERROR)
+                await self.close("error", f"the pipeline failed: {err}", aiohttp.WSCloseCode.INTERNAL_ERROR)
                 continue
             await self._send(messages, steps)
 
