@@ -25,7 +25,7 @@ from csmlab.csm.voice import Segment
 from csmlab.metrics import SAMPLE_RATE, latency_summary
 from csmlab.pipeline.brain import FRAME_MS, Brain, Heard, Said
 from csmlab.pipeline.policies import RuleResponder, UserTurn
-from csmlab.pipeline.vad import StreamingVad
+from csmlab.pipeline.vad import CHUNK_MS, StreamingVad
 from csmlab.pipeline.voices import make_voice
 
 USER, SYSTEM = 0, 1  # CSM speaker ids
@@ -87,12 +87,12 @@ class CascadeBrain(Brain):
 
     def _hear_speech(self, speech, now: float) -> None:
         if self._turn_start is None:
-            self._turn_start = speech[0].end_ms - 32
+            self._turn_start = speech[0].end_ms - CHUNK_MS
             self._turn_audio = []
             self.log("user_start", f"{self._turn_start:.0f} ms")
         self._last_speech = speech[-1].end_ms
         if self._reply is not None:
-            self._stop_reply(f"user spoke at {speech[0].end_ms - 32:.0f} ms: voice stopped")
+            self._stop_reply(f"user spoke at {speech[0].end_ms - CHUNK_MS:.0f} ms: voice stopped")
 
     def _end_turn(self) -> None:
         start, end = self._turn_start, self._last_speech
@@ -131,12 +131,15 @@ class CascadeBrain(Brain):
             self._awaiting, text = None, self._reply_text
         return Said(pcm=frame, text=text)
 
-    def _stop_reply(self, why: str) -> None:
+    def _close_reply(self) -> None:
         close = getattr(self._reply, "close", None)
         if close is not None:
             close()  # a CSM generator stops generating
+
+    def _stop_reply(self, why: str) -> None:
+        self._close_reply()
         self.log("barge_in", why)
-        self.timeline.append({"kind": "barge_in", "start_ms": self._last_speech - 32})
+        self.timeline.append({"kind": "barge_in", "start_ms": self._last_speech - CHUNK_MS})
         self._finish_reply("barged_in")
 
     def _finish_reply(self, how: str) -> None:
@@ -152,10 +155,9 @@ class CascadeBrain(Brain):
         return {"response": latency_summary(self.responses, digits=1)}
 
     def algorithmic_ms(self) -> dict[str, float]:
-        return {"vad hang-over": self.end_silence_ms, "vad chunk": 32}
+        return {"vad hang-over": self.end_silence_ms, "vad chunk": CHUNK_MS}
 
     def close(self) -> None:
-        if self._reply is not None and hasattr(self._reply, "close"):
-            self._reply.close()
+        self._close_reply()
         if hasattr(self.policy, "close"):
             self.policy.close()
