@@ -1,4 +1,4 @@
-"""The `csmlab` command: `doctor`, `bench codec|moshi|csm|soak|duplex`, `train-codec`, `serve`.
+"""The `csmlab` command: `doctor`, `bench codec|moshi|csm|soak|duplex|gpu`, `train-codec`, `serve`.
 
 Subcommands import their module only when chosen, so `csmlab doctor` starts fast and each
 benchmark owns its options (`csmlab bench codec --help`).
@@ -26,11 +26,12 @@ def _bench(args: argparse.Namespace) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the figures and the machine description as JSON")
     module.add_arguments(parser)
     opts = parser.parse_args(args.rest)
+    opts.command = f"csmlab bench {args.what} {' '.join(args.rest)}".strip()
     figures = module.run(opts)
     if opts.json:
         Path(opts.json).parent.mkdir(parents=True, exist_ok=True)
         stamp = {"machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 "command": f"csmlab bench {args.what} {' '.join(args.rest)}".strip()}
+                 "command": opts.command}
         Path(opts.json).write_text(json.dumps({**stamp, **figures}, indent=2, default=str))
         print(f"wrote {opts.json}")
     return 0

@@ -51,14 +51,14 @@ class WeightsSource:
     """Which checkpoint a model will load, where it lies, and why that one."""
 
     model: str
-    kind: str  # "local", "hub" or "offline"
+    kind: str  # "local", "hub", "offline", "small", or "random" (real-size random weights built on the device)
     path: Path
     why: str
 
     @property
     def is_real(self) -> bool:
-        """True for released weights; False for the offline stand-ins and the small trained Mimi."""
-        return self.kind not in ("offline", "small")
+        """True for released weights; False for the offline stand-ins, the small trained Mimi and random weights."""
+        return self.kind in ("local", "hub")
 
     @property
     def config(self) -> dict | None:
@@ -67,6 +67,7 @@ class WeightsSource:
 
     def __str__(self) -> str:
         label = {"offline": "OFFLINE stand-in (random weights, NOT the real model)",
+                 "random": "RANDOM weights at real size, built on the device (NOT the real model)",
                  "small": "SMALL Mimi trained locally on synthetic speech (NOT Kyutai's Mimi)"}
         return f"{self.model}: {label.get(self.kind, 'REAL weights')} [{self.kind}] {self.path} -- {self.why}"
 
@@ -83,6 +84,9 @@ class WeightsSource:
                 f"!! its timings say nothing about Mimi. Why: {self.why}\n"
                 f"!! Get the real weights: run online (unset CSMLAB_OFFLINE) or set {_env_var(self.model)}.\n{bar}"
             )
+        if self.kind == "random":
+            return (f"{bar}\n!! {self.model.upper()}: RANDOM weights at the real size, built on the device: compute,\n"
+                    f"!! memory and timing are real; its audio/text/codes are noise. Why: {self.why}\n{bar}")
         return (
             f"{bar}\n!! {self.model.upper()}: OFFLINE weights in the real file format, NOT the released model.\n"
             f"!! Compute, memory and timing are real; its audio/text/codes are not what\n"

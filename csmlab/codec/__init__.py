@@ -28,6 +28,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from csmlab.audio import MIMI_RATE, to_mimi
 from csmlab.codec.backends import BACKENDS
@@ -105,14 +106,16 @@ class Codec:
         return f"load_codec(num_codebooks={k}) to decode them"
 
 @functools.lru_cache(maxsize=8)
-def _backend(name: str, path: Path, num_codebooks: int, config: str | None, precision: str):
+def _backend(name: str, path: Path, num_codebooks: int, config: str | None, precision: str, device: str):
     if precision != "fp32":  # a model of its own: the fp32 codec's weights are never touched
         return ReducedMoshiBackend(path, num_codebooks, config and json.loads(config), precision)
+    if device != "cpu":
+        return BACKENDS[name](path, num_codebooks, config and json.loads(config), device=device)
     return BACKENDS[name](path, num_codebooks, config and json.loads(config))
 
 
 def load_codec(num_codebooks: int = 8, backend: str = "moshi", weights: str | Path | WeightsSource | None = None,
-               listen: bool = False, precision: str = "fp32") -> Codec:
+               listen: bool = False, precision: str = "fp32", device="cpu") -> Codec:
     """Load Mimi with `num_codebooks` (1..32; Moshi uses 8) on one of `"moshi"`, `"rustymimi"`, `"transformers"`.
 
     `weights` is a moshi-format checkpoint path or a `WeightsSource`; by default `resolve("mimi")`
@@ -122,10 +125,14 @@ def load_codec(num_codebooks: int = 8, backend: str = "moshi", weights: str | Pa
     Loaded models are cached, so loading the same codec twice is free.
     `precision="int8"` (moshi backend) loads a separate int8-weight copy for cheaper streaming; its
     codes differ from fp32's at times (`csmlab.codec.precision`), so keep "fp32" where equality matters.
+    `device` ("cpu", "cuda", a `torch.device`): where the moshi backend's Mimi runs (the others: CPU only).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
     check_precision(precision, backend)
+    device = str(torch.device(device))
+    if device != "cpu" and (backend != "moshi" or precision != "fp32"):
+        raise ConfigError(f"only the moshi backend in fp32 runs on {device}; {backend!r} ({precision}) runs on the CPU")
     if isinstance(num_codebooks, bool) or not isinstance(num_codebooks, int) or not 1 <= num_codebooks <= MAX_CODEBOOKS:
         raise CodesError(f"num_codebooks must be an int in 1..{MAX_CODEBOOKS} (Moshi uses 8), not {num_codebooks!r}")
     if isinstance(weights, WeightsSource):
@@ -133,4 +140,4 @@ def load_codec(num_codebooks: int = 8, backend: str = "moshi", weights: str | Pa
     else:
         source = resolve_listening(weights) if listen else resolve("mimi", weights)
     config = source.config and json.dumps(source.config, sort_keys=True)  # hashable, for the cache
-    return Codec(_backend(backend, Path(source.path), num_codebooks, config, precision), source)
+    return Codec(_backend(backend, Path(source.path), num_codebooks, config, precision, device), source)

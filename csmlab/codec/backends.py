@@ -22,15 +22,21 @@ from csmlab.metrics import CODEBOOK_SIZE, FRAME_SIZE
 
 
 def _codes(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.reshape(tensor.shape[-2], tensor.shape[-1]).to(torch.int64).numpy()  # [K, n]
+    return tensor.reshape(tensor.shape[-2], tensor.shape[-1]).to(torch.int64).cpu().numpy()  # [K, n]
 
 
 def _audio(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.reshape(-1).float().numpy()  # [T]
+    return tensor.reshape(-1).float().cpu().numpy()  # [T]
 
 
-def _wave(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(x)[None, None]  # [1, 1, T]
+def device_of(model: torch.nn.Module) -> torch.device:
+    """Where a model's weights live: inputs and streaming state go there (a CPU tensor fed to a model
+    on the GPU fails, or worse, a state built on the CPU runs a layer there)."""
+    return next(model.parameters()).device
+
+
+def _wave(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(x)[None, None].to(device)  # [1, 1, T]
 
 
 class MoshiBackend:
@@ -42,10 +48,12 @@ class MoshiBackend:
 
     name = "moshi"
 
-    def __init__(self, path: Path, num_codebooks: int, config: dict | None = None):
+    def __init__(self, path: Path | None, num_codebooks: int, config: dict | None = None, device: str = "cpu",
+                 model: torch.nn.Module | None = None):
         from moshi.models.loaders import get_mimi
 
-        self.model = get_mimi(str(path), device="cpu", mimi_config=config).eval()
+        self.model = model if model is not None else get_mimi(str(path), device=device, mimi_config=config).eval()
+        self.device = device_of(self.model)
         total = self.model.total_codebooks  # 32 for Kyutai's Mimi, 8 for the small one: the checkpoint says
         if num_codebooks > total:
             raise CodesError(f"this Mimi has {total} codebooks; load_codec(num_codebooks=...) takes 1..{total}")
@@ -53,25 +61,37 @@ class MoshiBackend:
         self.num_codebooks = num_codebooks
         self.codebook_size = self.model.cardinality
 
+    @classmethod
+    def wrap(cls, model: torch.nn.Module, num_codebooks: int) -> "MoshiBackend":
+        """A backend around a Mimi already loaded (or built with random weights on its device)."""
+        return cls(None, num_codebooks, model=model.eval())
+
     def encode(self, x: np.ndarray) -> np.ndarray:
         with _exclusive(self.model):
-            return _codes(self.model.encode(_wave(x)))
+            return _codes(self.model.encode(_wave(x, self.device)))
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         with _exclusive(self.model):
-            return _audio(self.model.decode(torch.from_numpy(codes)[None]))
+            return _audio(self.model.decode(torch.from_numpy(codes)[None].to(self.device)))
 
-    def open_stream(self):
-        """csmlab's fast streaming path (`csmlab.codec.fast`) on moshi's modules and state."""
+    def open_stream(self, batch_size: int = 1):
+        """csmlab's fast streaming path (`csmlab.codec.fast`) on the CPU, whose kernels it was tuned for;
+        moshi's own modules elsewhere (on a GPU the stock kernels are the fast ones)."""
         from csmlab.codec.fast import FastMimiStream
 
-        return FastMimiStream(self.model)
+        return (FastMimiStream if self.device.type == "cpu" else MimiStream)(self.model, batch_size)
 
 
 @contextlib.contextmanager
 def _exclusive(model):
-    """The model to ourselves, with no session's state in it, in inference mode."""
-    with exclusive(model, "Mimi"), torch.inference_mode():
+    """The model to ourselves, with no session's state in it, in inference mode, without CUDA graphs.
+
+    moshi captures a CUDA graph of each streaming call on a GPU (`moshi.utils.compile.CUDAGraphed`),
+    bound to the shapes and state tensors of its first call; csmlab swaps states per session and
+    feeds 1 to `FRAMES_PER_CALL` frames or a varying number of batch rows per call, so it runs eagerly."""
+    from moshi.utils.compile import no_cuda_graph
+
+    with exclusive(model, "Mimi"), torch.inference_mode(), no_cuda_graph():
         yield
 
 
@@ -112,14 +132,15 @@ class MimiStream:
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         step = self.FRAMES_PER_CALL * FRAME_SIZE
+        device = device_of(self.model)
         with self._installed():
-            codes = [_codes(self.model.encode(_wave(x[i : i + step]))) for i in range(0, len(x), step)]
+            codes = [_codes(self.model.encode(_wave(x[i : i + step], device))) for i in range(0, len(x), step)]
         return np.concatenate(codes, axis=1) if codes else np.zeros((self.model.num_codebooks, 0), np.int64)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         step = self.FRAMES_PER_CALL
         with self._installed():
-            audio = [_audio(self.model.decode(torch.from_numpy(codes[:, i : i + step])[None]))
+            audio = [_audio(self.model.decode(torch.from_numpy(codes[:, i : i + step])[None].to(device_of(self.model))))
                      for i in range(0, codes.shape[1], step)]
         return np.concatenate(audio) if audio else np.zeros(0, np.float32)
 
@@ -237,7 +258,7 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def encode(self, x: np.ndarray) -> np.ndarray:
-        return _codes(self.model.encode(_wave(x), return_dict=True).audio_codes)
+        return _codes(self.model.encode(_wave(x, "cpu"), return_dict=True).audio_codes)
 
     @torch.inference_mode()
     def decode(self, codes: np.ndarray) -> np.ndarray:
@@ -264,7 +285,7 @@ class TransformersStream:
     @torch.inference_mode()
     def encode(self, x: np.ndarray) -> np.ndarray:
         out = self.backend.model.encode(
-            _wave(x),
+            _wave(x, "cpu"),
             encoder_past_key_values=self._kv,
             padding_cache=self._padding,
             use_streaming=True,

@@ -28,7 +28,6 @@ import torch
 
 from csmlab.codec import Codec
 from csmlab.codec.backends import MoshiBackend
-from csmlab.codec.fast import FastMimiStream
 from csmlab.errors import AudioFormatError, CapacityError, ConfigError
 from csmlab.gather import Gather, GatherGroup
 from csmlab.metrics import FRAME_SIZE
@@ -43,8 +42,8 @@ class CodecBatch:
             raise ConfigError(f"batched streaming runs on the moshi backend, not {codec.name!r}: "
                               "load_codec(..., backend='moshi')")
         self.codec, self.slots = codec, Slots(size, "codec stream")
-        self.model = codec.backend.model
-        self._rows = FastMimiStream(self.model, size)  # `size` rows of state, installed with the fast kernels
+        self.model, self.device = codec.backend.model, codec.backend.device
+        self._rows = codec.backend.open_stream(size)  # `size` rows of state (the fast kernels on the CPU)
 
     @property
     def state(self) -> dict:
@@ -77,8 +76,9 @@ class CodecBatch:
                 raise AudioFormatError(f"slot {slot}: a batch step takes one frame of {FRAME_SIZE} samples at "
                                        f"24 kHz, not shape {np.shape(frame)}; feed longer audio through SharedCodec")
             x[slot, 0] = frame
-        codes = self._step(frames, lambda: self.model.encode(torch.from_numpy(x)))  # [B, K, 1]
-        return {slot: codes[slot, :, 0].to(torch.int64).numpy() for slot in frames}
+        codes = self._step(frames, lambda: self.model.encode(torch.from_numpy(x).to(self.device)))  # [B, K, 1]
+        codes = codes[:, :, 0].to(torch.int64).cpu().numpy()  # one copy to the host for all rows
+        return {slot: codes[slot] for slot in frames}
 
     def decode(self, codes: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         """One frame of codes per slot (`[K]`) -> its 1920 samples at 24 kHz per slot."""
@@ -89,8 +89,9 @@ class CodecBatch:
         x = torch.zeros(rows, self.codec.num_codebooks, 1, dtype=torch.long)  # [B, K, 1]
         for slot, frame in codes.items():
             x[slot, :, 0] = torch.from_numpy(self.codec.check_codes(np.reshape(frame, (-1, 1)))[:, 0])
-        pcm = self._step(codes, lambda: self.model.decode(x))  # [B, 1, 1920]
-        return {slot: pcm[slot, 0].float().numpy().copy() for slot in codes}
+        pcm = self._step(codes, lambda: self.model.decode(x.to(self.device)))  # [B, 1, 1920]
+        pcm = pcm[:, 0].float().cpu().numpy()
+        return {slot: pcm[slot].copy() for slot in codes}
 
     def _step(self, active: dict, forward):
         """Run `forward` on rows `[:max(active) + 1]`, with only `active`'s rows moving their state."""
@@ -100,7 +101,7 @@ class CodecBatch:
         with self._rows._installed():
             clear_rows(self.model, self.slots.pop_fresh(), self.slots.size)
             with row_views(self.model, self.state, rows):
-                self.model.set_exec_mask(mask)
+                self.model.set_exec_mask(mask.to(self.device))
                 return forward()
 
 

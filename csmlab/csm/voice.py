@@ -387,11 +387,12 @@ class CsmVoice:
         """
         from csmlab.codec import load_codec
 
-        codec = load_codec(num_codebooks=num_codebooks, backend="moshi", weights=self.mimi_source)
+        codec = load_codec(num_codebooks=num_codebooks, backend="moshi", weights=self.mimi_source, device=self.model.device)
         if not self._codec_checked:
-            ours = codec.backend.model.quantizer.rvq_first.vq.layers[0]._codebook.embedding_sum
+            ours = codec.backend.model.quantizer.rvq_first.vq.layers[0]._codebook.embedding_sum.cpu()
             theirs = self.model.codec_model.quantizer.semantic_residual_vector_quantizer.layers[0].codebook.embed_sum
-            if not torch.allclose(ours.float(), theirs.float().cpu(), atol=1e-3):
+            rounding = torch.finfo(theirs.dtype).eps  # CSM in bf16 holds its codebooks rounded to bf16
+            if not torch.allclose(ours.float(), theirs.float().cpu(), rtol=rounding, atol=1e-3):
                 raise ComponentError(
                     f"moshi's Mimi ({self.mimi_source}) has other weights than CSM's codec ({self.source}); "
                     "point CSMLAB_MIMI at the Mimi checkpoint this CSM was built with (kyutai/mimi for sesame/csm-1b)"

@@ -263,5 +263,10 @@ def _private_rng(stream: "MoshiStream"):
 def _eager(device: torch.device):
     """moshi wraps a few small functions in `torch.compile`; on CPU the first call then costs ~30 s
     of compilation (and more for each new shape) to speed up elementwise work that matmuls dwarf.
-    We run them eagerly on CPU."""
-    return no_compile() if device.type == "cpu" else nullcontext()
+    We run them eagerly on CPU. On a GPU moshi captures a CUDA graph of each LMGen step, bound to
+    the state and batch rows of its first call; csmlab swaps states per stream and steps a varying
+    number of rows (`MoshiBatch`), and samples rows from their own generators, so it runs without
+    graphs there (`csmlab bench gpu` measures what moshi's graphs give on its own path)."""
+    from moshi.utils.compile import no_cuda_graph
+
+    return no_compile() if device.type == "cpu" else no_cuda_graph()

@@ -82,10 +82,18 @@ class MoshiBrain(MoshiSteps):
 
 
 def moshi_codec(model):
-    """Moshi's own Mimi (the checkpoint beside the LM), as a `csmlab.codec` with Moshi's codebook count."""
-    from csmlab.codec import load_codec
+    """Moshi's own Mimi (the checkpoint beside the LM), as a `csmlab.codec` with Moshi's codebook count,
+    on the device of Moshi's LM (a session's Mimi left on the CPU beside a Moshi on the GPU would
+    run every encode and decode there, silently). Random weights built on the device have no
+    checkpoint: their codec is the model's own Mimi."""
+    from csmlab.codec import Codec, load_codec
+    from csmlab.codec.backends import MoshiBackend
     from csmlab.weights import MIMI_FILE, WeightsSource
 
     source = model.source
+    if source.kind == "random":
+        mimi = WeightsSource("mimi", "random", source.path, f"Moshi's own Mimi ({source.why})")
+        return Codec(MoshiBackend.wrap(model.mimi, model.num_user_codebooks), mimi)
     mimi = WeightsSource("mimi", source.kind, source.path / MIMI_FILE, f"Moshi's own Mimi ({source.why})")
-    return load_codec(model.num_user_codebooks, backend="moshi", weights=mimi)  # cached: loading twice is free
+    return load_codec(model.num_user_codebooks, backend="moshi", weights=mimi,
+                      device=model.lm.device)  # cached: loading twice is free
