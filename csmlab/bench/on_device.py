@@ -101,18 +101,27 @@ def random_moshi(device, dtype: torch.dtype = torch.bfloat16, config: dict | Non
     return Moshi(lm, mimi, NumberedPieces(), WeightsSource("moshi", "random", Path(f"random:moshi-{lm.dim}"), why))
 
 
+def csm_processor():
+    """CSM's processor around the offline tokenizer, built in memory in seconds (the offline checkpoint's
+    own, without building that checkpoint: its Mimi calibration would cost a GPU lease minutes)."""
+    from transformers import CsmProcessor, EncodecFeatureExtractor
+
+    from csmlab.offline.csm import CHAT_TEMPLATE, build_tokenizer
+
+    features = EncodecFeatureExtractor(feature_size=1, sampling_rate=24000, padding_value=0.0)
+    return CsmProcessor(features, build_tokenizer(), chat_template=CHAT_TEMPLATE)
+
+
 def random_csm_voice(device, dtype: torch.dtype = torch.bfloat16, seed: int = 0, sizes: dict | None = None):
     """A `CsmVoice` of the real CSM-1B architecture (or `CsmConfig` `sizes`) with random weights on
-    `device`, and the offline processor (its tokenizer's special ids in the config)."""
-    from transformers import AutoProcessor, CsmConfig
+    `device`, and the offline tokenizer's processor (its special ids in the config)."""
+    from transformers import CsmConfig
 
     from csmlab.csm.architecture import random_csm
     from csmlab.csm.voice import CsmVoice
     from csmlab.offline.csm import SPECIALS
-    from csmlab.weights import resolve_offline
 
-    offline = resolve_offline("csm", "the processor for random CSM-1B weights")
-    processor = AutoProcessor.from_pretrained(offline.path)
+    processor = csm_processor()
     ids = processor.tokenizer.convert_tokens_to_ids(SPECIALS)
     config = CsmConfig(bos_token_id=ids[0], pad_token_id=ids[2], audio_token_id=ids[2], audio_eos_token_id=ids[3],
                        **(sizes or {}))
