@@ -131,3 +131,22 @@ def clear_rows(model, slots: list[int], batch_size: int, also=None) -> None:
         cache = getattr(state, "kv_cache", None)
         if cache is not None:
             cache.cache[:, mask] = 0
+
+
+def without_cuda_graphs(state: dict) -> dict:
+    """`state` (a module's `get_streaming_state()`) with moshi's CUDA graphs switched off, then returned.
+
+    On a GPU, moshi's LMGen and Mimi capture a CUDA graph of each streaming call (`CUDAGraphed`, kept in
+    the state), bound to the tensors and shapes of its first call. csmlab installs views of a state
+    for a varying number of rows (`row_views`), feeds a varying number of frames per codec call, and
+    samples rows from their own generators: a replayed graph would raise on the new shapes, or
+    compute on the old ones. So the states csmlab keeps run eagerly, each switched off on its own
+    (moshi's `no_cuda_graph()` is one process-wide flag that two threads would race on).
+    `csmlab bench gpu` measures what the graphs give on moshi's own path."""
+    from moshi.utils.compile import CUDAGraphed
+
+    for module_state in state.values():
+        for value in vars(module_state).values():
+            if isinstance(value, CUDAGraphed):
+                value.disable = True
+    return state

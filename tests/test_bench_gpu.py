@@ -204,3 +204,24 @@ def test_csm_loads_and_streams_in_bf16():
     voice = load_csm(dtype=torch.bfloat16)
     chunks = list(voice.stream("Hello there.", max_audio_ms=160))
     assert voice.model.dtype == torch.bfloat16 and len(chunks) >= 1 and all(len(c) == 1920 for c in chunks)
+
+
+def test_the_states_csmlab_keeps_never_replay_moshis_cuda_graphs(monkeypatch, moshi, mimi):
+    """On a GPU moshi builds every LMGen and Mimi streaming state with CUDA graphs on; csmlab's states
+    change rows and shapes between calls, so each one it keeps must have them off (here moshi is made
+    to build them as on a GPU)."""
+    from moshi.utils import compile as moshi_compile
+
+    from csmlab.codec.batch import CodecBatch
+    from csmlab.moshi import MoshiStream
+    from csmlab.moshi.batch import MoshiBatch
+
+    built, init = [], moshi_compile.CUDAGraphed.__init__
+
+    def as_on_a_gpu(self, func, warmup_steps=1, disable=False):
+        init(self, func, warmup_steps, disable=False)
+        built.append(self)
+
+    monkeypatch.setattr(moshi_compile.CUDAGraphed, "__init__", as_on_a_gpu)
+    kept = [MoshiStream(moshi), MoshiBatch(moshi, 2), mimi.stream(), CodecBatch(mimi, 2)]
+    assert len(built) >= 2 * 2 + 2 * 4 and all(graph.disable for graph in built), len(kept)

@@ -377,11 +377,18 @@ def mimi(models, args) -> dict:
 
 
 # --------------------------------------------------------------------------- models and the run
+def on_index(device: torch.device) -> torch.device:
+    """`cuda` as `cuda:N`: parameters report their device with its index, and `cuda` != `cuda:0`."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 class Models:
     """The models of a run, built once on first use: real-size random weights on the device, or the offline ones."""
 
     def __init__(self, args):
-        self.args, self.device = args, torch.device(args.device)
+        self.args, self.device = args, on_index(torch.device(args.device))
         self.dtype = getattr(torch, args.dtype)
         self._moshi = self._csm = None
 
@@ -447,7 +454,8 @@ def run(args) -> dict:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    models, device = Models(args), torch.device(args.device)
+    models = Models(args)
+    device = models.device
     stamp = {"command": getattr(args, "command", "csmlab bench gpu"), "size": args.size, "dtype": args.dtype,
              **device_description(device)}
     summary, failed = {}, []

@@ -119,13 +119,14 @@ def random_csm_voice(device, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
 
     from csmlab.csm.architecture import random_csm
     from csmlab.csm.voice import CsmVoice
-    from csmlab.offline.csm import SPECIALS
+    from csmlab.offline.csm import SPECIALS, silence_special_codes
 
     processor = csm_processor()
     ids = processor.tokenizer.convert_tokens_to_ids(SPECIALS)
     config = CsmConfig(bos_token_id=ids[0], pad_token_id=ids[2], audio_token_id=ids[2], audio_eos_token_id=ids[3],
                        **(sizes or {}))
     model = random_csm(config, dtype=dtype, device=device, seed=seed)
+    silence_special_codes(model)  # a random head picks CSM's 3 non-Mimi codes as often as any: Mimi has no entry for them
     why = f"random weights built on {device} for timing (csmlab.bench.on_device)"
     source = WeightsSource("csm", "random", Path("random:csm-1b"), why)
     return CsmVoice(model, processor, source, WeightsSource("mimi", "random", Path("random:mimi"), why))

@@ -19,6 +19,7 @@ import torch
 from csmlab.errors import CodesError, ConfigError, StreamClosedError
 from csmlab.locks import exclusive
 from csmlab.metrics import CODEBOOK_SIZE, FRAME_SIZE
+from csmlab.slots import without_cuda_graphs
 
 
 def _codes(tensor: torch.Tensor) -> np.ndarray:
@@ -84,14 +85,8 @@ class MoshiBackend:
 
 @contextlib.contextmanager
 def _exclusive(model):
-    """The model to ourselves, with no session's state in it, in inference mode, without CUDA graphs.
-
-    moshi captures a CUDA graph of each streaming call on a GPU (`moshi.utils.compile.CUDAGraphed`),
-    bound to the shapes and state tensors of its first call; csmlab swaps states per session and
-    feeds 1 to `FRAMES_PER_CALL` frames or a varying number of batch rows per call, so it runs eagerly."""
-    from moshi.utils.compile import no_cuda_graph
-
-    with exclusive(model, "Mimi"), torch.inference_mode(), no_cuda_graph():
+    """The model to ourselves, with no session's state in it, in inference mode."""
+    with exclusive(model, "Mimi"), torch.inference_mode():
         yield
 
 
@@ -116,7 +111,7 @@ class MimiStream:
         with _exclusive(self.model):
             self.model._start_streaming(self.batch_size, contextlib.ExitStack())  # moshi's states need no exit
             _widen_attention_caches(self.model, 2 * self.FRAMES_PER_CALL)
-            return self.model.get_streaming_state()
+            return without_cuda_graphs(self.model.get_streaming_state())  # 1..4 frames, B rows per call
 
     def _kernels(self):
         """What runs the modules during a call; `FastMimiStream` swaps in faster kernels."""

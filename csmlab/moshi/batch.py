@@ -31,7 +31,7 @@ from moshi.models import lm as moshi_lm
 
 from csmlab.errors import StreamClosedError
 from csmlab.moshi.stream import Moshi, Step, _eager, check_sampling, check_user_codes, exclusive_gen
-from csmlab.slots import Slots, clear_rows, row_views
+from csmlab.slots import Slots, clear_rows, row_views, without_cuda_graphs
 
 _moshi_sample_token = moshi_lm.sample_token
 _ROWS = threading.local()  # .generators: one torch.Generator per batch row, while this thread steps a batch
@@ -76,7 +76,7 @@ class MoshiBatch:
         self.gen = LMGen(model.lm, support_out_of_sync=True, **check_sampling(sampling))
         with exclusive_gen(self.gen):
             self.gen._start_streaming(size, ExitStack())  # also starts the LM's; moshi's states need no exit
-            self._state = (self.gen.get_streaming_state(), model.lm.get_streaming_state())
+            self._state = (without_cuda_graphs(self.gen.get_streaming_state()), model.lm.get_streaming_state())
         self._seeds = [0] * size
         self._generators: list[torch.Generator | None] = [None] * size
         self._index = [0] * size  # steps each conversation has taken

@@ -25,6 +25,7 @@ from csmlab.codec.codes import check_range, integer_codes
 from csmlab.errors import CodesError, ComponentError, ConfigError, StreamClosedError
 from csmlab.locks import exclusive
 from csmlab.metrics import FRAME_SIZE
+from csmlab.slots import without_cuda_graphs
 from csmlab.weights import WeightsSource, resolve
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ class MoshiStream:
         self._require_open()
         with exclusive_gen(self.gen):
             self.gen._start_streaming(1, ExitStack())  # also starts the LM's; moshi's states need no exit
-            self._state = (self.gen.get_streaming_state(), self.model.lm.get_streaming_state())
+            self._state = (without_cuda_graphs(self.gen.get_streaming_state()), self.model.lm.get_streaming_state())
         self.index = 0
         self._rng_state = None  # seeded from `seed` on the first step
 
@@ -263,10 +264,5 @@ def _private_rng(stream: "MoshiStream"):
 def _eager(device: torch.device):
     """moshi wraps a few small functions in `torch.compile`; on CPU the first call then costs ~30 s
     of compilation (and more for each new shape) to speed up elementwise work that matmuls dwarf.
-    We run them eagerly on CPU. On a GPU moshi captures a CUDA graph of each LMGen step, bound to
-    the state and batch rows of its first call; csmlab swaps states per stream and steps a varying
-    number of rows (`MoshiBatch`), and samples rows from their own generators, so it runs without
-    graphs there (`csmlab bench gpu` measures what moshi's graphs give on its own path)."""
-    from moshi.utils.compile import no_cuda_graph
-
-    return no_compile() if device.type == "cpu" else no_cuda_graph()
+    We run them eagerly on CPU."""
+    return no_compile() if device.type == "cpu" else nullcontext()
