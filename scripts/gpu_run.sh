@@ -21,9 +21,10 @@ export PYTHONPATH=/tmp/site:$PWD CSMLAB_OFFLINE=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFE
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,clocks.sm,temperature.gpu --format=csv \
     > "$OUT/nvidia_smi.csv" 2>&1
 {
-    python3 -c "import sys, torch, transformers, huggingface_hub, moshi, numpy; print('python', sys.version.split()[0],
-'| torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0), '| transformers', transformers.__version__,
-'| hub', huggingface_hub.__version__, '| moshi', moshi.__version__, '| numpy', numpy.__version__)"
+    python3 -c "import sys, torch, transformers, huggingface_hub, moshi, numpy
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device'
+print('python', sys.version.split()[0], '| torch', torch.__version__, 'cuda', torch.version.cuda, gpu,
+      '| transformers', transformers.__version__, '| hub', huggingface_hub.__version__, '| numpy', numpy.__version__)"
     # shellcheck disable=SC2086
     timeout -k 10 "$BENCH_S" python3 -m csmlab.cli bench gpu --device cuda --size real --out "$OUT" ${GPU_BENCH_ARGS:-}
     echo "exit status $?"
