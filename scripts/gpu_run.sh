@@ -5,7 +5,7 @@
 # call in data/real, which git ignores). Then call the device tool with
 #     command: bash scripts/gpu_run.sh
 #     carry:   [".whl", "data/real"]
-#     timeout_s: 360
+#     timeout_s: 390
 # It installs the wheels into /tmp/site, runs `csmlab bench gpu --device cuda --size real` (random
 # weights at real size built on the GPU), and leaves in $OUT the five gpu_*.json, log.txt and
 # nvidia_smi.csv (7 files; the tool brings back 8 at most). The bench stops itself after BENCH_S
@@ -14,7 +14,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_out}
-BENCH_S=${BENCH_S:-300}
+BENCH_S=${BENCH_S:-330}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD CSMLAB_OFFLINE=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
