@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Issue 26's GPU run, exactly as the device tool's `run` executes it (repo root, $OUT set, no network).
 #
-# Before it, here: `bash scripts/gpu_wheels.sh` (wheels into .whl/) and `python data/fetch.py` (the real
-# call in data/real, which git ignores). Then call the device tool with
+# Before it, in the checkout that the device tool sends (the calling session's own: merge this first):
+# `bash scripts/gpu_wheels.sh` (wheels into .whl/) and `python data/fetch.py` (the real call in
+# data/real, which git ignores; named file by file below, since in a helper's worktree data/real is
+# a link, and a link travels only as a link). Then call the device tool with
 #     command: bash scripts/gpu_run.sh
-#     carry:   [".whl", "data/real"]
+#     carry:   [".whl", "data/real/sample.wav", "data/real/sample.rttm", "data/real/sample.stm"]
 #     timeout_s: 390
 # It installs the wheels into /tmp/site, runs `csmlab bench gpu --device cuda --size real` (random
 # weights at real size built on the GPU), and leaves in $OUT the five gpu_*.json, log.txt and
