@@ -38,8 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from moshi.utils.compile import no_compile
+from moshi.utils.compile import no_compile, no_cuda_graph
 
 from csmlab.bench import machine
 from csmlab.metrics import frame_ms, latency_summary
@@ -50,7 +49,7 @@ CHUNK_FRAMES = 20  # csm-streaming decodes every 20 frames
 REAL_MOSHI: dict | None = None  # --size real's Moshi config; None: the released 7B (tests shrink it)
 REAL_CSM: dict | None = None  # --size real's CsmConfig sizes; None: CSM-1B's (tests shrink them)
 DEFAULTS = {  # (small, real)
-    "steps": (4, 200), "warmup": (2, 20), "batch_steps": (3, 40), "batches": ([1, 2], [1, 4, 16, 64]),
+    "steps": (4, 200), "warmup": (2, 10), "batch_steps": (3, 30), "batches": ([1, 2], [1, 4, 16, 64]),
     "mimi_batches": ([1, 2], [1, 64]), "seconds": (2.0, 60.0),
 }
 
@@ -65,8 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="Moshi's and CSM's weights")
     parser.add_argument("--only", nargs="+", choices=SETS, default=list(SETS))
     parser.add_argument("--steps", type=int, help="timed steps per measurement (small 4, real 200)")
-    parser.add_argument("--warmup", type=int, help="steps before timing (small 2, real 20)")
-    parser.add_argument("--batch-steps", type=int, help="timed steps per batch size (small 3, real 40)")
+    parser.add_argument("--warmup", type=int, help="steps before timing (small 2, real 10)")
+    parser.add_argument("--batch-steps", type=int, help="timed steps per batch size (small 3, real 30)")
     parser.add_argument("--batches", type=int, nargs="+", help="Moshi conversations per batch (real: 1 4 16 64)")
     parser.add_argument("--mimi-batches", type=int, nargs="+", help="Mimi streams per batch (real: 1 64)")
     parser.add_argument("--seconds", type=float, help="real-time pipeline run, seconds of the call (real: 60)")
@@ -107,15 +106,12 @@ class _Timed:
 
 
 def _eager_cpu(device: torch.device):
-    from moshi.utils.compile import no_compile
-
+    """No torch.compile on the CPU (csmlab's policy, `csmlab.moshi.stream._eager`)."""
     return no_compile() if device.type == "cpu" else nullcontext()
 
 
 def _graphs(on: bool):
     """moshi's CUDA graphs as moshi decides (on: captured on CUDA, never on CPU), or off."""
-    from moshi.utils.compile import no_cuda_graph
-
     return nullcontext() if on else no_cuda_graph()
 
 
@@ -124,7 +120,7 @@ def _summary(samples: list, warmup: int = 0) -> dict:
 
 
 def _user_codes(lm, batch: int, count: int, seed: int = 0) -> torch.Tensor:
-    """`count` random frames of user codes `[count, B, K, 1]` (random, never zeros)."""
+    """`count` frames of random user codes `[count, B, K, 1]` (timing on constant input can flatter)."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, lm.card, (count, batch, lm.n_q - lm.dep_q, 1), generator=gen)
 

@@ -132,7 +132,7 @@ class MoshiBatch:
                 self.gen.set_exec_mask(mask.to(lm.device))
                 _ROWS.generators = [self._generator(i) if i in user else self._scratch for i in range(rows)]
                 try:
-                    out = self.gen.step(codes.to(lm.device))  # [B, 1 + dep_q, 1]
+                    out = self.gen.step(codes.to(lm.device)).cpu()  # [B, 1 + dep_q, 1]; on a GPU `ms` counts its work
                 finally:
                     _ROWS.generators = None
         ms = 1000 * (time.perf_counter() - start)
@@ -149,4 +149,4 @@ class MoshiBatch:
         if index < self.gen.max_delay:  # Moshi's acoustic delays: no whole frame yet
             return Step(index, None, "", None, ms, dropped)
         token = int(out[slot, 0, 0])
-        return Step(index, token, self.model.piece(token), out[slot, 1:, 0].cpu(), ms, dropped)
+        return Step(index, token, self.model.piece(token), out[slot, 1:, 0], ms, dropped)

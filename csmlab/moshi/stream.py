@@ -218,6 +218,7 @@ class MoshiStream:
             self.model.lm.set_streaming_state(state[1])
             try:
                 out = self.gen.step(codes.to(self.model.lm.device))  # [1, 1 + dep_q, 1] or None
+                out = out if out is None else out.cpu()  # on a GPU the step ends here: `ms` counts its work
             except Exception as err:
                 raise ComponentError(f"Moshi failed in step {self.index} ({type(err).__name__}: {err}); "
                                      "its caches are half-updated: call reset() to start again") from err
@@ -227,7 +228,7 @@ class MoshiStream:
         if out is None:
             return Step(self.index - 1, None, "", None, ms, dropped)
         token = int(out[0, 0, 0])
-        return Step(self.index - 1, token, self.model.piece(token), out[0, 1:, 0].cpu(), ms, dropped)
+        return Step(self.index - 1, token, self.model.piece(token), out[0, 1:, 0], ms, dropped)
 
 
 @contextmanager
