@@ -37,7 +37,8 @@ def codec_agreement(voice: CsmVoice, audio_24k: np.ndarray) -> dict[str, np.ndar
     try:
         for name, fixed in (("window fixed", True), ("transformers 4.57 as is", False)):
             fix_sliding_window(fixed)
-            theirs = voice.model.codec_model.encode(x[None, None].to(voice.model.dtype)).audio_codes[0].cpu()
+            x_model = x[None, None].to(voice.model.device, voice.model.dtype)  # CSM on a GPU: the audio goes there
+            theirs = voice.model.codec_model.encode(x_model).audio_codes[0].cpu()
             out[name] = (theirs == ours).float().mean(-1).numpy()  # [32]
     finally:
         fix_sliding_window(was_fixed)
