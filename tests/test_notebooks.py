@@ -7,7 +7,6 @@ notebook is committed without being executed the way the course promises.
 import ast
 import json
 import re
-from pathlib import Path
 
 import pytest
 
