@@ -28,3 +28,13 @@ def course_map(folder: Path = NOTEBOOKS) -> str:
     rows = ["| notebook | title | you will learn, first |", "|---|---|---|"]
     rows += [f"| `{p.stem}` | {title} | {goal} |" for p in notebooks(folder) for title, goal in [outline(p)]]
     return "\n".join(rows)
+
+
+def summary(*lines: str):
+    """A notebook's last cell: three lines of what it measured, each rendered from the notebook's own
+    variables (so the summary cannot drift from the cells above it)."""
+    from IPython.display import Markdown
+
+    if len(lines) != 3:
+        raise ValueError(f"a summary has three lines, not {len(lines)}")
+    return Markdown("**What this notebook measured** (this run, on this machine)\n" + "".join(f"\n- {line}" for line in lines))

@@ -408,8 +408,8 @@ def hang_over(answer, measure: Callable[[float], dict]) -> Verdict:
         return Verdict("wrong", "not yet. Hint: a hang-over is a positive number of milliseconds")
     m = measure(answer)
     if m["false_ends_s"]:
-        hint = (f"the cascade took a pause for the end of the turn at {', '.join(f'{t:.1f} s' for t in m['false_ends_s'])} "
-                "and started talking while she was still speaking: the hang-over must outlast her pauses")
+        hint = (f"the cascade took a pause at {', '.join(f'{t:.1f} s' for t in m['false_ends_s'])} for the end of her turn "
+                "and answered while she was mid-sentence: the hang-over must outlast her pauses")
         return Verdict("wrong", f"not yet. Hint: {hint}")
     p50 = m["p50_ms"]
     hint = (f"no false turn ends, but the median response is {p50:.0f} ms, over {RESPONSE_BUDGET_MS} ms: "
@@ -432,10 +432,14 @@ def with_pauses(side, pause_ms: float = 200, longer_than_s: float = 1.0):
     return replace(side, audio=audio)
 
 
+MID_TURN_S = 0.1  # a turn end heard this far or more before the RTTM turn's end is a false one
+
+
 def measure_hang_over(side, end_silence_ms: float) -> dict:
     """The cascade (espeak-ng voice, rule replies) on one side of a call with this hang-over: its p50
-    response (ms, None without a turn), the turn ends, and the false ones: declared while the RTTM
-    says the user is still speaking (seconds into the call)."""
+    response (ms, None without a turn), the turn ends, and the false ones (seconds into the call):
+    where the VAD heard the end of speech inside an RTTM turn, `MID_TURN_S` or more before its end,
+    so that the reply starts while the user is mid-sentence."""
     from csmlab.pipeline.cascade import CascadeBrain
     from csmlab.pipeline.session import DuplexSession
 
@@ -444,9 +448,9 @@ def measure_hang_over(side, end_silence_ms: float) -> dict:
         for _ in session.run(side.audio, side.sample_rate):
             pass
         response = session.report()["latency_ms"].get("response")
-    ends = [e.t_ms / 1000 for e in session.events.of("turn_end")]
-    false = [t for t in ends if any(turn.start < t < turn.end for turn in side.turns)]
-    return {"p50_ms": response["p50"] if response else None, "turn_ends": len(ends), "false_ends_s": false}
+    heard = [(e.t_ms - end_silence_ms) / 1000 for e in session.events.of("turn_end")]  # where the VAD heard speech end
+    false = [round(t, 2) for t in heard if any(turn.start < t < turn.end - MID_TURN_S for turn in side.turns)]
+    return {"p50_ms": response["p50"] if response else None, "turn_ends": len(heard), "false_ends_s": false}
 
 
 # ----------------------------------------------------------------------------- 05 live duplex demo

@@ -84,7 +84,7 @@ def test_every_cell_that_draws_has_its_figure(path):
         assert "image/png" in kinds, f"{path.name} cell {i} draws a figure but its outputs hold no image"
 
 
-TIMES = re.compile(r"perf_counter|measure_depths|\.measure\(|kernel_ms|compute_ms|real_time_factor|step_ms\[|train\.train\(")
+TIMES = re.compile(r"perf_counter|first_audio_s|measure_depths|\.measure\(|kernel_ms|compute_ms|real_time_factor|step_ms\[|train\.train\(")
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
@@ -106,3 +106,11 @@ def test_the_course_map_lists_every_notebook():
     tour = next(p for p in PATHS if p.stem.startswith("00"))
     shown = "\n".join(_text(c) for c in _cells(tour))
     assert all(f"`{p.stem}`" in shown for p in PATHS), "00's map leaves out a notebook"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_each_notebook_ends_with_three_lines_rendered_from_its_cells(path):
+    last = _cells(path)[-1]
+    assert last["cell_type"] == "code" and "summary(" in "".join(last["source"]), f"{path.name} ends without its summary"
+    shown = _text(last)
+    assert shown.count("\n- ") == 3 and "{" not in shown, f"{path.name}: the summary was not rendered: {shown!r}"
