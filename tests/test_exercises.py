@@ -170,7 +170,7 @@ def test_hang_over_check_weighs_false_turn_ends_against_response():
             240: {"p50_ms": 284.0, "turn_ends": 4, "false_ends_s": []},
             480: {"p50_ms": 540.0, "turn_ends": 4, "false_ends_s": []}}  # safe, but slow
     assert ex.hang_over(..., fake.get).status == "unanswered" and ex.hang_over(-5, fake.get).status == "wrong"
-    assert "still speaking" in ex.hang_over(64, fake.get).message
+    assert "mid-sentence" in ex.hang_over(64, fake.get).message
     assert "shorten" in ex.hang_over(480, fake.get).message
     assert ex.hang_over(240, fake.get).ok
 
