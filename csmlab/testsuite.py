@@ -44,7 +44,7 @@ CLAIMS = {
                 _words("browser", "chromium", "playwright")),
     "server protocol": ("csmlab serve speaks Moshi's protocol, with its limits and token",
                         r"^tests/test_serve(_config)?\.py::"),
-    "soak": ("real speech through the server for a minute, RSS growth bounded (under 20 MB)", _words("soak")),
+    "soak": ("real speech through the server for a minute, RSS growth bounded (under 20 MiB a minute)", _words("soak")),
 }
 
 
