@@ -242,7 +242,7 @@ def ranked_by_distance(answer, distances: dict[str, float]) -> Verdict:
     hint = f"order all of {sorted(distances)}, smallest log-mel distance first"
     right = not _unanswered(answer) and list(answer) == truth
     return _verdict((answer,), right, " < ".join(f"{n} {distances[n]:.2f}" for n in truth), hint,
-                    answer=" < ".join(truth))  # the distances are the page's data; the order is the answer
+                    answer="")  # the answer is an order of names, not a printed figure (the distances are the page's data)
 
 
 def equivalent_bands(answer, vocoder_distance: Callable[[int], float], codec_distance: float) -> Verdict:
