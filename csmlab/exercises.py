@@ -207,7 +207,8 @@ def same_codes(answer, reference: np.ndarray) -> Verdict:
     agree = float((answer == reference).mean())
     right = np.array_equal(answer[0], reference[0]) and agree >= 0.99
     return _verdict((answer,), right, f"{agree:.2%} of the codes equal the batch encode's",
-                    f"only {agree:.1%} of the codes agree: stream the same int16 stereo audio the batch encode got")
+                    f"only {agree:.1%} of the codes agree: stream the same int16 stereo audio the batch encode got",
+                    answer="")  # the answer is code; the agreement it reaches is no secret
 
 
 # ----------------------------------------------------------------------------- 01b train your own codec
@@ -225,7 +226,8 @@ def si_sdr_function(fn: Callable) -> Verdict:
     hint = "remove the means, project est on ref (target = <est, ref> / <ref, ref> * ref), noise = est - target"
     if not _close(fn(ref, 3 * est), got, rel=1e-6):
         hint = "it changes when est is scaled: SI-SDR projects est on ref first, so the scale does not matter"
-    return _verdict((fn,), _close(got, metrics.si_sdr(ref, est), rel=1e-4), f"{got:.2f} dB, as metrics.si_sdr", hint)
+    return _verdict((fn,), _close(got, metrics.si_sdr(ref, est), rel=1e-4), f"{got:.2f} dB, as metrics.si_sdr", hint,
+                    answer="")  # the answer is code
 
 
 def which_codebook_hurts(answer, distances: dict[int, float]) -> Verdict:
@@ -284,7 +286,7 @@ def survived_glitch(steps, lost: tuple[int, ...]) -> Verdict:
         return Verdict("wrong", f"not yet. Hint: steps {dropped} were fed None; pass None exactly at steps {list(lost)}")
     silent = [s.index for s in steps[1:] if s.audio is None]
     return _verdict((steps,), not silent, f"frames lost at {list(lost)}, Moshi spoke at every step after the first",
-                    f"steps {silent} returned no frame")
+                    f"steps {silent} returned no frame", answer="")  # the answer is code
 
 
 def padding_share(answer, tokens: list[int], pad_id: int) -> Verdict:
@@ -321,7 +323,8 @@ def same_frames(answer, reference) -> Verdict:
         hint = f"shape {answer.shape}, expected {reference.shape}: stack the frames with torch.stack (one row per frame)"
         return Verdict("wrong", f"not yet. Hint: {hint}")
     return _verdict((answer,), np.array_equal(answer, reference), f"{len(answer)} frames, token for token the same",
-                    "same shape, different codes: same text, greedy sampling and max_audio_ms as the reference?")
+                    "same shape, different codes: same text, greedy sampling and max_audio_ms as the reference?",
+                    answer="")  # the answer is code
 
 
 def csm_and_moshi_kbps(csm_kbps, moshi_kbps, csm_codebooks: int, moshi_codebooks: int) -> Verdict:
