@@ -1,16 +1,18 @@
 """What the test suite proves, counted from the suite itself (notebook 06, question 4).
 
-`collect()` asks pytest for every test item (`pytest --collect-only`, run in this process so that
-the modules the tests import are loaded once), so the count is the suite as it stands, not a
-number typed somewhere. `CLAIMS` sorts the items by what
+`collect()` asks pytest for every test item (`pytest --collect-only`, in a process of its own: test
+modules are imported to be collected, and whatever they do at import time, e.g. a matplotlib
+backend or torch's thread count, must not reach the notebook kernel that asks), so the count is the
+suite as it stands, not a number typed somewhere. `CLAIMS` sorts the items by what
 they establish, from their module and name; an item may back several claims, and `by_claim`
 keeps the node ids so that any count can be checked by reading the tests it counts.
 """
 from __future__ import annotations
 
-import contextlib
-import io
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from csmlab.errors import CsmlabError
@@ -42,31 +44,20 @@ CLAIMS = {
                 _words("browser", "chromium", "playwright")),
     "server protocol": ("csmlab serve speaks Moshi's protocol, with its limits and token",
                         r"^tests/test_serve(_config)?\.py::"),
-    "soak": ("real speech through the server for a minute, RSS flat", _words("soak")),
+    "soak": ("real speech through the server for a minute, RSS growth bounded (under 20 MiB a minute)", _words("soak")),
 }
 
 
-class _Items:
-    """A pytest plugin that keeps the collected node ids."""
-
-    def __init__(self):
-        self.ids: list[str] = []
-
-    def pytest_collection_modifyitems(self, items) -> None:
-        self.ids = [item.nodeid for item in items]
-
-
 def collect(paths: tuple[str, ...] = ("tests",)) -> list[str]:
-    """Node ids of every test pytest would run under `paths` (relative to the repository)."""
-    import pytest
-
-    plugin, report = _Items(), io.StringIO()
-    with contextlib.redirect_stdout(report):
-        code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
-                            *(str(ROOT / p) for p in paths)], plugins=[plugin])
-    if code != 0 or not plugin.ids:
-        raise CsmlabError(f"pytest could not collect the suite (exit {code}):\n{report.getvalue()[-2000:]}")
-    return plugin.ids
+    """Node ids of every test pytest would run under `paths` (relative to the repository), listed by
+    `pytest --collect-only -q` in a child process, so that collecting changes nothing here."""
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                          "--rootdir", str(ROOT), *paths], cwd=ROOT, env=env, capture_output=True, text=True)
+    ids = [line for line in run.stdout.splitlines() if "::" in line and not line.startswith(" ")]
+    if run.returncode != 0 or not ids:
+        raise CsmlabError(f"pytest could not collect the suite (exit {run.returncode}):\n{(run.stdout + run.stderr)[-2000:]}")
+    return ids
 
 
 def by_claim(items: list[str]) -> dict[str, list[str]]:

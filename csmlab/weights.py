@@ -318,3 +318,10 @@ def resolve_listening(path: str | Path | None = None) -> WeightsSource:
     trained Mimi, whose loopback follows the speech it is given (the full-size stand-in's is noise)."""
     plan = locate_listening(path)
     return plan if plan.kind == "small" else resolve("mimi", path)
+
+
+def default_device() -> str:
+    """"cuda" when a CUDA GPU is present, else "cpu": where the notebooks put the models they load."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

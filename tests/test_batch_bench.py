@@ -3,14 +3,11 @@ promise (per B: per-stream-frame p50/p95 next to the batch cost; memory; cold st
 stream of the largest batch agrees with a plain session. Timings themselves are not asserted."""
 import argparse
 
-import matplotlib
 import pytest
 
 from csmlab.bench import codec as bench_codec
 from csmlab.bench import moshi as bench_moshi
 from csmlab.bench.streams import held_in_real_time, parse_streams, plot_scaling
-
-matplotlib.use("Agg")
 
 
 def test_codec_scaling_figures_and_plot():

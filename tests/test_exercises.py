@@ -127,3 +127,73 @@ def test_each_notebook_ends_with_unanswered_exercises_and_hidden_solutions(path)
     text = " ".join("".join(c["source"]) for c in cells)
     assert "# solution" not in text and "# your answer" not in text.replace("# your answer:", "")
     assert not re.search(r"\bissue \d", text, re.IGNORECASE), "the course refers to the project's issues"
+
+
+# Right answers as a learner reads them off the page (a printed share, a rounded quotient) pass.
+def test_right_answers_read_off_the_page_pass():
+    rec = real_recording()
+    speech = speaking_time(rec.turns)
+    from_page = round(round(overlap_seconds(rec.turns), 2) / sum(round(s, 2) for s in speech.values()), 3)  # 1.89 / (11.85 + 12.50)
+    assert ex.overlap_fraction(from_page, rec.turns).ok
+    assert ex.overlap_fraction(round(from_page, 2), rec.turns).status == "wrong"  # 0.08: rounded too far
+    assert "three decimals" in ex.overlap_fraction(round(from_page, 2), rec.turns).message
+    tokens = [3] * 421 + [9] * 579  # 42.1% padding, printed "42%"
+    assert ex.padding_share(0.42, tokens, 3).ok and ex.padding_share(0.421, tokens, 3).ok
+    assert ex.padding_share(42, tokens, 3).message.endswith("not a percentage")
+    assert not ex.padding_share(0.58, tokens, 3).ok and not ex.padding_share(0.40, tokens, 3).ok
+
+
+def test_a_solution_shows_no_answer_and_carries_its_digests():
+    solved = ex.latency_with_delay(240, delay=2).must_pass()
+    data, meta = solved._repr_mimebundle_()
+    assert "240" not in data["text/plain"] and "240" not in repr(solved)
+    assert ex.digest("240 ms") in meta["csmlab"]["answer_sha256"]
+    assert ex.answer_forms("42% of the 375 frames; 1,459 frames fit; 4.4 kbit/s") == {"42 %", "375 frames", "1459 frames",
+                                                                                     "4.4 kbit/s", "4.4"}
+
+
+# 04: the jitter buffer, Moshi's latency from a report, the cascade's hang-over as a trade-off.
+def test_jitter_and_latency_checks():
+    assert ex.jitter_counts(...).status == "unanswered"
+    truth = ex.jitter_truth()
+    assert truth == {"consumed": 6, "concealed": 1, "late": 1, "duplicate": 1}  # seq 2 concealed then late; 5 twice
+    assert "late" in ex.jitter_counts({**truth, "late": 0}).message
+    assert "dict" in ex.jitter_counts([6, 1, 1, 1]).message
+    assert ex.jitter_counts(dict(truth)).must_pass().ok
+    report = {"latency_ms": {"algorithmic": {"frame": 80, "acoustic delay": 80}}}
+    assert ex.moshi_latency(..., report).status == "unanswered" and ex.moshi_latency(80, report).status == "wrong"
+    assert ex.moshi_latency(160, report).ok and not ex.moshi_latency(160, {"latency_ms": {"algorithmic": {"frame": 80}}}).ok
+
+
+def test_hang_over_check_weighs_false_turn_ends_against_response():
+    fake = {64: {"p50_ms": 140.0, "turn_ends": 8, "false_ends_s": [9.4, 12.8]},  # fast, but talks over her
+            240: {"p50_ms": 284.0, "turn_ends": 4, "false_ends_s": []},
+            480: {"p50_ms": 540.0, "turn_ends": 4, "false_ends_s": []}}  # safe, but slow
+    assert ex.hang_over(..., fake.get).status == "unanswered" and ex.hang_over(-5, fake.get).status == "wrong"
+    assert "mid-sentence" in ex.hang_over(64, fake.get).message
+    assert "shorten" in ex.hang_over(480, fake.get).message
+    assert ex.hang_over(240, fake.get).ok
+
+
+def test_hang_over_measure_sees_a_pause_mid_turn():
+    from csmlab.pipeline.call import user_side
+
+    diane = ex.with_pauses(user_side(real_recording(), "Diane"))
+    assert ex.measure_hang_over(diane, 64)["false_ends_s"]  # a 64 ms hang-over ends her turn in a 200 ms pause
+    assert not ex.measure_hang_over(diane, 320)["false_ends_s"]
+
+
+# 05: bytes on the wire, drops of a bounded queue, the echo's lag.
+def test_notebook_05_checks():
+    from csmlab.metrics import FRAME_SIZE
+    from csmlab.widget.frames import HEADER_BYTES
+
+    assert ex.frame_bytes(...).status == "unanswered"
+    assert "header" in ex.frame_bytes(4 * FRAME_SIZE).message and ex.frame_bytes(4 * FRAME_SIZE + HEADER_BYTES).ok
+    assert "16-bit" in ex.frame_bytes(2 * FRAME_SIZE + HEADER_BYTES).message
+    assert "handles" in ex.drops_per_second(10, compute_ms=100).message
+    assert ex.drops_per_second(2.5, compute_ms=100).ok and ex.drops_per_second(0, compute_ms=50).ok
+    rng = np.random.default_rng(0)
+    sent = np.repeat(rng.uniform(0.01, 0.5, 100), 240) * rng.standard_normal(24000)  # 1 s, loudness varying per 10 ms
+    heard = np.concatenate([np.zeros(3840), sent[:-3840]])  # 160 ms later
+    assert ex.echo_delay_ms(160, sent, heard).ok and not ex.echo_delay_ms(80, sent, heard).ok

@@ -42,3 +42,22 @@ def test_it_is_seeded_and_refuses_what_it_cannot_do(vowel_glide):
         noise_vocode(vowel_glide, 24000, bands=0)
     with pytest.raises(ValueError, match="at least 512"):
         noise_vocode(vowel_glide[:100], 24000)
+
+
+def test_bands_respect_the_signals_bandwidth():
+    """Telephone speech (nothing above 4 kHz): bands to Nyquist put one band across the cutoff; bands to
+    the measured bandwidth cover only the signal, and the vocoder leaves the empty band above empty."""
+    from csmlab.data import real_recording
+    from csmlab.noise_vocoder import bandwidth
+
+    call = real_recording(24000).audio[8 * 24000: 12 * 24000]
+    top = bandwidth(call, 24000)
+    assert 3000 < top < 4300, top  # stored at 16 kHz, band-limited at 4 kHz along the line
+    edges = band_edges(9, 24000, fmax=top)
+    assert edges[-1] == top and np.all(np.diff(edges) > 0)
+    straddles = band_edges(9, 24000)
+    assert any(lo < 4000 < hi and hi > 1.5 * 4000 for lo, hi in zip(straddles[:-1], straddles[1:]))
+    vocoded = noise_vocode(call, 24000, 9, fmax=top)
+    spectrum = np.abs(np.fft.rfft(vocoded)) ** 2
+    freqs = np.fft.rfftfreq(len(vocoded), 1 / 24000)
+    assert spectrum[freqs > top + 500].sum() < 1e-3 * spectrum.sum()

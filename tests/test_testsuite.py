@@ -22,3 +22,27 @@ def test_each_claim_finds_its_tests_and_words_match_whole_parts_only():
     assert IDS[4] in claims["bad input"] and claims["server protocol"] == IDS[5:6] and claims["soak"] == IDS[6:7]
     assert not any(IDS[7] in ids for ids in claims.values())
     assert ts.by_module(IDS)["tests/test_codec_equivalence.py"] == 2
+
+
+def test_collecting_the_suite_leaves_the_asking_process_alone():
+    """Notebook 06 collects the suite in its kernel: that must not import the test modules here
+    (one switched matplotlib to Agg at import, and 06 lost every figure drawn after it)."""
+    import sys
+
+    import matplotlib
+
+    backend, modules = matplotlib.get_backend(), set(sys.modules)
+    ids = ts.collect(("tests/test_batch_bench.py",))
+    assert ids and all(i.startswith("tests/test_batch_bench.py::") for i in ids)
+    assert matplotlib.get_backend() == backend
+    assert not {m for m in set(sys.modules) - modules if "test_batch_bench" in m}
+
+
+def test_no_test_module_switches_the_matplotlib_backend_when_imported():
+    import ast
+
+    for path in sorted((ts.ROOT / "tests").glob("*.py")):
+        for node in ast.parse(path.read_text()).body:  # module level only: what runs at import
+            for call in (n for n in ast.walk(node) if isinstance(n, ast.Call)):
+                name = ast.unparse(call.func)
+                assert not name.endswith(("matplotlib.use", "switch_backend")), f"{path.name}: {name}() at import"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import time
 from pathlib import Path
 
 import psutil
@@ -56,3 +57,38 @@ def torch_threads(threads: int | None):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+LOAD_HIGH = 2.0  # 1-minute load average from which a committed notebook's timings count as measured busy
+
+
+class Stamp:
+    """Where and when a timing was taken, shown under it: machine, torch threads and load. The same
+    figures travel in the output's metadata ("csmlab": {"timing_stamp": ...}), so that a test can
+    refuse a committed notebook executed under load (`tests/test_notebooks.py`)."""
+
+    def __init__(self, measured: dict | None = None, source: str = "executed"):
+        self.machine = measured or machine()
+        self.source = source  # "executed": measured by this run; "cached": read from data/results
+        self.utc = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+    @property
+    def busy(self) -> bool:
+        return self.machine.get("load_average_1min", 0.0) >= LOAD_HIGH
+
+    def __repr__(self) -> str:
+        m = self.machine
+        load = m.get("load_average_1min")
+        state = "busy: wall-clock times inflated" if self.busy else "quiet"
+        when = "measured now" if self.source == "executed" else "read from data/results"
+        return (f"[timing {when}: {m.get('cpu_model') or m.get('processor')}, {m['cpu_cores']} cores, "
+                f"{m.get('gpu') or 'no GPU'}, {m.get('torch_threads')} torch thread(s), load {load} ({state}); {self.utc}]")
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {"text/plain": repr(self)}, {"csmlab": {"timing_stamp": {"source": self.source, "utc": self.utc,
+                                                                        **self.machine}}}
+
+
+def stamp(measured: dict | None = None) -> Stamp:
+    """Display under a timing: `display(stamp())` after measuring, `stamp(result["machine"])` for a cached run."""
+    return Stamp(measured, "cached" if measured else "executed")

@@ -44,3 +44,11 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def bandwidth() -> tuple[float, str]:
+    """This CPU's weight-read bandwidth (GB/s, one core, fp32 matrix-vector), from the one measurement
+    every notebook and the README read (`csmlab bench codec`'s weight-read floor in bench_codec.json),
+    with its provenance."""
+    result = load("bench_codec")
+    return result["weight_read_floor"]["gb_per_s"], provenance(result)

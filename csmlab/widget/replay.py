@@ -135,3 +135,22 @@ def _page_view(frames: np.ndarray, steps: list, jitter_ms: float, report: dict) 
         output_db=np.array([level_db(f.pcm) for _, f in steps]), kernel_ms=kernel,
         playback_ms=start - arrived, round_trip_ms=start - captured, text=[c["text"] for c, _ in steps],
         late=np.array([f.late for _, f in steps]), output=output, underruns=empty, report=report)
+
+
+def burst(audio, sample_rate: int, brain="loopback", *, max_queue: int = 4, timeout_s: float = 60.0,
+          **brain_kwargs) -> dict:
+    """Every frame of `audio` handed to a `DuplexWorker` at once, as a network that stalled and then
+    delivered a backlog would: the bounded queue keeps the newest `max_queue` and drops the rest,
+    counted. Returns the worker's report."""
+    pcm = to_mimi(audio, sample_rate)
+    frames = pcm[: len(pcm) // FRAME_SIZE * FRAME_SIZE].reshape(-1, FRAME_SIZE)  # [N, 1920]
+    sink = _Collector()
+    worker = DuplexWorker(brain, sink, clock="simulated", max_queue=max_queue, **brain_kwargs).start()
+    try:
+        sink.wait_for(lambda: sink.status != "starting", timeout_s, "opening the session")
+        for seq, frame in enumerate(frames):
+            worker.feed(pack_frame(KIND_MIC, seq, seq * FRAME_MS, frame))
+        sink.wait_for(lambda: worker.queued == 0, timeout_s, "draining the queue")
+    finally:
+        worker.stop(wait=True)
+    return worker.report()
