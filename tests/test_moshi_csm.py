@@ -135,3 +135,28 @@ def test_phrase_policies(spec, words, closes):
     policy = PhrasePolicy.parse(spec)
     assert policy.name == spec and policy.closes(words, quiet_steps=1) is closes
     assert policy.closes(words, quiet_steps=policy.pause_steps)  # a pause closes every policy's phrase
+
+
+def test_csmlab_serve_moshi_csm_answers_a_websocket_client(csmlab_serve, speech):
+    """Offline: Moshi's random weights choose random words, CSM's random weights voice them. The server
+    runs on the real-time clock, where a step over its 80 ms sends silence and keeps its text: on this
+    CPU CSM's frames are late, so the answer that comes back is Moshi's words, with the voice's audio
+    where a step kept up."""
+    import asyncio
+
+    from csmlab.serve.client import FRAME, converse
+
+    server = csmlab_serve("--brain", "moshi+csm")
+    talk = asyncio.run(converse(f"ws://127.0.0.1:{server.port}/api/chat", np.tile(speech, 2), realtime=False))
+    server.stop()
+    assert talk.errors == [] and len(talk.audio) == talk.frames_sent * FRAME  # one step out per step in
+    assert talk.texts and all(text.strip() for text in talk.texts)  # the phrases CSM started to voice
+
+
+def test_an_audio_only_context_turn_is_the_speaker_tag_then_its_frames(voice, speech):
+    from csmlab.csm.voice import Segment
+
+    inputs = voice.prompt("Hi.", 1, [Segment(0, "", speech, 16000)])
+    shown = voice.describe(inputs)
+    assert shown.startswith("<|begin_of_text|>[0]<|end_of_text|><|AUDIO|>x13 (1040 ms)")  # no words, 1 s of frames
+    assert shown.endswith("<|begin_of_text|>[1]Hi.<|end_of_text|>")

@@ -188,9 +188,10 @@ class MoshiCsmBrain(Brain):
 
     @property
     def weights(self) -> str:
-        source = getattr(self.stream, "model", None)
-        moshi = source.source.kind if source is not None else getattr(self.stream, "name", "unknown")
-        return f"{moshi}+csm-{self.voice.weights}"
+        """One kind when Moshi's and CSM's agree ("real", "offline"), else both: "moshi replay, csm offline"."""
+        model = getattr(self.stream, "model", None)
+        moshi = model.source.kind if model is not None else getattr(self.stream, "name", "unknown")
+        return moshi if moshi == self.voice.weights else f"moshi {moshi}, csm {self.voice.weights}"
 
     def algorithmic_ms(self) -> dict[str, float]:
         """A word is whole one step after its last piece; the phrase policy's wait comes on top (`lags()`)."""
