@@ -127,3 +127,9 @@ class ReplayedMoshi:
         if self.codes is not None:  # past the call's end, its last frame (the speaker's side ends silenced)
             audio = self.codes[:, min(aligned, self.codes.shape[1] - 1)]
         return ReplayStep(t, token, self.piece(aligned), audio, lead_text=lead)
+
+
+def speaking_pace_ms(recording: Recording, speaker: str) -> float:
+    """`speaker`'s mean time per word over their utterances (ms): how long a voice takes to say their words."""
+    turns = [t for t in recording.transcript if t.speaker == speaker]
+    return 1000 * sum(t.end - t.start for t in turns) / sum(len(t.text.split()) for t in turns)
