@@ -21,7 +21,8 @@
   their words where `transcript` gives them, else audio only: see `csmlab.csm.voice` for what CSM
   does with those).
 - **Turn taking and barge-in come from Moshi**: when the user speaks (silero-vad) while Moshi's
-  text has been padding for `yield_steps` steps, Moshi has given the floor: the voice stops in that
+  text has been padding for `yield_steps` steps (longer than the padding between the words of one
+  utterance: a word every 3 to 5 steps in the call), Moshi has given the floor: the voice stops in that
   step, the phrases not yet spoken are dropped, and only the audio said so far enters the context
   (with the phrase's words in proportion to the frames said). While Moshi goes on talking over the
   user, CSM goes on too.
