@@ -48,7 +48,7 @@ print("voice:", brain.voice.label)
 
 # %%
 plot_moshi_csm(brain, steps, rec.transcript, "Sheila", "Diane",
-               title=f"moshi+csm on the real call: {brain.stream.label}; CSM: {brain.voice.label}");
+               title=f"moshi+csm on the real call\ntext: {brain.stream.label}; voice: {brain.voice.label}");
 
 # %%
 fates = {}

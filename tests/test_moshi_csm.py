@@ -161,3 +161,15 @@ def test_an_audio_only_context_turn_is_the_speaker_tag_then_its_frames(voice, sp
     shown = voice.describe(inputs)
     assert shown.startswith("<|begin_of_text|>[0]<|end_of_text|><|AUDIO|>x13 (1040 ms)")  # no words, 1 s of frames
     assert shown.endswith("<|begin_of_text|>[1]Hi.<|end_of_text|>")
+
+
+def test_continuity_counts_joins_and_gaps_only_where_moshi_kept_talking():
+    from csmlab.bench.moshi_csm import continuity
+    from csmlab.pipeline.moshi_csm import Phrase
+
+    def phrase(first, start, end, status="voiced"):
+        return Phrase(0, [0], "w", first, first, start, end, 1, status=status)
+
+    phrases = [phrase(0, 2, 10), phrase(5, 10, 14), phrase(12, 16, 20), phrase(30, 31, 35, "cut"), phrase(33, 36, 40)]
+    out = continuity(phrases)  # 2nd joins the 1st; the 3rd waits 2 steps; the 4th follows Moshi's pause; the 5th a cut
+    assert (out["joined"], out["gaps"], out["gap_ms"]["p50"]) == (1, 1, 160.0)
