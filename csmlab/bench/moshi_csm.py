@@ -15,6 +15,7 @@ published GPU figures, marked as published.
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import numpy as np
@@ -65,9 +66,9 @@ def run_policy(spec: str, side, voice, clock: str, model=None, replay: str | Non
     out = {**lags, "keeps_up": bool(frame) and frame["p95"] <= FRAME_MS, "words": dict(Counter(f for *_, f in brain.word_fates())),
            **continuity(list(brain.phrases)), "steps_late": report["steps_late"], "steps": report["steps"],
            "text_source": repr(brain.stream), "weights": brain.weights}
-    lag, vs = lags["lag_ms"], lags["lag_vs_moshi_voice_ms"]
+    lag, vs, wait = lags["lag_ms"], lags["lag_vs_moshi_voice_ms"], lags["wait_ms"]
     print(f"  {spec:<6} {lags['phrases']:3d} phrases ({lags['started']} voiced)  lag p50/p95 {lag.get('p50', 0):7.0f}/{lag.get('p95', 0):7.0f} ms"
-          f"  vs Moshi's voice {vs.get('p50', 0):7.0f}/{vs.get('p95', 0):7.0f}  CSM frame p50/p95 {frame.get('p50', 0):6.1f}/{frame.get('p95', 0):6.1f} ms"
+          f" (waited {wait.get('p50', 0):5.0f}/{wait.get('p95', 0):5.0f})  vs Moshi's voice {vs.get('p50', 0):7.0f}/{vs.get('p95', 0):7.0f}  CSM frame p50/p95 {frame.get('p50', 0):6.1f}/{frame.get('p95', 0):6.1f} ms"
           f"  joined {out['joined']}, gaps {out['gaps']}  words {out['words']}")
     return out
 
@@ -78,6 +79,7 @@ def measure(side, args, shared: dict, replay: str) -> dict:
     from csmlab.pipeline.voices import CsmSpeaker
     from csmlab.weights import resolve
 
+    load_at_start = round(os.getloadavg()[0], 2)  # machine() records the load at the end
     voice = CsmSpeaker(load_csm())
     real = resolve("moshi").is_real
     if real:
@@ -89,7 +91,8 @@ def measure(side, args, shared: dict, replay: str) -> dict:
     print(f"moshi+csm: text from {label}; CSM {voice.label}, at most {pace} ms per word; {args.clock} clock")
     policies = {spec: run_policy(spec, side, voice, args.clock, shared.get("moshi") if real else None, None if real else replay, pace)
                 for spec in args.policies}
-    out = {"text_source": label, "csm": voice.label, "clock": args.clock, "ms_per_word": pace, "policies": policies}
+    out = {"text_source": label, "csm": voice.label, "clock": args.clock, "ms_per_word": pace,
+           "load_average_1min_at_start": load_at_start, "policies": policies}
     out["real_size"] = real_size_arithmetic(policies)
     return out
 

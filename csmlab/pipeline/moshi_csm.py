@@ -345,12 +345,15 @@ class MoshiCsmBrain(Brain):
         return [(i, w[1], fate.get(i, "waiting")) for i, w in enumerate(self.words)]
 
     def lags(self) -> dict:
-        """Per phrase lag (ms) against Moshi's text and against Moshi's own voice; CSM's compute per frame."""
+        """Per phrase lag (ms) against Moshi's text and against Moshi's own voice, and its parts: the steps waited
+        (`wait_ms`: words, the policy, a phrase still speaking) and CSM's first frame (`first_frame_ms`);
+        CSM's compute per later frame (`frame_ms`)."""
         started = [p for p in self.phrases if p.start_step is not None]
         lag = [p.lag_ms for p in started]
         frames = [ms for p in started for ms in p.frame_ms]
         return {"phrases": len(self.phrases), "started": len(started),
                 "lag_ms": latency_summary(lag, digits=1) if lag else {},
+                "wait_ms": latency_summary([(p.start_step - p.first_word_step) * FRAME_MS for p in started], digits=1) if lag else {},
                 "lag_vs_moshi_voice_ms": latency_summary([x - self.stream.delay * FRAME_MS for x in lag], digits=1) if lag else {},
                 "first_frame_ms": latency_summary([p.first_ms for p in started], digits=1) if started else {},
                 "frame_ms": latency_summary(frames, digits=1) if frames else {}}
