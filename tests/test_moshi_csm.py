@@ -30,7 +30,7 @@ def whole_call(small_voice):
     """The call with Diane as the user and the replay of Sheila as Moshi, plus 4 s of silence."""
     rec = real_recording()
     diane = user_side(rec, "Diane")
-    brain = make_brain("moshi+csm", replay="Sheila", voice=small_voice, transcript=diane.transcript, ms_per_word=320)
+    brain = make_brain("moshi+csm", replay="Sheila", voice=small_voice, transcript=diane.transcript, ms_per_word=240)
     audio = np.concatenate([diane.audio, np.zeros(4 * rec.sample_rate, np.float32)])
     with DuplexSession(brain) as session:
         steps = list(session.run(audio, rec.sample_rate))
