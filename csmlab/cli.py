@@ -62,7 +62,7 @@ def _add_serve(sub) -> None:
     serve.add_argument("--config", metavar="TOML", help="settings file (commented example: deploy/csmlab.toml)")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1; beyond loopback needs a token)")
     serve.add_argument("--port", type=int, help="port (default 8998, moshi's)")
-    serve.add_argument("--brain", help="loopback | moshi | cascade | scripted")
+    serve.add_argument("--brain", help="loopback | moshi | cascade | moshi+csm | scripted")
     serve.add_argument("--weights", help="checkpoint path for the brain (default: csmlab.weights resolves it)")
     serve.add_argument("--listen", action="store_true", default=None,
                        help="offline: decode with the small trained Mimi, so the audio follows the speech")

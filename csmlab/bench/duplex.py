@@ -6,7 +6,8 @@ per-layer compute (p50/p95), the real-time factor, late and dropped frames, the 
 latency, and the process's RSS sampled every 10 s of audio (growth after the first loop, which
 warms caches up). `--clock realtime` runs on the wall clock (a 60 s run takes 60 s): the test of
 whether the machine holds real time. `--split` measures whether running Moshi's user encode on a
-second thread, beside the LM and the decode, pays. `--real-size` adds the real Moshi-7B and CSM-1B per-step
+second thread, beside the LM and the decode, pays. `--brain moshi+csm` measures the lag of CSM
+voicing Moshi's words per phrase policy (`csmlab.bench.moshi_csm`). `--real-size` adds the real Moshi-7B and CSM-1B per-step
 figures (random weights, the same compute) next to the brains' measured codec and VAD costs.
 Offline, Mimi, Moshi and CSM have random weights: compute is real, audio and text are not.
 """
@@ -37,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--voice", default="auto", help="the cascade's voice: auto (CSM when real, else espeak-ng), csm, espeak")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy machine)")
     parser.add_argument("--real-size", action="store_true", help="also time Moshi-7B and CSM-1B per step (minutes, ~8 GB)")
+    parser.add_argument("--policies", nargs="+", default=None, metavar="POLICY",
+                        help="moshi+csm: phrase policies to compare (k<N> words, punct, pause; default k1 k2 k3 k5 punct pause)")
     parser.add_argument("--split", type=float, default=0.0, metavar="SECONDS",
                         help="also measure Moshi's layers on two threads (user encode beside LM + decode) over this much audio")
 
@@ -174,6 +177,12 @@ def run(args) -> dict:
           f"{torch.get_num_threads()} torch thread(s)")
     shared, figures = {}, {}
     for name in args.brain:
+        if name == "moshi+csm":  # the call once per phrase policy (the replay follows the call, not a loop)
+            from csmlab.bench import moshi_csm
+
+            args.policies = args.policies or list(moshi_csm.POLICIES)
+            figures[name] = moshi_csm.measure(side, args, shared, OTHER)
+            continue
         figures[name] = measure(name, side, args, shared)
         _print(name, figures[name])
     if args.split:

@@ -20,6 +20,13 @@ come out after one frame. Two ways to get the frames, measured against each othe
 `generate()` in a thread with a streamer (`method="streamer"`). With greedy decoding both are
 token-exactly `model.generate()`'s codes, and the tests check it.
 
+A context turn may come without words (`Segment(speaker, "", audio)`: the user's audio when no
+transcript gives it). transformers' chat template (like Sesame's reference `_tokenize_segment`)
+writes every turn as `<|begin_of_text|>[speaker]text<|end_of_text|>` then its audio frames, so such
+a turn is the speaker tag with no words, then the frames: CSM hears the voice, pace and prosody,
+and no text aligned with them. CSM was trained on transcribed turns; an audio-only turn is outside
+that, and what it does with one is for the real weights to show.
+
 Context audio is encoded by the CSM's own Mimi (transformers' `MimiModel`). transformers 4.57.6's
 batch Mimi forgets its 250-step (10 s) attention window, and CSM contexts are often longer than 10 s:
 `load_csm` applies `csmlab.convert.fix_sliding_window()` so the codes match moshi's Mimi.
@@ -208,7 +215,8 @@ class CsmVoice:
             _check_speaker(seg.speaker, f"turn {i}")
             content = [{"type": "text", "text": seg.text}]
             if i < len(context):
-                self._check_text(seg.text, f"context turn {i}'s text")
+                if seg.text != "" or not isinstance(seg.text, str):  # "": an audio-only turn (no transcript)
+                    self._check_text(seg.text, f"context turn {i}'s text")
                 audios.append(_check_audio(seg.audio, seg.sample_rate, f"context turn {i}"))
                 content.append({"type": "audio"})
             turns.append({"role": str(int(seg.speaker)), "content": content})

@@ -93,6 +93,7 @@ class Step:
     audio: torch.Tensor | None  # [K] Moshi's codes for one frame
     ms: float  # compute time of this step
     user_dropped: bool = False
+    lead_text: str = ""  # the text piece sampled in this step: `text` comes back `max(delays)` steps later
 
     @property
     def warming_up(self) -> bool:
@@ -153,6 +154,11 @@ class MoshiStream:
     step, substitutes silence for a dropped user frame (and logs it), and says explicitly when
     there is no output yet. Seeded: the same seed and inputs give the same tokens.
 
+    Moshi samples a step's text token before its audio: `Step.text` is aligned with `Step.audio`
+    (the frame they share), and `Step.lead_text` is the piece sampled in this step, the one that
+    `text` will be `delay` (= `max(delays)`) steps later. A voice that needs only the words (CSM in
+    `csmlab.pipeline.moshi_csm`) reads `lead_text` and gains those steps.
+
     Threads: any number of streams may run on one loaded `Moshi`, from any threads, and each gives
     the tokens it gives alone. moshi keeps streaming state on the model's modules; each stream
     keeps its own (LMGen's and the LM's KV caches) and installs it only during its own `step`,
@@ -169,11 +175,20 @@ class MoshiStream:
             raise ConfigError(f"seed must be an int (the same seed gives the same tokens), not {seed!r}")
         self.model = model
         self.seed = seed
-        self.gen = LMGen(model.lm, **check_sampling(sampling))
+        hook = check_sampling(sampling).pop("on_text_hook", None)
+        self.gen = LMGen(model.lm, on_text_hook=lambda token: self._sampled(token, hook), **sampling)
+        self.delay = self.gen.max_delay  # steps from a text token's sampling to its frame's output
+        self._lead: int | None = None
         self._state: tuple[dict, dict] | None = None  # (LMGen's, the LM's) streaming state while open
         self._closed = False
         self.dropped = 0
         self.reset()
+
+    def _sampled(self, token: torch.Tensor, hook) -> None:
+        """LMGen's text hook: keep this step's sampled token (`lead_text`), then call the caller's hook."""
+        self._lead = int(token[0])
+        if hook is not None:
+            hook(token)
 
     def reset(self) -> None:
         """Start a new conversation: fresh caches (nothing of the old survives), step 0, the same seed."""
@@ -225,10 +240,11 @@ class MoshiStream:
         self._state = state
         ms = 1000 * (time.perf_counter() - start)
         self.index += 1
+        lead = self.model.piece(self._lead)
         if out is None:
-            return Step(self.index - 1, None, "", None, ms, dropped)
+            return Step(self.index - 1, None, "", None, ms, dropped, lead)
         token = int(out[0, 0, 0])
-        return Step(self.index - 1, token, self.model.piece(token), out[0, 1:, 0], ms, dropped)
+        return Step(self.index - 1, token, self.model.piece(token), out[0, 1:, 0], ms, dropped, lead)
 
 
 @contextmanager

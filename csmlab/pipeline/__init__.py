@@ -15,6 +15,9 @@ a `csmlab.codec` session for the user -> a `brain` -> a `csmlab.codec` session f
 - `moshi_brain`: `MoshiBrain`, true full duplex (loaded on first use: it imports moshi);
 - `cascade`: `CascadeBrain`: silero-vad turn taking (`vad`), a reply policy (`policies`), a voice
   (`voices`: CSM with the conversation as context, or the espeak-ng stand-in offline), barge-in;
+- `moshi_csm`: `MoshiCsmBrain` ("moshi+csm"): Moshi's text stream leads, CSM voices its words a
+  phrase at a time as they come; `replay`: `ReplayedMoshi`, a labelled replay of a real speaker's
+  words standing in for Moshi's text stream offline;
 - `faults`: lossy, jittery, broken sources and brains, for tests and the notebook;
 - `bridge`: CSM next to Moshi (the config table, codes from one to the other). Brain and voice meet
   here, never inside `csmlab.csm`.

@@ -7,7 +7,8 @@ session's event log through `self.log(kind, detail)`.
 
 - `LoopbackBrain`: the user's own codes, `delay_ms` later: the codec's round trip, for tests and the widget;
 - `ScriptedBrain`: given utterances at given times, deaf to the user: for tests;
-- `MoshiBrain` (`csmlab.pipeline.moshi_brain`), `CascadeBrain` (`csmlab.pipeline.cascade`).
+- `MoshiBrain` (`csmlab.pipeline.moshi_brain`), `CascadeBrain` (`csmlab.pipeline.cascade`),
+  `MoshiCsmBrain` (`csmlab.pipeline.moshi_csm`: Moshi leads, CSM speaks).
 """
 from __future__ import annotations
 
@@ -180,7 +181,7 @@ def frames_of(audio_24k: np.ndarray) -> list[np.ndarray]:
 
 
 def make_brain(name: str, **kwargs) -> Brain:
-    """A brain by name: "loopback", "scripted", "moshi" or "cascade"; `kwargs` go to its constructor."""
+    """A brain by name: "loopback", "scripted", "moshi", "cascade" or "moshi+csm"; `kwargs` go to its constructor."""
     if name == "loopback":
         return LoopbackBrain(**kwargs)
     if name == "scripted":
@@ -193,7 +194,11 @@ def make_brain(name: str, **kwargs) -> Brain:
         from csmlab.pipeline.cascade import CascadeBrain
 
         return CascadeBrain(**kwargs)
+    if name == "moshi+csm":
+        from csmlab.pipeline.moshi_csm import moshi_csm_brain
+
+        return moshi_csm_brain(**kwargs)
     raise ConfigError(f"unknown brain {name!r}; choose one of {BRAINS}")
 
 
-BRAINS = ("loopback", "moshi", "cascade", "scripted")
+BRAINS = ("loopback", "moshi", "cascade", "moshi+csm", "scripted")

@@ -25,7 +25,7 @@ from csmlab.csm.voice import Segment
 from csmlab.metrics import SAMPLE_RATE, latency_summary
 from csmlab.pipeline.brain import FRAME_MS, Brain, Heard, Said
 from csmlab.pipeline.policies import RuleResponder, UserTurn
-from csmlab.pipeline.vad import CHUNK_MS, StreamingVad
+from csmlab.pipeline.vad import CHUNK_MS, StreamingVad, TurnEnd, TurnTracker
 from csmlab.pipeline.voices import make_voice
 
 USER, SYSTEM = 0, 1  # CSM speaker ids
@@ -42,9 +42,9 @@ class CascadeBrain(Brain):
         super().__init__()
         self.voice = make_voice(voice)
         self.policy = policy if policy is not None else RuleResponder()
-        self.hears_codes = self.policy.hears_codes
         self.end_silence_ms, self.min_speech_ms = end_silence_ms, min_speech_ms
         self.vad = StreamingVad(threshold)
+        self.turns = TurnTracker(end_silence_ms, min_speech_ms)
         self.transcript = list(transcript)
         self.conversation: deque[Segment] = deque(maxlen=50)
         self.responses: deque[float] = deque(maxlen=history)  # response latencies, ms
@@ -54,16 +54,11 @@ class CascadeBrain(Brain):
 
     def reset(self) -> None:
         self.vad.reset()
+        self.turns.reset()
         self.conversation.clear()
-        self._turn_start: float | None = None  # ms; None while the user is not speaking
-        self._last_speech = 0.0
-        self._turn_audio: list[np.ndarray] = []
         self._reply = None  # the voice's frame iterator while the system speaks
         self._reply_text, self._reply_audio = "", []
         self._awaiting: float | None = None  # end of the user's speech, until the first reply frame
-
-    def codec(self):
-        return self.policy.codec() if self.hears_codes else None
 
     @property
     def weights(self) -> str:
@@ -74,33 +69,23 @@ class CascadeBrain(Brain):
         now = (heard.index + 1) * FRAME_MS  # the end of this frame, ms of session audio
         chunks = self.vad.push(heard.pcm)
         self.vad_trace.extend((c.end_ms, c.prob, c.speech) for c in chunks)
-        if self.hears_codes:
-            self.policy.hear(heard.codes)
         speech = [c for c in chunks if c.speech]
-        if speech:
-            self._hear_speech(speech, now)
-        if self._turn_start is not None:
-            self._turn_audio.append(heard.pcm)
-            if not speech and now - self._last_speech >= self.end_silence_ms:
-                self._end_turn()
+        silent_before = self.turns.start_ms is None
+        ended = self.turns.push(heard.pcm, chunks, now)
+        if speech and silent_before:
+            self.log("user_start", f"{self.turns.start_ms:.0f} ms")
+        if speech and self._reply is not None:
+            self._stop_reply(f"user spoke at {speech[0].end_ms - CHUNK_MS:.0f} ms: voice stopped")
+        if ended is not None:
+            self._end_turn(ended)
         return self._speak(heard, start)
 
-    def _hear_speech(self, speech, now: float) -> None:
-        if self._turn_start is None:
-            self._turn_start = speech[0].end_ms - CHUNK_MS
-            self._turn_audio = []
-            self.log("user_start", f"{self._turn_start:.0f} ms")
-        self._last_speech = speech[-1].end_ms
-        if self._reply is not None:
-            self._stop_reply(f"user spoke at {speech[0].end_ms - CHUNK_MS:.0f} ms: voice stopped")
-
-    def _end_turn(self) -> None:
-        start, end = self._turn_start, self._last_speech
-        self._turn_start = None
-        if end - start < self.min_speech_ms:
+    def _end_turn(self, ended: TurnEnd) -> None:
+        start, end = ended.start_ms, ended.end_ms
+        if ended.ignored:
             self.log("ignored", f"{end - start:.0f} ms of speech: too short for a turn")
             return
-        audio = np.concatenate(self._turn_audio) if self._turn_audio else np.zeros(0, np.float32)
+        audio = ended.audio
         turn = UserTurn(start, end, audio, self._words(start, end))
         self.conversation.append(Segment(USER, turn.text or "...", audio, SAMPLE_RATE))
         text = self.policy.reply(turn)
@@ -139,7 +124,7 @@ class CascadeBrain(Brain):
     def _stop_reply(self, why: str) -> None:
         self._close_reply()
         self.log("barge_in", why)
-        self.timeline.append({"kind": "barge_in", "start_ms": self._last_speech - CHUNK_MS})
+        self.timeline.append({"kind": "barge_in", "start_ms": self.turns.last_speech_ms - CHUNK_MS})
         self._finish_reply("barged_in")
 
     def _finish_reply(self, how: str) -> None:
@@ -159,5 +144,3 @@ class CascadeBrain(Brain):
 
     def close(self) -> None:
         self._close_reply()
-        if hasattr(self.policy, "close"):
-            self.policy.close()

@@ -103,3 +103,45 @@ def fault_strip(steps, title: str = ""):
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+STATUS_COLOURS = {"voiced": "#2a9d8f", "cut": "#f4a261", "dropped": "#adb5bd", "speaking": "#2a9d8f", "queued": "#adb5bd"}
+
+
+def plot_moshi_csm(brain, steps, transcript, speaker: str, user: str, title: str = ""):
+    """Moshi leads, CSM speaks, on one time axis: `speaker`'s real speech and `user`'s (the STM
+    `transcript`), Moshi's words as they are sampled (`brain.words`), CSM's phrases from the step of
+    their first frame to their end (coloured by what became of them), barge-ins, and the output."""
+    fig, ax = plt.subplots(figsize=(13, 3.8))
+    rows = {"user": 3.45, "real": 2.45, "text": 1.55, "voice": 0.65}
+    for turn in transcript:
+        if turn.speaker in (speaker, user):
+            y = rows["real"] if turn.speaker == speaker else rows["user"]
+            ax.add_patch(plt.Rectangle((turn.start, y - 0.3), turn.end - turn.start, 0.6, color="#e76f51" if y == rows["user"] else "#6a4c93", alpha=0.7))
+    for step, word in brain.words:
+        x = step * FRAME_MS / 1000
+        ax.plot([x, x], [rows["text"] - 0.3, rows["text"] + 0.05], color="#264653", linewidth=0.8)
+        ax.text(x, rows["text"] + 0.08, word, fontsize=6, rotation=55, va="bottom")
+    for p in brain.phrases:
+        if p.start_step is None:
+            x = p.ready_step * FRAME_MS / 1000
+            ax.plot(x, rows["voice"] + 0.35, marker="x", color=STATUS_COLOURS["dropped"])
+            continue
+        end = (p.end_step if p.end_step is not None else p.start_step + p.frames) * FRAME_MS / 1000
+        start = p.start_step * FRAME_MS / 1000
+        ax.add_patch(plt.Rectangle((start, rows["voice"] - 0.3), end - start, 0.6, color=STATUS_COLOURS[p.status], alpha=0.85,
+                                   ec="white"))
+        ax.annotate("", (start, rows["voice"] + 0.32), (p.first_word_step * FRAME_MS / 1000, rows["text"] - 0.32),
+                    arrowprops=dict(arrowstyle="->", color="#999999", linewidth=0.6))
+    for t in brain.trace:
+        if t["barge_in"]:
+            ax.axvline(t["step"] * FRAME_MS / 1000, color="#d62828", linestyle="--", linewidth=0.8, alpha=0.6)
+    ax.set_yticks(list(rows.values()), [f"{user} (the user)", f"{speaker} really\nspeaks (STM)",
+                                        "Moshi's text\n(replay: sampled)", "CSM's voice\n(phrases)"])
+    ax.set_xlim(0, len(steps) * FRAME_MS / 1000)
+    ax.set_ylim(0.2, 3.9)
+    ax.set_xlabel("seconds (arrows: a phrase's first word to its first audio; green voiced, orange cut, grey/x dropped; "
+                  "dashed: barge-in)")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -1,11 +1,12 @@
 """Reply policies for the cascade: given the user's finished turn, what text does the system say?
 
-- `MoshiPolicy`: Moshi listens all along (its own `MoshiStream` on the user's codes) and its inner
-  monologue during the user's turn is the reply; offline, Moshi's weights are random, so its text is
-  random word pieces, said to be so;
 - `ScriptedReplies`: given texts, in turn (for tests and demos);
 - `RuleResponder`: a small rule-based responder (a question gets an answer-shaped reply, a
   statement an acknowledgement), which quotes the user when a transcript gives their words.
+
+Moshi does not answer through a policy: its text stream is the text of its own speech, and comes
+*after* the user's turn, so a policy that reads it at the end of the turn finds padding and voices
+the answer one turn late. Moshi leads in `csmlab.pipeline.moshi_csm.MoshiCsmBrain` instead.
 """
 from __future__ import annotations
 
@@ -30,7 +31,6 @@ class ScriptedReplies:
     """Says `texts` in order, then starts again."""
 
     name = "scripted"
-    hears_codes = False
 
     def __init__(self, texts: Sequence[str]):
         self._texts = cycle(list(texts))
@@ -43,7 +43,6 @@ class RuleResponder:
     """A dozen lines of rules: enough to hold up a turn-taking demo, honestly not a dialogue model."""
 
     name = "rules"
-    hears_codes = False
 
     def reply(self, turn: UserTurn) -> str:
         words = turn.text.strip().rstrip("?.!").split()
@@ -53,37 +52,3 @@ class RuleResponder:
         if len(words) >= 3:
             return f"I see. You said {' '.join(words[-3:]).lower()}. Tell me more."
         return "Mm-hmm." if seconds < 1.5 else "I see. Go on."
-
-
-class MoshiPolicy:
-    """Moshi's inner monologue during the user's turn, as the text the voice speaks."""
-
-    name = "moshi"
-    hears_codes = True
-
-    def __init__(self, model=None, seed: int = 0, fallback: str = "I see."):
-        from csmlab import moshi
-
-        self.model = model if model is not None else moshi.load()
-        self.stream = moshi.MoshiStream(self.model, seed=seed)
-        self.fallback = fallback
-        self._pieces: list[str] = []
-
-    def hear(self, codes) -> None:
-        """One step of the user's codes; Moshi's text piece is kept until the turn is answered."""
-        import torch
-
-        out = self.stream.step(None if codes is None else torch.from_numpy(codes))
-        self._pieces.append(out.text)
-
-    def reply(self, turn: UserTurn) -> str:
-        text, self._pieces = "".join(self._pieces).strip(), []
-        return text or self.fallback
-
-    def codec(self):
-        from csmlab.pipeline.moshi_brain import moshi_codec
-
-        return moshi_codec(self.model)
-
-    def close(self) -> None:
-        self.stream.close()

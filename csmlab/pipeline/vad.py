@@ -58,3 +58,43 @@ class StreamingVad:
             self._chunks += 1
             out.append(VadChunk(self._chunks * CHUNK_MS, prob, self.speech))
         return out
+
+
+@dataclass(frozen=True)
+class TurnEnd:
+    """What `TurnTracker.push` saw end: a turn (start and end of speech, ms) or a noise too short for one."""
+
+    start_ms: float
+    end_ms: float
+    audio: np.ndarray  # [T] float32 at 24 kHz, from the turn's first frame to the end of the hang-over
+    ignored: bool  # shorter than `min_speech_ms`
+
+
+class TurnTracker:
+    """The user's turns from the VAD: a turn starts with speech and ends after `end_silence_ms` without
+    (the hang-over); one shorter than `min_speech_ms` is a noise (a cough, a click), not a turn."""
+
+    def __init__(self, end_silence_ms: float = 240, min_speech_ms: float = 160):
+        self.end_silence_ms, self.min_speech_ms = end_silence_ms, min_speech_ms
+        self.reset()
+
+    def reset(self) -> None:
+        self.start_ms: float | None = None  # None while the user is not speaking
+        self.last_speech_ms = 0.0
+        self._audio: list[np.ndarray] = []
+
+    def push(self, pcm: np.ndarray, chunks: list[VadChunk], now_ms: float) -> TurnEnd | None:
+        """One frame and its VAD chunks (`now_ms`: the frame's end); returns the turn that ended, if one did."""
+        speech = [c for c in chunks if c.speech]
+        if speech:
+            if self.start_ms is None:
+                self.start_ms, self._audio = speech[0].end_ms - CHUNK_MS, []
+            self.last_speech_ms = speech[-1].end_ms
+        if self.start_ms is None:
+            return None
+        self._audio.append(pcm)
+        if speech or now_ms - self.last_speech_ms < self.end_silence_ms:
+            return None
+        start, end, self.start_ms = self.start_ms, self.last_speech_ms, None
+        audio = np.concatenate(self._audio) if self._audio else np.zeros(0, np.float32)
+        return TurnEnd(start, end, audio, end - start < self.min_speech_ms)

@@ -56,6 +56,14 @@ class CsmSpeaker:
     def speak(self, text: str, context: Sequence[Segment] = ()) -> Iterator[np.ndarray]:
         return self.voice.stream(text, self.speaker, self._recent(context), self.max_audio_ms, self.sampling)
 
+    def frames(self, text: str, context: Sequence[Segment] = (), max_audio_ms: int | None = None):
+        """CSM's `[32]` codes frame by frame (no audio): for a caller that decodes them on one `decoder()`."""
+        return self.voice.frames(text, self.speaker, self._recent(context), max_audio_ms or self.max_audio_ms, self.sampling)
+
+    def decoder(self):
+        """A streaming Mimi decoder for CSM's 32 codebooks: one for several utterances joins them seamlessly."""
+        return self.voice.codec().stream()
+
     def _recent(self, context: Sequence[Segment]) -> list[Segment]:
         """The newest turns that fit in `context_s` seconds (CSM's context window is finite)."""
         kept, total = [], 0.0

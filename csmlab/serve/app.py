@@ -71,6 +71,13 @@ def brain_factory(settings: Settings) -> Callable[[], Brain]:
         else:
             voice = make_voice("auto")  # CSM with real weights when found, else espeak-ng (says so)
         return lambda: make_brain("cascade", voice=voice)
+    if settings.brain == "moshi+csm":  # `weights` is Moshi's; CSM's are found as `load_csm()` finds them
+        from csmlab import moshi
+        from csmlab.csm import load_csm
+        from csmlab.pipeline.voices import CsmSpeaker
+
+        model, voice = moshi.load(weights, device=settings.device), CsmSpeaker(load_csm(device=settings.device))
+        return lambda: make_brain("moshi+csm", model=model, voice=voice)
     return lambda: make_brain(settings.brain)
 
 

@@ -1,7 +1,7 @@
 """Live duplex from a browser: microphone in, system audio out, through a `csmlab.pipeline` session.
 
     from csmlab.widget import DuplexWidget
-    DuplexWidget(brain="loopback")      # or "moshi", "cascade": press Start, speak, listen
+    DuplexWidget(brain="loopback")      # or "moshi", "cascade", "moshi+csm": press Start, speak, listen
 
 - `frames`: the binary 80 ms frame both directions use (header + float32 samples);
 - `worker`: the kernel side, transport-free: a bounded queue in front of a session in a thread;

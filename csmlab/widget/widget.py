@@ -20,7 +20,7 @@ from csmlab.widget.worker import WORKER_PREFIX, DuplexWorker
 
 THREAD_PREFIXES = (WORKER_PREFIX, "brain-")  # the worker's, and the session's brain thread
 ASSETS = AUDIO_JS.parent
-BRAINS = ("loopback", "moshi", "cascade")  # the pipeline's brains that listen (not "scripted")
+BRAINS = ("loopback", "moshi", "cascade", "moshi+csm")  # the pipeline's brains that listen (not "scripted")
 # the loopback you hear through the small trained Mimi (listen=True): the full-size one is random offline
 BRAIN_DEFAULTS = {"loopback": {"listen": True}}
 TEXT_KEEP = 2000
