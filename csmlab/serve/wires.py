@@ -29,6 +29,7 @@ class OpusWire:
 
     handshake = staticmethod(lambda: bytes([HANDSHAKE]))
     error = staticmethod(error_message)
+    notice = staticmethod(lambda state, text: error_message(f"{state}: {text}"))  # 0x05, read by moshi's web UI
 
     def decode(self, data) -> tuple[np.ndarray, int | None]:
         ogg = audio_payload(data)
@@ -50,6 +51,7 @@ class FrameWire:
 
     handshake = staticmethod(lambda: json.dumps({"type": "ready"}))
     error = staticmethod(lambda text: json.dumps({"type": "error", "message": text}))
+    notice = staticmethod(lambda state, text: json.dumps({"type": "overload", "state": state, "message": text}))
 
     def decode(self, data) -> tuple[np.ndarray, int | None]:
         if isinstance(data, str):

@@ -10,7 +10,8 @@ says "running". Backpressure: the queue holds at most `max_queue` frames; when
 the kernel falls behind, the OLDEST frames are dropped and counted (`dropped`), so the latency stays
 bounded and the session conceals the gap. Faults: a malformed frame is counted, reported through
 `send` as an error message, and skipped; the session goes on. A brain that raises stops the session,
-with its error on screen. No frame for `idle_timeout_s` (the tab was closed, the microphone stopped)
+with its error on screen. A session that cannot keep up (`csmlab.pipeline.overload`) says so: each
+change of its overload state goes to `send` as an `overload` message with the words to show. No frame for `idle_timeout_s` (the tab was closed, the microphone stopped)
 stops the worker by itself, so nothing is left running. `stop()` is idempotent.
 
 The transport is the caller's: `send(content: dict, buffers: list[bytes])` is called from the
@@ -74,6 +75,7 @@ class DuplexWorker:
         self._cond = threading.Condition()
         self._stopping = False
         self._last_stats = 0.0
+        self._overload_changes = 0
         self._thread = threading.Thread(target=self._run, name=f"{WORKER_PREFIX}{next(_ids)}", daemon=True)
 
     def start(self) -> "DuplexWorker":
@@ -186,6 +188,10 @@ class DuplexWorker:
             return
         for step in steps:
             self._send_step(step)
+        overload = self.session.overload
+        if overload.changes != self._overload_changes:
+            self._overload_changes = overload.changes
+            self.send({"type": "overload", **overload.report()}, [])
         self._publish_stats()
 
     def _send_step(self, step) -> None:
