@@ -181,6 +181,7 @@ def test_start_stop_restart_and_close_leave_no_thread():
             assert report["received"] == 5 and report["status"] == "stopped", report
             assert widget.worker.session.deadline_ms == 80 + widget.jitter_ms  # a late reply still finds its slot
             assert not report["alive"] and report["threads"] == []
+            assert "5 frames received" in widget.summary() and "{" not in widget.summary()  # words, not JSON
         _page_says(widget, {"type": "start"})
     finally:
         widget.close()  # stops the last one, mid-start
@@ -223,3 +224,23 @@ def test_notebook_05_checks_reject_wrong_answers():
     sent = np.repeat(rng.uniform(0.01, 0.5, 100), 240) * rng.standard_normal(24000)  # 1 s, loudness varying per 10 ms
     heard = np.concatenate([np.zeros(3840), sent[:-3840]])  # 160 ms later
     assert ex.echo_delay_ms(160, sent, heard).ok and not ex.echo_delay_ms(80, sent, heard).ok
+
+
+def test_before_start_the_report_says_so_and_whole_replies_are_separated():
+    from types import SimpleNamespace
+
+    from csmlab.pipeline.cascade import CascadeBrain
+
+    widget = DuplexWidget(brain="scripted", brain_kwargs={})
+    try:
+        assert "press Start" in widget.summary() and widget.report()["kernel"] == {}
+        worker = widget.worker = SimpleNamespace(session=SimpleNamespace(brain=CascadeBrain))  # as a cascade's worker
+        for reply in ("Hello there.", "How are you?"):
+            widget._from_worker(worker, {"type": "step", "text": reply}, [b""])
+        assert widget.text == "Hello there.\nHow are you?"
+        widget._from_worker(worker, {"type": "overload", "state": "overloaded", "message": "m", "compute_ms": 136.0,
+                                     "budget_ms": 80.0, "shed_steps": 3}, [])
+        assert widget.overload["state"] == "overloaded"
+    finally:
+        widget.worker = None
+        widget.close()

@@ -435,6 +435,25 @@ function pushBounded(list, value, max = 100) {
   if (list.length > max) list.shift();
 }
 
+/**
+ * Why the microphone cannot start on this page, in words, or "" when it can. Browsers give
+ * getUserMedia (and AudioWorklet) only to secure contexts: https:// pages and localhost.
+ */
+export function insecureOrigin(port = (typeof location !== "undefined" && location.port) || "8888") {
+  if (typeof navigator !== "undefined" && navigator.mediaDevices && navigator.mediaDevices.getUserMedia) return "";
+  return "the microphone needs https:// or localhost; on a remote machine open an SSH tunnel " +
+    `(\`ssh -L ${port}:localhost:${port} host\`, then open http://localhost:${port}/) or serve behind TLS (deploy/Caddyfile)`;
+}
+
+/** A failure to start the microphone, in words that say what to do. */
+export function microphoneError(e) {
+  if (e.name === "InsecureContextError") return e.message;
+  if (e.name === "NotAllowedError") return "the microphone was refused: allow it for this page (the icon left of the address bar), then press Start again";
+  if (e.name === "NotFoundError") return "no microphone found: connect one, or choose one in the browser's settings";
+  if (e.name === "NotReadableError") return "the microphone is busy or unavailable (another application may hold it)";
+  return `could not start the microphone: ${e.name}: ${e.message}`;
+}
+
 /** The page side of a duplex session: capture, send, receive, play, measure. */
 export class DuplexAudio {
   /**
@@ -462,6 +481,8 @@ export class DuplexAudio {
   }
 
   async start() {
+    const insecure = insecureOrigin();
+    if (insecure) throw Object.assign(new Error(insecure), { name: "InsecureContextError" });
     this.stream = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: false, autoGainControl: false, channelCount: 1 },
     });
@@ -567,7 +588,10 @@ export class DuplexAudio {
     const latency = {};
     for (const [k, v] of Object.entries(this.series)) latency[k] = { median: median(v), last: v.length ? v[v.length - 1] : NaN, n: v.length };
     const ctx = this.ctx;
-    const device = ctx ? { contextRate: ctx.sampleRate, baseLatencyMs: 1000 * (ctx.baseLatency || 0), outputLatencyMs: 1000 * (ctx.outputLatency || 0) } : {};
+    const track = this.stream && this.stream.getAudioTracks()[0];
+    const input = track && track.getSettings ? track.getSettings().latency : undefined; // Chromium reports it
+    const device = ctx ? { contextRate: ctx.sampleRate, baseLatencyMs: 1000 * (ctx.baseLatency || 0), outputLatencyMs: 1000 * (ctx.outputLatency || 0),
+      inputLatencyMs: 1000 * (input || 0) } : {};
     return { counts: { ...this.counts }, levels: { ...this.levels }, player: { ...this.player }, latency, device, pending: this.pending.size };
   }
 
