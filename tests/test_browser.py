@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from browser_support import REPO, chromium_path, fake_mic_wav, jupyter_lab, launch_chromium, static_server
+from test_overload import SleepyBrain  # 3x over the 80 ms budget on any machine
 from csmlab.widget.frames import KIND_MIC, KIND_SYSTEM, pack_frame, unpack_frame
 from csmlab.widget.replay import best_lag, log_energy
 
@@ -270,3 +271,45 @@ def test_played_audio_is_the_captured_audio_delayed_by_the_measured_round_trip(p
     assert echo["correlation"] > MIN_CORRELATION, echo
     assert abs(echo["lag_ms"] - round_trip) < LAG_TOLERANCE_MS, (echo, round_trip)
     assert stats["counts"]["played"] >= 0.8 * stats["counts"]["sent"] - 3
+
+
+def test_serve_page_turns_red_with_words_when_the_brain_cannot_keep_up_and_keeps_its_counts_after_stop():
+    from playwright.sync_api import sync_playwright
+
+    from csmlab.serve import Settings
+    from csmlab.serve.app import serve_in_thread
+
+    chromium_path()
+    root = OUT.parent / "serve_page"
+    root.mkdir(parents=True, exist_ok=True)
+    errors = []
+    with serve_in_thread(Settings(port=0), SleepyBrain) as server, sync_playwright() as p:
+        browser = launch_chromium(p, fake_mic_wav(SPEECH, root))
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"http://127.0.0.1:{server.port}/")
+            page.click("#start")
+            page.wait_for_selector("#status[data-state='overloaded']", timeout=30_000)
+            notice = page.inner_text("#notice")
+            page.wait_for_function("document.getElementById('mic').style.width !== '0%'", timeout=10_000)
+            page.click("#stop")
+            counts = page.inner_text("#counts")
+            figures = page.inner_text("#figures")
+            page.screenshot(path=str(OUT / "serve_overloaded.png"), full_page=True)
+
+            insecure = browser.new_page()  # as on http://<remote host>: no navigator.mediaDevices
+            insecure.add_init_script("Object.defineProperty(navigator, 'mediaDevices', {value: undefined})")
+            insecure.on("pageerror", lambda e: errors.append(str(e)))
+            insecure.goto(f"http://127.0.0.1:{server.port}/")
+            insecure.click("#start")
+            insecure.wait_for_selector("#status[data-state='failed']", timeout=10_000)
+            time.sleep(0.5)  # the socket's close comes after the microphone's failure
+            insecure_error = insecure.inner_text("#error")
+        finally:
+            browser.close()
+    assert "cannot keep up" in notice and "ms per 80 ms step" in notice, notice
+    assert re.search(r"frames sent [1-9]", counts) and "shed" in counts, counts  # still there after Stop
+    assert "network" in figures and "server (queue + compute)" in figures, figures
+    assert "https:// or localhost" in insecure_error and f"ssh -L {server.port}:localhost:{server.port}" in insecure_error, insecure_error
+    assert errors == [], errors
