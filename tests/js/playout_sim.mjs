@@ -1,6 +1,7 @@
 // A live path on a simulated clock, for duplex-audio.js's PlayoutBuffer without a browser:
 // a frame of 80 ms is captured every 80 ms, reaches the player `baseMs` + a random jitter later
-// (in order), or, during a stall, all at once when the stall ends; the player is pulled 128 samples
+// (in order; `burst` > 1 delivers them in groups, as a busy main thread does), or, during a stall,
+// all at once when the stall ends; the player is pulled 128 samples
 // at a time, as an AudioWorklet is. Prints, as JSON: each frame's round trip (capture of its first
 // sample -> start of its playback), the buffer's stats, and the largest sample-to-sample step.
 //
@@ -29,13 +30,14 @@ function frame(k, signal) {
   return x;
 }
 
-export function simulate({ seconds = 12, baseMs = 20, jitterMs = 15, stalls = [], signal = "speech", seed = 1, playout = {} } = {}) {
+export function simulate({ seconds = 12, baseMs = 20, jitterMs = 15, stalls = [], burst = 1, signal = "speech", seed = 1, playout = {} } = {}) {
   const random = rng(seed);
   const n = Math.round((seconds * 1000) / FRAME_MS);
   const arrivals = [];
-  let previous = 0;
+  let previous = 0, delay = 0;
   for (let k = 0; k < n; k++) {
-    let t = (k + 1) * FRAME_MS + baseMs + random() * jitterMs;
+    if (k % burst === 0) delay = random() * jitterMs;
+    let t = (Math.floor(k / burst) + 1) * burst * FRAME_MS + baseMs + delay; // `burst` frames delivered together
     for (const [at, length] of stalls) if (t >= at && t < at + length) t = at + length;
     previous = Math.max(previous, t); // the transport keeps order
     arrivals.push(previous);

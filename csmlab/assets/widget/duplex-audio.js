@@ -121,14 +121,16 @@ export class Resampler {
  * The playback worklet's adaptive jitter buffer (the idea of WebRTC's NetEQ, small). Pure: no audio
  * API, the caller gives the time, so it runs under node as well as on the audio thread.
  *
- * - **Target**: the delay it holds is the recent high percentile (`quantile`, over the last
- *   `windowFrames` arrivals) of the inter-arrival excess (time since the previous arrival minus the
- *   audio that arrival brought), plus `marginMs`, within [minTargetMs, maxTargetMs]. One stall is one
+ * - **Target**: the audio it keeps in hand before each arrival is the recent high percentile
+ *   (`quantile`, over the last `windowFrames` deliveries) of the inter-arrival excess (time since the
+ *   previous delivery minus the audio that delivery brought), plus `marginMs`, within [minTargetMs,
+ *   maxTargetMs]. Frames arriving within `mergeMs` of each other are one delivery: a burst that a busy
+ *   main thread hands over at once carries its own cover for the gap before it. One stall is one
  *   sample of that statistic, so it does not raise the target; stalls that recur do.
  * - **Start**: playback starts `target` after an arrival that found the buffer empty (the first, or
  *   after an underrun): a frame later than that plays late, and the buffer counts an underrun.
- * - **Shed**: above target (just after an arrival it may hold one frame more; just before one, no more
- *   than the target) it removes `blockMs` blocks at the read head, each spliced with a `fadeMs`
+ * - **Shed**: when the buffer stayed above target just before each of the last `lowWindow` arrivals
+ *   (~1 s; a burst after a gap is not excess), it removes `blockMs` blocks at the read head, each spliced with a `fadeMs`
  *   raised-cosine cross-fade (no step, so no click). Quiet blocks (below `quietDb`) go first, at once;
  *   when the excess outlasts `graceMs`, blocks no louder than the median of what is queued go too,
  *   never two in a row. Every removed millisecond is counted (`shedMs`).
@@ -139,8 +141,8 @@ export class Resampler {
  */
 export class PlayoutBuffer {
   constructor(rate, { targetMs = 60, minTargetMs = 10, maxTargetMs = 300, marginMs = 10, maxBufferMs = 1000,
-    windowFrames = 50, quantile = 0.95, quietDb = -45, graceMs = 300, blockMs = 10, fadeMs = 2.5, shed = true } = {}) {
-    Object.assign(this, { rate, minTargetMs, maxTargetMs, marginMs, windowFrames, quantile, quietDb, graceMs, shed });
+    windowFrames = 50, lowWindow = 12, mergeMs = 8, quantile = 0.95, quietDb = -45, graceMs = 300, blockMs = 10, fadeMs = 2.5, shed = true } = {}) {
+    Object.assign(this, { rate, minTargetMs, maxTargetMs, marginMs, windowFrames, lowWindow, mergeMs, quantile, quietDb, graceMs, shed });
     this.targetMs = targetMs; // until enough arrivals were seen
     this.block = Math.round((blockMs / 1000) * rate);
     this.fade = Math.round((fadeMs / 1000) * rate);
@@ -150,8 +152,8 @@ export class PlayoutBuffer {
     this.w = 0; // absolute index just after the last sample written
     this.marks = []; // {pos, seq, arrived}: where each pushed frame starts
     this.excess = []; // inter-arrival excess (ms) of the last windowFrames arrivals
-    this.lastArrival = null;
-    this.lastFrameMs = 0;
+    this.lastArrival = null; // ms: when the last delivery (one frame, or a burst of them) began
+    this.deliveryMs = 0; // audio that delivery brought
     this.lows = []; // {level, removed}: buffered samples just before each recent arrival while playing
     this.removed = 0; // samples ever shed or dropped
     this.excessSince = null; // ms: when the buffer went above target
@@ -177,16 +179,20 @@ export class PlayoutBuffer {
 
   /** One frame arrives at `nowMs` (Float32Array at this rate). */
   push(x, seq, nowMs) {
-    if (this.lastArrival !== null) {
-      this.excess.push(nowMs - this.lastArrival - this.lastFrameMs);
-      if (this.excess.length > this.windowFrames) this.excess.shift();
-      if (this.excess.length >= 5) this.targetMs = this.adaptTarget();
+    if (this.lastArrival !== null && nowMs - this.lastArrival < this.mergeMs) {
+      this.deliveryMs += this.ms(x.length); // part of the same delivery (a burst): one sample of jitter
+    } else {
+      if (this.lastArrival !== null) {
+        this.excess.push(nowMs - this.lastArrival - this.deliveryMs);
+        if (this.excess.length > this.windowFrames) this.excess.shift();
+        if (this.excess.length >= 5) this.targetMs = this.adaptTarget();
+      }
+      this.lastArrival = nowMs;
+      this.deliveryMs = this.ms(x.length);
     }
-    this.lastArrival = nowMs;
-    this.lastFrameMs = this.ms(x.length);
     if (this.playing) {
       this.lows.push({ level: this.buffered, removed: this.removed });
-      if (this.lows.length > 3) this.lows.shift();
+      if (this.lows.length > this.lowWindow) this.lows.shift();
     }
     if (this.buffered + x.length > this.ring.length) this.cut(this.buffered + x.length - this.ring.length, "dropped", true);
     for (let i = 0; i < x.length; i++) this.ring[(this.w + i) % this.ring.length] = x[i];
@@ -203,12 +209,13 @@ export class PlayoutBuffer {
     return Math.min(this.maxTargetMs, Math.max(this.minTargetMs, high + this.marginMs));
   }
 
-  /** Samples above target now: above target plus one frame at any time, or above target before each recent arrival. */
+  /** Samples above target: what the buffer held just before each of the last `lowWindow` arrivals (less what
+   * was cut since), at its lowest, minus the target. A burst that follows a gap is not excess: the next gap
+   * needs it; a level that stays high over the window is. */
   excessSamples() {
-    const target = (this.targetMs / 1000) * this.rate;
-    let over = this.buffered - target - (this.lastFrameMs / 1000) * this.rate;
-    if (this.lows.length >= 2) over = Math.max(over, Math.min(...this.lows.map((l) => l.level - (this.removed - l.removed))) - target);
-    return Math.max(0, over);
+    if (this.lows.length < 2) return 0;
+    const low = Math.min(...this.lows.map((l) => l.level - (this.removed - l.removed)));
+    return Math.max(0, low - (this.targetMs / 1000) * this.rate);
   }
 
   at(i) {

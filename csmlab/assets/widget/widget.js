@@ -73,7 +73,7 @@ function render({ model, el }) {
   const notice = h("div", "csmlab-notice");
   const mic = meter("mic");
   const sys = meter("system");
-  const heads = h("table", "csmlab-figures csmlab-headline");
+  const heads = h("table", "csmlab-headline");
   const headCells = {};
   for (const [key, label, title] of [
     ["mouthToEar", "you hear it after (mouth to ear)", "round trip + the brain's own delay + the device's latency (AudioContext baseLatency + outputLatency)"],
