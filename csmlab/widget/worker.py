@@ -76,6 +76,7 @@ class DuplexWorker:
         self._stopping = False
         self._last_stats = 0.0
         self._overload_changes = 0
+        self._pause_s = 0.0
         self._thread = threading.Thread(target=self._run, name=f"{WORKER_PREFIX}{next(_ids)}", daemon=True)
 
     def start(self) -> "DuplexWorker":
@@ -114,6 +115,11 @@ class DuplexWorker:
         if wait and self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
+    def pause(self, seconds: float) -> None:
+        """A forced stall (tests, `csmlab bench live`): the worker sleeps `seconds` before its next step, as
+        a kernel busy elsewhere would, while frames keep arriving into the bounded queue."""
+        self._pause_s = seconds
+
     @property
     def queued(self) -> int:
         """Frames waiting for the session now (at most `max_queue`)."""
@@ -145,6 +151,9 @@ class DuplexWorker:
             self._warm_up()
             self._set_status("running")
             while (item := self._next()) is not None:
+                if self._pause_s:
+                    pause, self._pause_s = self._pause_s, 0.0
+                    time.sleep(pause)
                 self._step(item)
         except Exception as e:  # the brain or the transport failed: say so on screen, leave nothing running
             self.counts["errors"] += 1
