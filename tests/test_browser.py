@@ -47,7 +47,7 @@ ENVELOPE_MS = 10
 LIVE_CELL = 'DuplexWidget(brain=\\"loopback\\")'  # as the notebook's JSON spells the live cell
 MIN_ENVELOPE_CORRELATION = 0.5
 STALL_CELL = "live.worker.pause(0.4)  # a forced 400 ms stall of the kernel's worker (this test's copy only)"
-STALL_WATCH_S = 4.0  # seconds watched after the stall: it must be over within 2 s of it
+STALL_WATCH_S = 5.0  # seconds watched after the cell ran: the stall, then 2 s, then 1 s to measure
 
 
 def _cell(page, text: str):
@@ -136,6 +136,7 @@ def browser_run(tmp_path_factory):
             result["error_shown"] = widget.locator(".csmlab-error").inner_text()
             page.wait_for_function("([el, n]) => el.duplex.stats().counts.played > n", arg=[widget.element_handle(), result["page"]["counts"]["played"]], timeout=30_000)
             result["recording"] = _fetch_recording(widget)
+            result["timeline"] = widget.evaluate("el => el.duplex.timeline")  # [started, round trip] per frame
             player = "el => el.duplex.stats().player"
             result["stall"] = {"at": widget.evaluate("el => 1000 * el.duplex.ctx.currentTime"), "before": widget.evaluate(player)}
             _run_cell(page, STALL_CELL)
@@ -154,7 +155,7 @@ def browser_run(tmp_path_factory):
         finally:
             browser.close()
     result["errors"] = errors
-    (OUT / "run.json").write_text(json.dumps({k: v for k, v in result.items() if k not in ("recording", "stall")}, indent=1))
+    (OUT / "run.json").write_text(json.dumps({k: v for k, v in result.items() if k not in ("recording", "stall", "timeline")}, indent=1))
     return result
 
 
@@ -190,6 +191,7 @@ def test_echo_comes_back_and_matches_the_input(browser_run):
         "page_counts": page["counts"], "kernel_counts": {k: kernel[k] for k in ("received", "dropped", "steps", "late", "concealed", "queue_max")},
     }
     (OUT / "latency.json").write_text(json.dumps(figures, indent=1))
+    np.savez_compressed(OUT / "recording.npz", **browser_run["recording"])  # to study the echo offline
     print(json.dumps(figures, indent=1))
     output = browser_run["recording"]["output"]
     assert page["counts"]["played"] > 0 and np.sqrt(np.mean(output ** 2)) > 1e-3, "no echo came back to the speaker"
@@ -198,11 +200,13 @@ def test_echo_comes_back_and_matches_the_input(browser_run):
     assert echo["windows"] >= 3 and echo["correlation"] > MIN_ENVELOPE_CORRELATION, why
     shown = re.search(r"round trip\s+(\d+) ms", browser_run["shown"])  # what the widget displays
     assert shown and np.isfinite(round_trip) and round_trip > 0, browser_run["shown"]
-    # The page's playback buffer absorbs bursts of late steps and grows during the run, so the echo's
-    # lag over the recorded seconds lies between the path's fixed part (one captured frame plus the
-    # loopback delay) and the round trip the page measured last, plus the loopback delay.
+    # The page's playback buffer absorbs bursts of late steps and sheds what it holds beyond its target,
+    # so the echo's lag over the recorded seconds lies between the path's fixed part (one captured
+    # frame plus the loopback delay) and the largest round trip measured meanwhile, plus that delay.
     fixed = page["latency"]["capture"]["median"] + delay_ms
-    longest = max(round_trip, page["latency"]["roundTrip"]["last"]) + delay_ms
+    started, trips = np.array(browser_run["timeline"]).T
+    recorded = started > started[-1] - 1000 * len(browser_run["recording"]["output"]) / browser_run["recording"]["rate"]
+    longest = trips[recorded].max() + delay_ms
     assert fixed - ENVELOPE_MS <= echo["lag_ms"] <= longest + LAG_TOLERANCE_MS + ENVELOPE_MS, (echo, fixed, longest)
 
 
@@ -212,15 +216,17 @@ def test_after_a_forced_400_ms_stall_the_round_trip_is_back_within_2_s_and_the_s
     the machine is loaded, and the transport through JupyterLab has its own bursts)."""
     stall = browser_run["stall"]
     started, rt = np.array(stall["timeline"]).T
-    at = stall["at"]  # page clock when the cell was run; the stall starts a transport later
+    at = stall["at"]  # page clock when the cell was run; the stall reaches the speaker a transport later
     before = np.median(rt[(started > at - 3000) & (started <= at)])
-    worst = rt[(started > at) & (started < at + 1500)].max()
-    after = np.median(rt[(started > at + 400 + 2000) & (started < at + 1000 * STALL_WATCH_S)])
+    hit = np.flatnonzero((started > at) & (started < at + 2000))
+    worst = hit[np.argmax(rt[hit])]  # the frame that waited longest: the stall ended as it arrived
+    after = np.median(rt[(started > started[worst] + 2000) & (started < started[worst] + 3000)])
+    worst = rt[worst]
     removed = {k: stall["after"][k] - stall["before"][k] for k in ("shedMs", "droppedMs", "underrunMs")}
     figures = {"round_trip_before_ms": before, "worst_ms": worst, "after_2s_ms": after, **removed}
     (OUT / "stall.json").write_text(json.dumps(figures, indent=1))
     assert worst > before + 150, figures  # the stall reached the speaker
-    assert after < before + 100, figures  # ... and 2 s later it no longer does
+    assert after < before + 150, figures  # ... and 2 s later no longer (without shedding: + the whole stall)
     assert removed["shedMs"] + removed["droppedMs"] >= 150, figures  # by shedding audio, counted
 
 

@@ -54,7 +54,7 @@ def _recovery(run: dict, stall_end: float) -> tuple[float, float, float]:
     return before, np.nanmax(rt[captured > STALL_AT - 200]), back_at - stall_end
 
 
-@pytest.mark.parametrize("signal", ["speech", "tone"])
+@pytest.mark.parametrize("signal", ["speech", "noisy", "tone"])
 def test_after_a_400_ms_stall_the_round_trip_is_back_within_2_s_and_the_shed_audio_is_counted(simulate, signal):
     run = simulate(stalls=[[STALL_AT, STALL_MS]], signal=signal, seconds=10)
     before, worst, recovery_ms = _recovery(run, STALL_AT + STALL_MS)

@@ -40,6 +40,7 @@ class Overload:
     recover: float = 0.7
     state: str = "ok"
     recent: deque = field(init=False)
+    shed: bool = True  # the policy: skip the compute of concealed steps while not ok (False: measure without it)
     shed_steps: int = 0
     changes: int = 0
 
@@ -48,7 +49,7 @@ class Overload:
 
     @property
     def shedding(self) -> bool:
-        return self.state != "ok"
+        return self.shed and self.state != "ok"
 
     @property
     def compute_ms(self) -> float:

@@ -216,7 +216,7 @@ class DuplexWorker:
                     del self._arrivals[seq]
             kernel_ms = 1000 * (time.perf_counter() - arrived) if arrived is not None else 0.0
         buffer = pack_system_frame(step, kernel_ms)
-        content = {"type": "step", "index": step.index, "text": step.text, "late": bool(step.late),
+        content = {"type": "step", "index": step.index, "text": step.text, "late": bool(step.late), "concealed": step.seq is None,
                    "compute_ms": {k: round(v, 3) for k, v in step.compute_ms.items()}, "queue": len(self._frames)}
         self.send(content, [buffer])
 

@@ -19,13 +19,14 @@ function rng(seed) { // mulberry32: the same jitter on every run
   };
 }
 
-/** Frame k's samples: a 230 Hz tone at -10 dBFS, either always ("tone") or 300 ms on, 200 ms off ("speech"). */
-function frame(k, signal) {
+/** Frame k's samples: a 230 Hz tone at -10 dBFS, either always ("tone") or 300 ms on, 200 ms off
+ * ("speech"), the pauses silent or, as a codec's output is, noise at -40 dBFS ("noisy"). */
+function frame(k, signal, noise) {
   const x = new Float32Array(FRAME);
   for (let i = 0; i < FRAME; i++) {
     const n = k * FRAME + i;
     const on = signal === "tone" || n % 12000 < 7200;
-    x[i] = on ? 0.45 * Math.sin((2 * Math.PI * 230 * n) / RATE) : 0;
+    x[i] = on ? 0.45 * Math.sin((2 * Math.PI * 230 * n) / RATE) : signal === "noisy" ? 0.0173 * (noise() - 0.5) : 0;
   }
   return x;
 }
@@ -48,7 +49,7 @@ export function simulate({ seconds = 12, baseMs = 20, jitterMs = 15, stalls = []
   let next = 0, last = 0, maxStep = 0, lastStarted = 0;
   for (let q = 0; q * QUANTUM < (seconds + 1) * RATE; q++) {
     const now = (1000 * q * QUANTUM) / RATE;
-    while (next < n && arrivals[next] <= now) buffer.push(frame(next, signal), next, arrivals[next]), next++;
+    while (next < n && arrivals[next] <= now) buffer.push(frame(next, signal, random), next, arrivals[next]), next++;
     for (const s of buffer.pull(out, now)) roundTrip[s.seq] = s.started - s.seq * FRAME_MS, lastStarted = s.started;
     for (let i = 0; i < QUANTUM; i++) maxStep = Math.max(maxStep, Math.abs(out[i] - last)), last = out[i];
   }

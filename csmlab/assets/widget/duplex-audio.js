@@ -129,9 +129,10 @@ export class Resampler {
  *   sample of that statistic, so it does not raise the target; stalls that recur do.
  * - **Start**: playback starts `target` after an arrival that found the buffer empty (the first, or
  *   after an underrun): a frame later than that plays late, and the buffer counts an underrun.
- * - **Shed**: when the buffer stayed above target just before each of the last `lowWindow` arrivals
- *   (~1 s; a burst after a gap is not excess), it removes `blockMs` blocks at the read head, each spliced with a `fadeMs`
- *   raised-cosine cross-fade (no step, so no click). Quiet blocks (below `quietDb`) go first, at once;
+ * - **Shed**: when the buffer stayed above target just before every arrival of the last `lowWindowMs`
+ *   (a burst after a gap is not excess), it removes `blockMs` blocks at the read head, each spliced
+ *   with a `fadeMs` raised-cosine cross-fade (no step, so no click). Quiet blocks (below `quietDb`, or
+ *   `quietBelowDb` under the loud part of what is queued: a codec's noise floor) go first, at once;
  *   when the excess outlasts `graceMs`, blocks no louder than the median of what is queued go too,
  *   never two in a row. Every removed millisecond is counted (`shedMs`).
  * - **Overflow**: more than `maxBufferMs` queued is cut at the head the same way, counted as `droppedMs`.
@@ -141,8 +142,8 @@ export class Resampler {
  */
 export class PlayoutBuffer {
   constructor(rate, { targetMs = 60, minTargetMs = 10, maxTargetMs = 300, marginMs = 10, maxBufferMs = 1000,
-    windowFrames = 50, lowWindow = 12, mergeMs = 8, quantile = 0.95, quietDb = -45, graceMs = 300, blockMs = 10, fadeMs = 2.5, shed = true } = {}) {
-    Object.assign(this, { rate, minTargetMs, maxTargetMs, marginMs, windowFrames, lowWindow, mergeMs, quantile, quietDb, graceMs, shed });
+    windowFrames = 50, lowWindowMs = 600, mergeMs = 8, quantile = 0.95, quietDb = -45, quietBelowDb = 20, graceMs = 300, blockMs = 10, fadeMs = 2.5, shed = true } = {}) {
+    Object.assign(this, { rate, minTargetMs, maxTargetMs, marginMs, windowFrames, lowWindowMs, mergeMs, quantile, quietDb, quietBelowDb, graceMs, shed });
     this.targetMs = targetMs; // until enough arrivals were seen
     this.block = Math.round((blockMs / 1000) * rate);
     this.fade = Math.round((fadeMs / 1000) * rate);
@@ -154,7 +155,7 @@ export class PlayoutBuffer {
     this.excess = []; // inter-arrival excess (ms) of the last windowFrames arrivals
     this.lastArrival = null; // ms: when the last delivery (one frame, or a burst of them) began
     this.deliveryMs = 0; // audio that delivery brought
-    this.lows = []; // {level, removed}: buffered samples just before each recent arrival while playing
+    this.lows = []; // {at, level, removed}: buffered samples just before each arrival of the last lowWindowMs, while playing
     this.removed = 0; // samples ever shed or dropped
     this.excessSince = null; // ms: when the buffer went above target
     this.loudCut = false; // the last block played was cut although not quiet
@@ -191,8 +192,8 @@ export class PlayoutBuffer {
       this.deliveryMs = this.ms(x.length);
     }
     if (this.playing) {
-      this.lows.push({ level: this.buffered, removed: this.removed });
-      if (this.lows.length > this.lowWindow) this.lows.shift();
+      this.lows.push({ at: nowMs, level: this.buffered, removed: this.removed });
+      while (this.lows[0].at < nowMs - this.lowWindowMs) this.lows.shift();
     }
     if (this.buffered + x.length > this.ring.length) this.cut(this.buffered + x.length - this.ring.length, "dropped", true);
     for (let i = 0; i < x.length; i++) this.ring[(this.w + i) % this.ring.length] = x[i];
@@ -209,7 +210,7 @@ export class PlayoutBuffer {
     return Math.min(this.maxTargetMs, Math.max(this.minTargetMs, high + this.marginMs));
   }
 
-  /** Samples above target: what the buffer held just before each of the last `lowWindow` arrivals (less what
+  /** Samples above target: what the buffer held just before each arrival of the last `lowWindowMs` (less what
    * was cut since), at its lowest, minus the target. A burst that follows a gap is not excess: the next gap
    * needs it; a level that stays high over the window is. */
   excessSamples() {
@@ -246,11 +247,11 @@ export class PlayoutBuffer {
     return true;
   }
 
-  medianQueuedDb() {
+  /** Levels (dB) of the queued blocks, sorted: what "quiet" and "low-energy" mean for this audio now. */
+  queuedDb() {
     const dbs = [];
     for (let p = this.r; p + this.block <= this.w; p += this.block) dbs.push(this.levelDb(p, this.block));
-    dbs.sort((a, b) => a - b);
-    return dbs.length ? dbs[Math.floor(dbs.length / 2)] : -Infinity;
+    return dbs.sort((a, b) => a - b);
   }
 
   /** At a block boundary: cut the block at the head if the buffer runs above target and the policy
@@ -263,8 +264,10 @@ export class PlayoutBuffer {
     if (this.excessSince === null) this.excessSince = nowMs;
     if (this.buffered < this.block + this.fade) return false;
     const db = this.levelDb(this.r, this.block);
-    if (db < this.quietDb) return this.cut(this.block, "shed");
-    if (nowMs - this.excessSince >= this.graceMs && !this.loudCut && db <= this.medianQueuedDb()) {
+    const queued = this.queuedDb();
+    const loud = queued[Math.floor(0.9 * (queued.length - 1))]; // the loud part of what is queued
+    if (db < this.quietDb || db < loud - this.quietBelowDb) return this.cut(this.block, "shed");
+    if (nowMs - this.excessSince >= this.graceMs && !this.loudCut && db <= queued[Math.floor(queued.length / 2)]) {
       this.loudCut = this.cut(this.block, "shed");
       return false;
     }
