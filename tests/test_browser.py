@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from browser_support import REPO, chromium_path, fake_mic_wav, jupyter_lab, launch_chromium, static_server
+from csmlab.bench.browser import open_notebook, run_cell
 from test_overload import SleepyBrain  # 3x over the 80 ms budget on any machine
 from csmlab.widget.frames import KIND_MIC, KIND_SYSTEM, pack_frame, unpack_frame
 from csmlab.widget.replay import best_lag, log_energy
@@ -50,15 +51,6 @@ STALL_CELL = "live.worker.pause(0.4)  # a forced 400 ms stall of the kernel's wo
 STALL_WATCH_S = 5.0  # seconds watched after the cell ran: the stall, then 2 s, then 1 s to measure
 
 
-def _cell(page, text: str):
-    return page.locator(".jp-CodeCell", has=page.locator(".jp-InputArea-editor", has_text=text)).first
-
-
-def _run_cell(page, text: str):
-    cell = _cell(page, text)
-    cell.locator(".jp-InputArea-editor").click()
-    page.keyboard.press("Shift+Enter")
-    return cell
 
 
 def _fetch_recording(element, audio: str = "el.duplex") -> dict:
@@ -119,10 +111,8 @@ def browser_run(tmp_path_factory):
         page.on("console", lambda m: m.type == "error" and errors.append(m.text))
         page.on("pageerror", lambda e: errors.append(str(e)))
         try:
-            page.goto(f"{url}/lab/tree/{NOTEBOOK.name}?token={token}")
-            page.wait_for_selector("text=/Python 3 \\(ipykernel\\) \\| Idle/", timeout=90_000)
-            page.wait_for_selector(".jp-Spinner", state="detached", timeout=30_000)
-            cell = _run_cell(page, "live = DuplexWidget(")
+            open_notebook(page, url, token, NOTEBOOK.name)
+            cell = run_cell(page, "live = DuplexWidget(")
             widget = cell.locator(".csmlab-duplex")
             widget.wait_for(timeout=60_000)
             widget.locator(".csmlab-start").click()
@@ -136,15 +126,15 @@ def browser_run(tmp_path_factory):
             result["error_shown"] = widget.locator(".csmlab-error").inner_text()
             page.wait_for_function("([el, n]) => el.duplex.stats().counts.played > n", arg=[widget.element_handle(), result["page"]["counts"]["played"]], timeout=30_000)
             result["recording"] = _fetch_recording(widget)
-            result["timeline"] = widget.evaluate("el => el.duplex.timeline")  # [started, round trip] per frame
+            result["timeline"] = widget.evaluate("el => el.duplex.timeline")  # [started, round trip, ...] per frame
             player = "el => el.duplex.stats().player"
             result["stall"] = {"at": widget.evaluate("el => 1000 * el.duplex.ctx.currentTime"), "before": widget.evaluate(player)}
-            _run_cell(page, STALL_CELL)
+            run_cell(page, STALL_CELL)
             time.sleep(STALL_WATCH_S)
             result["stall"].update(after=widget.evaluate(player), timeline=widget.evaluate("el => el.duplex.timeline"))
             widget.screenshot(path=str(OUT / "widget.png"))
             widget.locator(".csmlab-start").click()  # Stop
-            report = _run_cell(page, "live.report()").locator(".jp-OutputArea-output").first
+            report = run_cell(page, "live.report()").locator(".jp-OutputArea-output").first
             report.wait_for(timeout=30_000)
             final = json.loads(report.inner_text())
             result["kernel"], result["page_final"] = final["kernel"], final["page"]
@@ -204,7 +194,7 @@ def test_echo_comes_back_and_matches_the_input(browser_run):
     # so the echo's lag over the recorded seconds lies between the path's fixed part (one captured
     # frame plus the loopback delay) and the largest round trip measured meanwhile, plus that delay.
     fixed = page["latency"]["capture"]["median"] + delay_ms
-    started, trips = np.array(browser_run["timeline"]).T
+    started, trips = np.array(browser_run["timeline"])[:, :2].T
     recorded = started > started[-1] - 1000 * len(browser_run["recording"]["output"]) / browser_run["recording"]["rate"]
     longest = trips[recorded].max() + delay_ms
     assert fixed - ENVELOPE_MS <= echo["lag_ms"] <= longest + LAG_TOLERANCE_MS + ENVELOPE_MS, (echo, fixed, longest)
@@ -215,7 +205,7 @@ def test_after_a_forced_400_ms_stall_the_round_trip_is_back_within_2_s_and_the_s
     sheds the excess: 2 s after the stall the round trip is back near its value before it (loosely:
     the machine is loaded, and the transport through JupyterLab has its own bursts)."""
     stall = browser_run["stall"]
-    started, rt = np.array(stall["timeline"]).T
+    started, rt = np.array(stall["timeline"])[:, :2].T
     at = stall["at"]  # page clock when the cell was run; the stall reaches the speaker a transport later
     before = np.median(rt[(started > at - 3000) & (started <= at)])
     hit = np.flatnonzero((started > at) & (started < at + 2000))

@@ -433,6 +433,8 @@ function workletUrl() {
 
 /* ------------------------------------------------------------------------------------------------ */
 
+const TIMELINE = 1000; // frames kept in DuplexAudio.timeline (80 s)
+
 /** Median of the last values of a bounded list. */
 function median(values) {
   if (!values.length) return NaN;
@@ -486,7 +488,7 @@ export class DuplexAudio {
   resetStats() {
     this.counts = { sent: 0, notSent: 0, received: 0, played: 0, late: 0, concealed: 0, unmatched: 0, badFrames: 0 };
     this.series = { roundTrip: [], capture: [], transport: [], kernel: [], playback: [], other: [] };
-    this.timeline = []; // [started, round trip] (ms, AudioContext clock) of the last 400 frames: recovery after a stall
+    this.timeline = []; // per frame, ms: [started (AudioContext clock), round trip, capture, transport, kernel, playback]
     this.levels = { input: -90, output: -90 };
     this.player = { bufferedMs: 0, targetMs: NaN, underruns: 0, underrunMs: 0, shedMs: 0, shedCuts: 0, droppedMs: 0, dropCuts: 0 };
   }
@@ -586,7 +588,7 @@ export class DuplexAudio {
     const transport = sent.receivedAt - sent.sentAt - sent.kernelMs;
     const playback = msg.started - msg.arrived;
     pushBounded(s.roundTrip, roundTrip);
-    pushBounded(this.timeline, [msg.started, roundTrip], 400);
+    pushBounded(this.timeline, [msg.started, roundTrip, capture, transport, sent.kernelMs, playback], TIMELINE);
     pushBounded(s.capture, capture);
     pushBounded(s.transport, transport);
     pushBounded(s.kernel, sent.kernelMs);
