@@ -26,7 +26,7 @@ import pytest
 
 from browser_support import REPO, chromium_path, fake_mic_wav, jupyter_lab, launch_chromium, static_server
 from csmlab.bench.browser import open_notebook, run_cell
-from test_overload import SleepyBrain  # 3x over the 80 ms budget on any machine
+from test_overload import SleepyBrain  # 2.5x over the 80 ms budget on any machine
 from csmlab.widget.frames import KIND_MIC, KIND_SYSTEM, pack_frame, unpack_frame
 from csmlab.widget.replay import best_lag, log_energy
 

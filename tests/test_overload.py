@@ -12,13 +12,14 @@ import numpy as np
 
 from csmlab.metrics import FRAME_SIZE
 from csmlab.pipeline import Brain, DuplexSession, Said
+from csmlab.pipeline.overload import Overload
 from csmlab.serve import Settings
 from csmlab.serve.app import serve_in_thread
 from csmlab.widget import DuplexWorker
 from csmlab.widget.frames import KIND_MIC, pack_frame
 
-SLEEP_S = 0.25  # 3x the 80 ms budget
-WINDOW = 8  # computed steps the overload state looks at (csmlab.pipeline.overload)
+SLEEP_S = 0.2  # 2.5x the 80 ms budget, whatever the machine
+WINDOW = Overload.window  # computed steps the overload state looks at
 
 
 class SleepyBrain(Brain):

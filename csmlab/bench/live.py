@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -128,7 +129,7 @@ def serve(browser, args, brain: str) -> dict:
 def run(args) -> dict:
     from playwright.sync_api import sync_playwright
 
-    out = {"seconds": args.seconds, "stall_ms": 1000 * STALL_S}
+    out = {"seconds": args.seconds, "stall_ms": 1000 * STALL_S, "load_1min_before": round(os.getloadavg()[0], 2)}
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
         root = Path(tmp)
         browser = launch_chromium(p, fake_mic_wav(SPEECH, root))
@@ -141,6 +142,7 @@ def run(args) -> dict:
                 out["serve_cascade"] = serve(browser, args, "cascade")
         finally:
             browser.close()
+    out["load_1min_after"] = round(os.getloadavg()[0], 2)  # the machine is shared: timings inflate with load
     for name in ("jupyterlab", "serve", "serve_cascade"):
         if name in out:
             r = out[name]

@@ -1,6 +1,6 @@
 """Is the brain keeping up? The session's overload state, and the words that say so on screen.
 
-A live session has 80 ms of compute per 80 ms step. When the median compute of the last `window`
+A live session has 80 ms of compute per 80 ms step. When the median compute of the last `window` (12)
 computed steps exceeds that budget, the session is **overloaded**: whatever the queue does, it
 cannot keep up, and the page must say so (the widget and `csmlab serve`'s page turn red; the server
 logs it once, exports `csmlab_overloaded` and sends an 0x05 notice). Above `behind` x budget it is
@@ -26,7 +26,7 @@ import numpy as np
 from csmlab.pipeline.brain import FRAME_MS
 
 STATES = ("ok", "behind", "overloaded")
-LIGHTER = {"moshi": "cascade", "cascade": "loopback"}  # what to try instead, by brain
+ADVICE = {"moshi": "try cascade", "cascade": "try loopback"}  # what to do instead, by brain
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Overload:
 
     brain: str = "brain"
     budget_ms: float = FRAME_MS
-    window: int = 8
+    window: int = 12  # ~1 s of steps at the budget; at 136 ms a step, flagged 1.6 s after falling behind
     behind: float = 0.8
     recover: float = 0.7
     state: str = "ok"
@@ -78,9 +78,9 @@ class Overload:
     def message(self) -> str:
         m, b = self.compute_ms, self.budget_ms
         if self.state == "overloaded":
-            lighter = LIGHTER.get(self.brain, "a lighter brain")
+            advice = ADVICE.get(self.brain, "close what else uses the CPU")
             return (f"this brain needs {m:.0f} ms per {b:.0f} ms step here: it cannot keep up on this machine; "
-                    f"try {lighter}, or see `csmlab doctor`")
+                    f"{advice}, or see `csmlab doctor`")
         if self.state == "behind":
             return f"this brain needs {m:.0f} of its {b:.0f} ms per step here: close to the limit, expect late steps"
         return f"keeping up: {m:.0f} ms per {b:.0f} ms step" if self.recent else ""

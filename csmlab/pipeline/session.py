@@ -19,7 +19,7 @@ Policies, stated once:
 - **Codec faults**: a codec session that fails is logged and reset; that step is silent.
 - **Malformed audio**: `push` raises `AudioFormatError` before anything changes; the next chunk
   carries on. The event log counts it.
-- **Overload** (`csmlab.pipeline.overload`): when the median compute of the last 8 computed steps
+- **Overload** (`csmlab.pipeline.overload`): when the median compute of the last 12 computed steps
   runs above 80 ms (or close to it), the session says so (`session.overload`, `report()["overload"]`)
   and sheds work: a concealed step (silence standing in for a frame that was lost or dropped)
   skips encode, brain and decode and sends silence, instead of costing a full step.
