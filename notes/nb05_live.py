@@ -36,6 +36,14 @@
 # measured 165 -> 437 ms round trip after three 400 ms stalls, for the rest of the session.
 
 # %% [markdown]
+# ## Section 1's budget cell: one label
+#
+# `jitter_ms` is now where the playback buffer *starts*; it then adapts to the measured jitter
+# (through JupyterLab, typically more; in the offline twin, fed in lockstep, there is none). Label the
+# bar `"playback buffer (start)"` instead of `"playback margin"`, and the printed line can add
+# "+ the playback buffer's adaptation, transport and device latencies, measured live".
+
+# %% [markdown]
 # ## New, after section 3: "If the microphone will not start"
 #
 # Browsers give a page the microphone, and the AudioWorklets this widget runs on, only on `https://`

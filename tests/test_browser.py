@@ -298,18 +298,14 @@ def test_played_audio_is_the_captured_audio_delayed_by_the_measured_round_trip(p
     assert stats["counts"]["played"] >= 0.8 * stats["counts"]["sent"] - 3
 
 
-def test_serve_page_turns_red_with_words_when_the_brain_cannot_keep_up_and_keeps_its_counts_after_stop():
-    from playwright.sync_api import sync_playwright
-
+def test_serve_page_turns_red_with_words_when_the_brain_cannot_keep_up_and_keeps_its_counts_after_stop(plain_page):
     from csmlab.serve import Settings
     from csmlab.serve.app import serve_in_thread
 
-    chromium_path()
-    root = OUT.parent / "serve_page"
-    root.mkdir(parents=True, exist_ok=True)
+    browser = plain_page.context.browser  # the plain page's Chromium, with its fake microphone
     errors = []
-    with serve_in_thread(Settings(port=0), SleepyBrain) as server, sync_playwright() as p:
-        browser = launch_chromium(p, fake_mic_wav(SPEECH, root))
+    with serve_in_thread(Settings(port=0), SleepyBrain) as server:
+        page = insecure = None
         try:
             page = browser.new_page()
             page.on("pageerror", lambda e: errors.append(str(e)))
@@ -332,7 +328,9 @@ def test_serve_page_turns_red_with_words_when_the_brain_cannot_keep_up_and_keeps
             time.sleep(0.5)  # the socket's close comes after the microphone's failure
             insecure_error = insecure.inner_text("#error")
         finally:
-            browser.close()
+            for opened in (page, insecure):
+                if opened is not None:
+                    opened.close()
     assert "cannot keep up" in notice and "ms per 80 ms step" in notice, notice
     assert re.search(r"frames sent [1-9]", counts) and "shed" in counts, counts  # still there after Stop
     assert "network" in figures and "server (queue + compute)" in figures, figures

@@ -4,7 +4,10 @@ The page (assets/widget/widget.js on top of duplex-audio.js) captures the microp
 binary frames over the widget's comm and plays what comes back; the kernel side is a `DuplexWorker`.
 Synced traits carry the state the page draws: `status`, `error`, `stats` (the kernel's counts and the
 session's report, every 0.5 s), `text` (the brain's text stream, last `TEXT_KEEP` characters) and
-`page_stats` (the page's own figures, sent back every second: latency parts, levels, underruns).
+`page_stats` (the page's own figures, sent back every second: latency parts, levels, the playback
+buffer's shed and dropped ms), `overload` (the session's state when the brain cannot keep up, with
+its words) and `brain_delay_ms` (the brain's delay by design, for the mouth-to-ear figure).
+`summary()` says in a few lines what `report()` holds.
 Tested in JupyterLab 4 with Chromium (tests/test_browser.py); other anywidget front ends are untested.
 """
 from __future__ import annotations
