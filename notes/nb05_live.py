@@ -101,7 +101,7 @@ import time
 from csmlab.bench.overload import SlowBrain
 from csmlab.pipeline import DuplexSession
 
-with DuplexSession(SlowBrain(cost_ms=136), clock="simulated") as slow:
+with DuplexSession(SlowBrain(cost_ms=136), clock="realtime") as slow:  # overload is judged on the real-time clock
     for seq in range(slow.overload.window):
         slow.push(np.zeros(FRAME_SIZE, np.float32), SAMPLE_RATE, seq=seq)
     before = slow.brain.calls

@@ -40,8 +40,9 @@ def _frame(value=0.1):
 
 
 def test_an_overloaded_session_skips_the_brain_for_concealed_frames_and_says_why():
+    """On the real-time clock (a simulation measures compute and judges nothing)."""
     brain = SleepyBrain()
-    with DuplexSession(brain, clock="simulated") as session:
+    with DuplexSession(brain, clock="realtime") as session:
         for seq in range(WINDOW):
             session.push(_frame(), 24000, seq=seq)
         assert session.overload.state == "overloaded"
@@ -107,3 +108,10 @@ def test_the_server_logs_once_exports_and_notifies_an_overloaded_session(caplog)
     assert "csmlab_overload_events_total 1.0" in text
     overloaded = [r for r in caplog.records if "overloaded" in r.getMessage()]
     assert len(overloaded) == 1 and "needs" in overloaded[0].getMessage()
+
+
+def test_a_simulation_judges_nothing():
+    with DuplexSession(SleepyBrain(), clock="simulated") as session:
+        session.overload.window = 1  # would be overloaded after one step, were it judged
+        session.push(_frame(), 24000, seq=0)
+        assert session.overload.state == "ok" and session.report()["faults"] == {}

@@ -247,3 +247,24 @@ def test_before_start_the_report_says_so_and_whole_replies_are_separated():
     finally:
         widget.worker = None
         widget.close()
+
+
+def test_the_widget_headline_adds_the_brains_delay_and_the_device_and_splits_out_the_path(tmp_path):
+    """widget.js's `headline` (what the learner reads first), run under node on the widget's own module."""
+    import json
+    import shutil
+    import subprocess
+
+    from csmlab.widget.widget import widget_esm
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no node on this machine (the browser test shows the same figures)")
+    (tmp_path / "widget.mjs").write_text(widget_esm())
+    median = lambda v: {"median": v}  # noqa: E731
+    page = {"latency": {"roundTrip": median(200), "transport": median(30), "kernel": median(20), "playback": median(40)},
+            "device": {"baseLatencyMs": 10, "outputLatencyMs": 30, "inputLatencyMs": 0}}
+    stats = {"session": {"latency_ms": {"response": {"p50": 600}}}}
+    script = f"import('{tmp_path / 'widget.mjs'}').then(m => console.log(JSON.stringify(m.headline({json.dumps(page)}, {json.dumps(stats)}, 160))))"
+    got = json.loads(subprocess.run([node, "-e", script], capture_output=True, text=True, check=True, timeout=30).stdout)
+    assert got == {"mouthToEar": 200 + 160 + 40, "added": 30 + 20 + 40, "device": 40, "response": 600 + 200 - 80 + 40}

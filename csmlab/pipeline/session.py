@@ -19,8 +19,9 @@ Policies, stated once:
 - **Codec faults**: a codec session that fails is logged and reset; that step is silent.
 - **Malformed audio**: `push` raises `AudioFormatError` before anything changes; the next chunk
   carries on. The event log counts it.
-- **Overload** (`csmlab.pipeline.overload`): when the median compute of the last 12 computed steps
-  runs above 80 ms (or close to it), the session says so (`session.overload`, `report()["overload"]`)
+- **Overload** (`csmlab.pipeline.overload`, real-time clock only: a simulation measures compute and
+  judges nothing): when the median compute of the last 12 computed steps runs above 80 ms (or close
+  to it), the session says so (`session.overload`, `report()["overload"]`)
   and sheds work: a concealed step (silence standing in for a frame that was lost or dropped)
   skips encode, brain and decode and sends silence, instead of costing a full step.
 - **Disconnect**: `disconnect()` ends the current source (what it sent is flushed, nothing is
@@ -256,7 +257,7 @@ class DuplexSession:
         self._faulted += fault is not None
         for layer, value in ms.items():
             self._compute[layer].append(value)
-        if self.overload.observe(ms["total"] - ms.get("input", 0.0)):
+        if self.clock.kind == "realtime" and self.overload.observe(ms["total"] - ms.get("input", 0.0)):
             self._log("clock", f"overload_{self.overload.state}", self.overload.message())
         step = Step(self._index, pcm, said.text, seq, late, ms, 1000 * at, concealed, fault)
         self._index += 1
