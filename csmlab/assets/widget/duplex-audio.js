@@ -255,8 +255,8 @@ export class PlayoutBuffer {
   }
 
   /** At a block boundary: cut the block at the head if the buffer runs above target and the policy
-   * allows. True when a quiet block was cut (the next one may go at once). */
-  maybeShed(nowMs) {
+   * allows (`queued`: queuedDb(), once per decision). True when a quiet block was cut (the next may go at once). */
+  maybeShed(nowMs, queued) {
     if (this.excessSamples() < this.block) {
       this.excessSince = null;
       return false;
@@ -264,7 +264,6 @@ export class PlayoutBuffer {
     if (this.excessSince === null) this.excessSince = nowMs;
     if (this.buffered < this.block + this.fade) return false;
     const db = this.levelDb(this.r, this.block);
-    const queued = this.queuedDb();
     const loud = queued[Math.floor(0.9 * (queued.length - 1))]; // the loud part of what is queued
     if (db < this.quietDb || db < loud - this.quietBelowDb) return this.cut(this.block, "shed");
     if (nowMs - this.excessSince >= this.graceMs && !this.loudCut && db <= queued[Math.floor(queued.length / 2)]) {
@@ -292,7 +291,8 @@ export class PlayoutBuffer {
       const t = nowMs + (1000 * i) / this.rate;
       if (this.playing && this.shed && ++this.sinceCheck >= this.block) {
         this.sinceCheck = 0;
-        for (let cuts = 0; cuts < 100 && this.maybeShed(t); cuts++); // quiet blocks may go back to back
+        const queued = this.excessSamples() >= this.block ? this.queuedDb() : null; // the audio thread's budget: once
+        for (let cuts = 0; cuts < 10 && this.maybeShed(t, queued); cuts++); // quiet blocks may go back to back
       }
       if (this.playing && this.buffered > 0) {
         while (this.marks.length && this.marks[0].pos <= this.r) {
