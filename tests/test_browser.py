@@ -120,6 +120,7 @@ def browser_run(tmp_path_factory):
             time.sleep(LISTEN_S)
             result["page"] = widget.evaluate("el => el.duplex.stats()")
             result["shown"] = widget.locator(".csmlab-figures").inner_text()
+            result["selector_locked"] = widget.locator(".csmlab-brain").is_disabled()
             widget.evaluate("el => el.duplex.send(new ArrayBuffer(10))")  # a malformed frame, as a broken page would
             page.wait_for_function("el => el.textContent.includes('16-byte header')",
                                    arg=widget.locator(".csmlab-error").element_handle(), timeout=30_000)
@@ -134,6 +135,9 @@ def browser_run(tmp_path_factory):
             result["stall"].update(after=widget.evaluate(player), timeline=widget.evaluate("el => el.duplex.timeline"))
             widget.screenshot(path=str(OUT / "widget.png"))
             widget.locator(".csmlab-start").click()  # Stop
+            result["after_stop"] = {"counts": widget.locator(".csmlab-counts:not(.csmlab-player)").inner_text(),
+                                    "player": widget.locator(".csmlab-player").inner_text(),
+                                    "selector_locked": widget.locator(".csmlab-brain").is_disabled()}
             report = run_cell(page, "live.report()").locator(".jp-OutputArea-output").first
             report.wait_for(timeout=30_000)
             final = json.loads(report.inner_text())
@@ -160,6 +164,14 @@ def test_frames_reach_the_kernel(browser_run):
 def test_a_malformed_frame_is_shown_and_the_session_goes_on(browser_run):
     assert "16-byte header" in browser_run["error_shown"]
     assert browser_run["kernel"]["status"] == "stopped" and browser_run["kernel"]["reason"] == "stopped"
+
+
+def test_the_brain_selector_is_locked_while_running_and_the_counts_stay_after_stop(browser_run):
+    after = browser_run["after_stop"]
+    assert browser_run["selector_locked"] and not after["selector_locked"]
+    sent = int(re.search(r"frames sent (\d+)", after["counts"]).group(1))
+    assert sent >= browser_run["page"]["counts"]["sent"] > 0, after  # the page's own count, not reset by Stop
+    assert "shed" in after["player"] and "underruns" in after["player"], after
 
 
 def test_stop_leaves_no_worker_thread(browser_run):
