@@ -54,7 +54,8 @@ from csmlab.pipeline.overload import Overload
 LAYERS = ("input", "encode", "brain", "decode")
 STALL_MS = 1000.0  # a brain silent this long on the real-time clock is stalled
 FAULTS = ("malformed", "concealed", "duplicate", "late", "restart", "disconnect", "reconnect", "brain_error",
-          "brain_stall", "brain_busy", "error", "bad_output", "overload_overloaded")  # event kinds that report() counts as faults
+          "brain_stall", "brain_busy", "error", "bad_output",
+          "overload_overloaded")  # event kinds that report() counts as faults
 
 
 @dataclass(frozen=True)

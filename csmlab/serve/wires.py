@@ -8,6 +8,7 @@ state (Opus streams) is that connection's.
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import numpy as np
@@ -57,6 +58,7 @@ class FrameWire:
 
     def __init__(self):
         self.arrived: dict[int, float] = {}  # seq -> perf_counter() at arrival, until its step is encoded
+        self.lock = threading.Lock()  # decode runs on the event loop, encode in the session's worker thread
 
     handshake = staticmethod(lambda: json.dumps({"type": "ready"}))
     error = staticmethod(lambda text: json.dumps({"type": "error", "message": text}))
@@ -69,15 +71,17 @@ class FrameWire:
             frame = unpack_mic_frame(data)
         except AudioFormatError as err:
             raise ProtocolError("bad_frame", str(err)) from err
-        self.arrived[frame.seq] = time.perf_counter()
-        if len(self.arrived) > MAX_PENDING:  # never answered (dropped from the backlog): forget the oldest
-            del self.arrived[next(iter(self.arrived))]
+        with self.lock:
+            self.arrived[frame.seq] = time.perf_counter()
+            if len(self.arrived) > MAX_PENDING:  # never answered (dropped from the backlog): forget the oldest
+                del self.arrived[next(iter(self.arrived))]
         return frame.pcm, frame.seq
 
     def encode(self, steps: list) -> list[Message]:
         out: list[Message] = []
         for s in steps:
-            arrived = self.arrived.pop(s.seq, None) if s.seq is not None else None
+            with self.lock:
+                arrived = self.arrived.pop(s.seq, None) if s.seq is not None else None
             server_ms = 1000 * (time.perf_counter() - arrived) if arrived else s.compute_ms.get("total", 0.0)
             out.append(pack_system_frame(s, server_ms))
             if s.text:
