@@ -46,7 +46,8 @@ def frames(timeline: list, brain_delay_ms: float, device_ms: float) -> dict:
     added = t[:, 3] + t[:, 4] + t[:, 5]
     return {"frames": len(t), "round_trip_ms": latency_summary(t[:, 1]), "added_ms": latency_summary(added),
             "mouth_to_ear_ms": latency_summary(t[:, 1] + brain_delay_ms + device_ms),
-            "parts_p50_ms": {k: round(float(np.median(t[:, i])), 1) for i, k in enumerate(["capture", "transport", "kernel", "playback"], 2)}}
+            "parts_p50_ms": {k: round(float(np.median(t[:, i])), 1)
+                             for i, k in enumerate(["capture", "transport", "kernel", "playback"], 2)}}
 
 
 def recovery(timeline: list, at_ms: float, tolerance_ms: float) -> dict:
