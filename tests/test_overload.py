@@ -115,3 +115,16 @@ def test_a_simulation_judges_nothing():
         session.overload.window = 1  # would be overloaded after one step, were it judged
         session.push(_frame(), 24000, seq=0)
         assert session.overload.state == "ok" and session.report()["faults"] == {}
+
+
+def test_the_overload_state_goes_amber_then_red_and_back_with_hysteresis():
+    overload = Overload("moshi")
+    states = [overload.observe(ms) or overload.state for ms in [40] * WINDOW + [70] * WINDOW + [136] * WINDOW]
+    assert states[WINDOW - 1] == "ok" and "behind" in states and states[-1] == "overloaded"
+    assert "needs 136 ms per 80 ms step" in overload.message() and "try cascade" in overload.message()
+    for ms in [60] * WINDOW:  # under the budget, but not under 70% of it: still overloaded
+        overload.observe(ms)
+    assert overload.state == "overloaded"
+    for ms in [40] * WINDOW:
+        overload.observe(ms)
+    assert overload.state == "ok" and overload.changes == 3
