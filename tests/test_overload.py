@@ -5,6 +5,7 @@ here depends on this machine's speed; it echoes what it heard and counts its cal
 """
 import asyncio
 import logging
+import re
 import time
 
 import aiohttp
@@ -55,7 +56,8 @@ def test_an_overloaded_session_skips_the_brain_for_concealed_frames_and_says_why
     overload = report["overload"]
     assert overload["state"] == "overloaded" and overload["shed_steps"] == 10
     assert overload["compute_ms"] >= 1000 * SLEEP_S
-    assert f"needs {overload['compute_ms']:.0f} ms per 80 ms step" in overload["message"], overload
+    needs = re.search(r"needs (\d+) ms per 80 ms step", overload["message"])
+    assert needs and abs(int(needs.group(1)) - overload["compute_ms"]) <= 1, overload
     assert "cannot keep up" in overload["message"] and "csmlab doctor" in overload["message"]
     assert report["faults"]["clock/overload_overloaded"] == 1
 
