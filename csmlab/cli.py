@@ -1,4 +1,4 @@
-"""The `csmlab` command: `doctor`, `bench codec|moshi|csm|soak|duplex|gpu`, `train-codec`, `serve`.
+"""The `csmlab` command: `doctor`, `bench codec|moshi|csm|soak|duplex|gpu|overload|live`, `train-codec`, `serve`.
 
 Subcommands import their module only when chosen, so `csmlab doctor` starts fast and each
 benchmark owns its options (`csmlab bench codec --help`).

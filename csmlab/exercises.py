@@ -489,3 +489,14 @@ def echo_delay_ms(answer, sent: np.ndarray, heard: np.ndarray, rate: int = metri
     hint = "compare the loudness envelopes (e.g. log energy per 10 ms) at lags 0..1000 ms; where do they line up?"
     return _verdict((answer,), _close(answer, truth, rel=0, abs_=20),
                     f"the echo follows {truth:.0f} ms later (envelope correlation {corr:.2f})", hint)
+
+
+def mouth_to_ear_ms(answer, round_trip_ms: float, brain_delay_ms: float, device_ms: float) -> Verdict:
+    """05, exercise 4: how long after speaking a learner hears the loopback's echo of it (ms)."""
+    truth = round_trip_ms + brain_delay_ms + device_ms
+    hint = "the round trip the page measures is only the path's part: add what the brain waits by design and the device's latency"
+    if _close(answer, round_trip_ms, rel=0, abs_=1):
+        hint = "that is the round trip the page shows; the echo comes the brain's delay later, and the sound card adds its own"
+    elif _close(answer, round_trip_ms + brain_delay_ms, rel=0, abs_=1):
+        hint = "almost: the AudioContext also reports the device's latency (baseLatency + outputLatency)"
+    return _verdict((answer,), _close(answer, truth, rel=0, abs_=1), f"{truth:.0f} ms from mouth to ear", hint)

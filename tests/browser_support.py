@@ -1,117 +1,18 @@
-"""Real-browser test plumbing: Debian's Chromium with a wav file as its microphone, and JupyterLab.
-
-No browser can be downloaded here or in CI, so Playwright drives the system `chromium`
-(scripts/install.sh installs it); tests skip, saying why, only when there is none.
-"""
+"""Real-browser test plumbing (csmlab.bench.browser, shared with `csmlab bench live`); a test skips,
+saying why, only when there is no Chromium."""
 from __future__ import annotations
-
-import json
-import os
-import secrets
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-# JupyterLab asks on first start whether to fetch news; the answer, given in advance
-LAB_SETTINGS = {"@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False}}
+from csmlab.bench import browser
+from csmlab.bench.browser import REPO, fake_mic_wav, free_port, jupyter_lab, launch_chromium, static_server
+from csmlab.errors import CsmlabError
+
+__all__ = ["REPO", "chromium_path", "fake_mic_wav", "free_port", "jupyter_lab", "launch_chromium", "static_server"]
 
 
 def chromium_path() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.skip("no Chromium on this machine (scripts/install.sh installs Debian's `chromium`)")
-    return path
-
-
-def fake_mic_wav(source: Path, folder: Path, rate: int = 48000) -> Path:
-    """`source` as 16-bit mono PCM at `rate`, the format Chromium's fake capture device reads."""
-    out = folder / f"fake_mic_{rate}.wav"
-    subprocess.run(["sox", str(source), "-r", str(rate), "-b", "16", "-c", "1", str(out)], check=True)
-    return out
-
-
-def launch_chromium(playwright, mic_wav: Path):
-    """Chromium whose getUserMedia answers at once with `mic_wav` (looped) as the microphone."""
-    return playwright.chromium.launch(executable_path=chromium_path(), args=[
-        "--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={mic_wav.resolve()}", "--autoplay-policy=no-user-gesture-required",
-    ])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def jupyter_lab(root: Path, timeout_s: float = 60):
-    """JupyterLab on a free localhost port with a token, serving `root`; yields its base URL and token.
-
-    Its kernels import csmlab from this checkout (PYTHONPATH), offline; settings and workspaces
-    live under `root`, so the user's own JupyterLab state is neither read nor changed.
-    """
-    port, token = free_port(), secrets.token_hex(16)
-    for name, value in LAB_SETTINGS.items():
-        (root / ".lab-settings" / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / ".lab-settings" / name).write_text(json.dumps(value))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CSMLAB_OFFLINE": os.environ.get("CSMLAB_OFFLINE", "1"),
-           "JUPYTER_CONFIG_DIR": str(root / ".jupyter"), "JUPYTERLAB_SETTINGS_DIR": str(root / ".lab-settings"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(root / ".lab-workspaces")}
-    log = open(root / "jupyterlab.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-        + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
-        env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"JupyterLab did not start; see {root / 'jupyterlab.log'}")
-                time.sleep(0.3)
-        yield url, token
-    finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
-
-
-@contextmanager
-def static_server(folder: Path):
-    """A localhost HTTP server for `folder` (a secure context: getUserMedia and AudioWorklet work)."""
-    import functools
-    import http.server
-    import threading
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    handler = functools.partial(Quiet, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+        return browser.chromium_path()
+    except CsmlabError as err:
+        pytest.skip(str(err))

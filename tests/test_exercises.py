@@ -197,3 +197,6 @@ def test_notebook_05_checks():
     sent = np.repeat(rng.uniform(0.01, 0.5, 100), 240) * rng.standard_normal(24000)  # 1 s, loudness varying per 10 ms
     heard = np.concatenate([np.zeros(3840), sent[:-3840]])  # 160 ms later
     assert ex.echo_delay_ms(160, sent, heard).ok and not ex.echo_delay_ms(80, sent, heard).ok
+    assert ex.mouth_to_ear_ms(..., 200, 160, 40).status == "unanswered" and ex.mouth_to_ear_ms(250, 200, 160, 40).status == "wrong"
+    assert "round trip the page shows" in ex.mouth_to_ear_ms(200, 200, 160, 40).message
+    assert "device" in ex.mouth_to_ear_ms(360, 200, 160, 40).message and ex.mouth_to_ear_ms(400, 200, 160, 40).ok

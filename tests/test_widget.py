@@ -181,6 +181,7 @@ def test_start_stop_restart_and_close_leave_no_thread():
             assert report["received"] == 5 and report["status"] == "stopped", report
             assert widget.worker.session.deadline_ms == 80 + widget.jitter_ms  # a late reply still finds its slot
             assert not report["alive"] and report["threads"] == []
+            assert "5 frames received" in widget.summary() and "{" not in widget.summary()  # words, not JSON
         _page_says(widget, {"type": "start"})
     finally:
         widget.close()  # stops the last one, mid-start
@@ -209,3 +210,44 @@ def test_a_long_session_keeps_memory_and_queues_bounded():
     assert report["steps"] > 2500, report
     growth_mb = (rss[-1] - rss[1]) / 2**20
     assert growth_mb < 20, [r / 2**20 for r in rss]
+
+
+def test_before_start_the_report_says_so_and_whole_replies_are_separated():
+    from types import SimpleNamespace
+
+    from csmlab.pipeline.cascade import CascadeBrain
+
+    widget = DuplexWidget(brain="scripted", brain_kwargs={})
+    try:
+        assert "press Start" in widget.summary() and widget.report()["kernel"] == {}
+        worker = widget.worker = SimpleNamespace(session=SimpleNamespace(brain=CascadeBrain))  # as a cascade's worker
+        for reply in ("Hello there.", "How are you?"):
+            widget._from_worker(worker, {"type": "step", "text": reply}, [b""])
+        assert widget.text == "Hello there.\nHow are you?"
+        widget._from_worker(worker, {"type": "overload", "state": "overloaded", "message": "m", "compute_ms": 136.0,
+                                     "budget_ms": 80.0, "shed_steps": 3}, [])
+        assert widget.overload["state"] == "overloaded"
+    finally:
+        widget.worker = None
+        widget.close()
+
+
+def test_the_widget_headline_adds_the_brains_delay_and_the_device_and_splits_out_the_path(tmp_path):
+    """widget.js's `headline` (what the learner reads first), run under node on the widget's own module."""
+    import json
+    import shutil
+    import subprocess
+
+    from csmlab.widget.widget import widget_esm
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no node on this machine (the browser test shows the same figures)")
+    (tmp_path / "widget.mjs").write_text(widget_esm())
+    median = lambda v: {"median": v}  # noqa: E731
+    page = {"latency": {"roundTrip": median(200), "transport": median(30), "kernel": median(20), "playback": median(40)},
+            "device": {"baseLatencyMs": 10, "outputLatencyMs": 30, "inputLatencyMs": 0}}
+    stats = {"session": {"latency_ms": {"response": {"p50": 600}}}}
+    script = f"import('{tmp_path / 'widget.mjs'}').then(m => console.log(JSON.stringify(m.headline({json.dumps(page)}, {json.dumps(stats)}, 160))))"
+    got = json.loads(subprocess.run([node, "-e", script], capture_output=True, text=True, check=True, timeout=30).stdout)
+    assert got == {"mouthToEar": 200 + 160 + 40, "added": 30 + 20 + 40, "device": 40, "response": 600 + 200 - 80 + 40}

@@ -1,6 +1,6 @@
 """Measurements that answer the course's questions with numbers: `csmlab bench <what>`.
 
-Each submodule (`codec`, `moshi`, `csm`, `soak`, `duplex`, `gpu`) exposes `add_arguments(parser)` and `run(args) -> dict`.
+Each submodule (`codec`, `moshi`, `csm`, `soak`, `duplex`, `gpu`, `overload`, `live`) exposes `add_arguments(parser)` and `run(args) -> dict`.
 `run` prints a table as it goes and returns the figures; the CLI writes them as JSON with
 `--json PATH`, together with `machine()`, because absolute timings mean little without it.
 Benchmarks compare implementations side by side in one run: ratios travel, milliseconds don't.
@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import torch
 
-BENCHES = ("codec", "moshi", "csm", "soak", "duplex", "gpu")
+BENCHES = ("codec", "moshi", "csm", "soak", "duplex", "gpu", "overload", "live")
 
 
 def cpu_model() -> str:

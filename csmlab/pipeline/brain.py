@@ -53,6 +53,7 @@ class Brain:
     name = "brain"
     hears_codes = False  # the session encodes the user's audio for it (user codec session)
     speaks_codes = False  # it returns codes, which the session decodes (system codec session)
+    text_separator = ""  # between two texts it says: "" for a token stream, "\n" for whole replies
 
     def __init__(self):
         self.log = lambda kind, detail="": None

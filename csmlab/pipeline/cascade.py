@@ -36,6 +36,7 @@ class CascadeBrain(Brain):
 
     name = "cascade"
     speaks_codes = False
+    text_separator = "\n"  # each text is a whole reply
 
     def __init__(self, voice="auto", policy=None, end_silence_ms: float = 240, min_speech_ms: float = 160,
                  threshold: float = 0.5, transcript=(), history: int = 1000):

@@ -19,6 +19,11 @@ Policies, stated once:
 - **Codec faults**: a codec session that fails is logged and reset; that step is silent.
 - **Malformed audio**: `push` raises `AudioFormatError` before anything changes; the next chunk
   carries on. The event log counts it.
+- **Overload** (`csmlab.pipeline.overload`, real-time clock only: a simulation measures compute and
+  judges nothing): when the median compute of the last 12 computed steps runs above 80 ms (or close
+  to it), the session says so (`session.overload`, `report()["overload"]`)
+  and sheds work: a concealed step (silence standing in for a frame that was lost or dropped)
+  skips encode, brain and decode and sends silence, instead of costing a full step.
 - **Disconnect**: `disconnect()` ends the current source (what it sent is flushed, nothing is
   lost); until the next `push`, `tick()` keeps the clock going with silent, concealed steps. The next
   `push` is a reconnect: any numbering and sample rate.
@@ -44,11 +49,13 @@ from csmlab.pipeline.brain import FRAME_MS, SILENT, Brain, Heard, Said
 from csmlab.pipeline.clock import make_clock
 from csmlab.pipeline.events import EventLog
 from csmlab.pipeline.jitter import JitterBuffer, check_seq
+from csmlab.pipeline.overload import Overload
 
 LAYERS = ("input", "encode", "brain", "decode")
 STALL_MS = 1000.0  # a brain silent this long on the real-time clock is stalled
 FAULTS = ("malformed", "concealed", "duplicate", "late", "restart", "disconnect", "reconnect", "brain_error",
-          "brain_stall", "brain_busy", "error", "bad_output")  # event kinds that report() counts as faults
+          "brain_stall", "brain_busy", "error", "bad_output",
+          "overload_overloaded")  # event kinds that report() counts as faults
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,7 @@ class DuplexSession:
         self._disconnected_at: float | None = None
         self._compute: dict[str, deque] = {k: deque(maxlen=history) for k in (*LAYERS, "total")}
         self._late = self._faulted = 0
+        self.overload = Overload(brain.name)
         brain.attach(lambda kind, detail="": self._log("brain", kind, detail))
 
     # ---- input --------------------------------------------------------------------------------
@@ -235,7 +243,8 @@ class DuplexSession:
 
     # ---- one step -----------------------------------------------------------------------------
     def _step(self, frame: np.ndarray, seq, concealed: bool, at: float, ms: dict) -> Step:
-        fault = None
+        if concealed and self.overload.shedding:
+            return self._shed(seq, at, ms)
         codes, fault = self._encode(frame, ms)
         said, brain_fault = self._think(Heard(self._index, frame, codes, concealed), ms)
         pcm, decode_fault = self._speak(said, ms)
@@ -249,7 +258,17 @@ class DuplexSession:
         self._faulted += fault is not None
         for layer, value in ms.items():
             self._compute[layer].append(value)
+        if self.clock.kind == "realtime" and self.overload.observe(ms["total"] - ms.get("input", 0.0)):
+            self._log("clock", f"overload_{self.overload.state}", self.overload.message())
         step = Step(self._index, pcm, said.text, seq, late, ms, 1000 * at, concealed, fault)
+        self._index += 1
+        return step
+
+    def _shed(self, seq, at: float, ms: dict) -> Step:
+        """Overloaded: a concealed frame (silence) costs no encode, brain or decode; silence goes out."""
+        self.overload.shed_steps += 1
+        ms["total"] = sum(ms.values())
+        step = Step(self._index, np.zeros(FRAME_SIZE, np.float32), "", seq, False, ms, 1000 * at, True, None)
         self._index += 1
         return step
 
@@ -364,6 +383,7 @@ class DuplexSession:
             "steps_faulted": self._faulted,
             "faults": {f"{layer}/{kind}": c for (layer, kind), c in sorted(self.events.counts.items()) if kind in FAULTS},
             "events": {f"{layer}/{kind}": c for (layer, kind), c in sorted(self.events.counts.items())},
+            "overload": self.overload.report(),
             "latency_ms": {"algorithmic": {"frame": FRAME_MS, **self.brain.algorithmic_ms()}, **self.brain.latency_ms()},
         }
 

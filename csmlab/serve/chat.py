@@ -23,6 +23,7 @@ from aiohttp import web
 from csmlab.errors import AudioFormatError, CsmlabError
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
 from csmlab.serve.metrics import ServerMetrics
+from csmlab.serve.overload import OverloadWatch
 from csmlab.serve.protocol import ProtocolError
 from csmlab.serve.wires import Message
 
@@ -51,6 +52,7 @@ class Chat:
         self.backlog: asyncio.Queue[tuple[np.ndarray, int | None] | None] = asyncio.Queue()
         self.backlog_samples = 0
         self.outcome: str | None = None
+        self.overload = OverloadWatch(metrics, wire)
 
     async def run(self) -> str:
         await send(self.ws, self.wire.handshake())
@@ -60,6 +62,7 @@ class Chat:
         finally:
             self.backlog.put_nowait(None)
             await worker
+            self.overload.close()
         return self.outcome or "completed"
 
     async def close(self, outcome: str, reason: str, code: int) -> None:
@@ -142,6 +145,7 @@ class Chat:
             return
         for step in steps:
             self.metrics.observe_step(step)
+        messages = messages + self.overload.check(self.duplex)
         try:
             for message in messages:
                 await send(self.ws, message)

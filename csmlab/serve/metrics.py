@@ -27,6 +27,9 @@ class ServerMetrics:
         self.late = Counter("csmlab_late_frames", "Steps whose compute overran 80 ms (silence went out)", registry=r)
         self.dropped = Counter("csmlab_dropped_frames", "Input frames dropped (backlog beyond the limit)", registry=r)
         self.errors = Counter("csmlab_errors", "Errors by kind (protocol, audio, pipeline)", ["kind"], registry=r)
+        self.overloaded = Gauge("csmlab_overloaded_sessions", "Sessions whose brain cannot keep up now "
+                                "(median compute per step above 80 ms)", registry=r)
+        self.overload_events = Counter("csmlab_overload_events", "Times a session became overloaded", registry=r)
         self.ready = Gauge("csmlab_ready", "1 once the brain is loaded and sessions are accepted", registry=r)
 
     def observe_step(self, step) -> None:

@@ -8,6 +8,8 @@ state (Opus streams) is that connection's.
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import numpy as np
 import sphn
@@ -18,6 +20,7 @@ from csmlab.serve.protocol import HANDSHAKE, ProtocolError, audio_message, audio
 from csmlab.widget.frames import pack_system_frame, unpack_mic_frame
 
 Message = bytes | str
+MAX_PENDING = 256  # arrival times kept for frames not answered yet
 
 
 class OpusWire:
@@ -29,6 +32,7 @@ class OpusWire:
 
     handshake = staticmethod(lambda: bytes([HANDSHAKE]))
     error = staticmethod(error_message)
+    notice = staticmethod(lambda state, text: error_message(f"{state}: {text}"))  # 0x05, read by moshi's web UI
 
     def decode(self, data) -> tuple[np.ndarray, int | None]:
         ogg = audio_payload(data)
@@ -46,10 +50,19 @@ class OpusWire:
 
 
 class FrameWire:
-    """The widget's binary 80 ms frames (csmlab/widget/frames.py) and JSON text messages."""
+    """The widget's binary 80 ms frames (csmlab/widget/frames.py) and JSON text messages.
+
+    A system frame's time is the server's: from the mic frame's arrival (`decode`, on the event loop)
+    to its reply being encoded, queue and compute together, so that the page's "network" figure
+    (its round trip minus this) is the network alone."""
+
+    def __init__(self):
+        self.arrived: dict[int, float] = {}  # seq -> perf_counter() at arrival, until its step is encoded
+        self.lock = threading.Lock()  # decode runs on the event loop, encode in the session's worker thread
 
     handshake = staticmethod(lambda: json.dumps({"type": "ready"}))
     error = staticmethod(lambda text: json.dumps({"type": "error", "message": text}))
+    notice = staticmethod(lambda state, text: json.dumps({"type": "overload", "state": state, "message": text}))
 
     def decode(self, data) -> tuple[np.ndarray, int | None]:
         if isinstance(data, str):
@@ -58,12 +71,19 @@ class FrameWire:
             frame = unpack_mic_frame(data)
         except AudioFormatError as err:
             raise ProtocolError("bad_frame", str(err)) from err
+        with self.lock:
+            self.arrived[frame.seq] = time.perf_counter()
+            if len(self.arrived) > MAX_PENDING:  # never answered (dropped from the backlog): forget the oldest
+                del self.arrived[next(iter(self.arrived))]
         return frame.pcm, frame.seq
 
     def encode(self, steps: list) -> list[Message]:
         out: list[Message] = []
         for s in steps:
-            out.append(pack_system_frame(s, s.compute_ms.get("total", 0.0)))
+            with self.lock:
+                arrived = self.arrived.pop(s.seq, None) if s.seq is not None else None
+            server_ms = 1000 * (time.perf_counter() - arrived) if arrived else s.compute_ms.get("total", 0.0)
+            out.append(pack_system_frame(s, server_ms))
             if s.text:
                 out.append(json.dumps({"type": "text", "text": s.text}))
         return out

@@ -10,7 +10,8 @@ says "running". Backpressure: the queue holds at most `max_queue` frames; when
 the kernel falls behind, the OLDEST frames are dropped and counted (`dropped`), so the latency stays
 bounded and the session conceals the gap. Faults: a malformed frame is counted, reported through
 `send` as an error message, and skipped; the session goes on. A brain that raises stops the session,
-with its error on screen. No frame for `idle_timeout_s` (the tab was closed, the microphone stopped)
+with its error on screen. A session that cannot keep up (`csmlab.pipeline.overload`) says so: each
+change of its overload state goes to `send` as an `overload` message with the words to show. No frame for `idle_timeout_s` (the tab was closed, the microphone stopped)
 stops the worker by itself, so nothing is left running. `stop()` is idempotent.
 
 The transport is the caller's: `send(content: dict, buffers: list[bytes])` is called from the
@@ -74,6 +75,8 @@ class DuplexWorker:
         self._cond = threading.Condition()
         self._stopping = False
         self._last_stats = 0.0
+        self._overload_changes = 0
+        self._pause_s = 0.0
         self._thread = threading.Thread(target=self._run, name=f"{WORKER_PREFIX}{next(_ids)}", daemon=True)
 
     def start(self) -> "DuplexWorker":
@@ -112,6 +115,11 @@ class DuplexWorker:
         if wait and self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
+    def pause(self, seconds: float) -> None:
+        """A forced stall (tests, `csmlab bench live`): the worker sleeps `seconds` before its next step, as
+        a kernel busy elsewhere would, while frames keep arriving into the bounded queue."""
+        self._pause_s = seconds
+
     @property
     def queued(self) -> int:
         """Frames waiting for the session now (at most `max_queue`)."""
@@ -143,6 +151,9 @@ class DuplexWorker:
             self._warm_up()
             self._set_status("running")
             while (item := self._next()) is not None:
+                if self._pause_s:
+                    pause, self._pause_s = self._pause_s, 0.0
+                    time.sleep(pause)
                 self._step(item)
         except Exception as e:  # the brain or the transport failed: say so on screen, leave nothing running
             self.counts["errors"] += 1
@@ -186,6 +197,10 @@ class DuplexWorker:
             return
         for step in steps:
             self._send_step(step)
+        overload = self.session.overload
+        if overload.changes != self._overload_changes:
+            self._overload_changes = overload.changes
+            self.send({"type": "overload", **overload.report()}, [])
         self._publish_stats()
 
     def _send_step(self, step) -> None:
@@ -201,7 +216,7 @@ class DuplexWorker:
                     del self._arrivals[seq]
             kernel_ms = 1000 * (time.perf_counter() - arrived) if arrived is not None else 0.0
         buffer = pack_system_frame(step, kernel_ms)
-        content = {"type": "step", "index": step.index, "text": step.text, "late": bool(step.late),
+        content = {"type": "step", "index": step.index, "text": step.text, "late": bool(step.late), "concealed": step.seq is None,
                    "compute_ms": {k: round(v, 3) for k, v in step.compute_ms.items()}, "queue": len(self._frames)}
         self.send(content, [buffer])
 

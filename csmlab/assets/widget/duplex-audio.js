@@ -117,6 +117,214 @@ export class Resampler {
   }
 }
 
+/**
+ * The playback worklet's adaptive jitter buffer (the idea of WebRTC's NetEQ, small). Pure: no audio
+ * API, the caller gives the time, so it runs under node as well as on the audio thread.
+ *
+ * - **Target**: the audio it keeps in hand before each arrival is the recent high percentile
+ *   (`quantile`, over the last `windowFrames` deliveries) of the inter-arrival excess (time since the
+ *   previous delivery minus the audio that delivery brought), plus `marginMs`, within [minTargetMs,
+ *   maxTargetMs]. Frames arriving within `mergeMs` of each other are one delivery: a burst that a busy
+ *   main thread hands over at once carries its own cover for the gap before it. One stall is one
+ *   sample of that statistic, so it does not raise the target; stalls that recur do.
+ * - **Start**: playback starts `target` after an arrival that found the buffer empty (the first, or
+ *   after an underrun): a frame later than that plays late, and the buffer counts an underrun.
+ * - **Shed**: when the buffer stayed above target just before every arrival of the last `lowWindowMs`
+ *   (a burst after a gap is not excess), it removes `blockMs` blocks at the read head, each spliced
+ *   with a `fadeMs` raised-cosine cross-fade (no step, so no click). Quiet blocks (below `quietDb`, or
+ *   `quietBelowDb` under the loud part of what is queued: a codec's noise floor) go first, at once;
+ *   when the excess outlasts `graceMs`, blocks no louder than the median of what is queued go too,
+ *   never two in a row. Every removed millisecond is counted (`shedMs`).
+ * - **Overflow**: more than `maxBufferMs` queued is cut at the head the same way, counted as `droppedMs`.
+ * - **Underrun**: dry, the output decays from its last sample to zero in ~2 ms; it resumes with a
+ *   ~2 ms fade-in. Silence played while dry is counted (`underrunMs`).
+ * Accounting, exact in samples: pushed = played + shed + dropped + buffered.
+ */
+export class PlayoutBuffer {
+  constructor(rate, { targetMs = 60, minTargetMs = 10, maxTargetMs = 300, marginMs = 10, maxBufferMs = 1000,
+    windowFrames = 50, lowWindowMs = 600, mergeMs = 8, quantile = 0.95, quietDb = -45, quietBelowDb = 20, graceMs = 300, blockMs = 10, fadeMs = 2.5, shed = true } = {}) {
+    Object.assign(this, { rate, minTargetMs, maxTargetMs, marginMs, windowFrames, lowWindowMs, mergeMs, quantile, quietDb, quietBelowDb, graceMs, shed });
+    this.targetMs = targetMs; // until enough arrivals were seen
+    this.block = Math.round((blockMs / 1000) * rate);
+    this.fade = Math.round((fadeMs / 1000) * rate);
+    this.maxBuffered = Math.round((maxBufferMs / 1000) * rate);
+    this.ring = new Float32Array(this.maxBuffered + 2 * rate); // room for the cap plus a burst of frames
+    this.r = 0; // absolute index of the next sample to play
+    this.w = 0; // absolute index just after the last sample written
+    this.marks = []; // {pos, seq, arrived}: where each pushed frame starts
+    this.excess = []; // inter-arrival excess (ms) of the last windowFrames arrivals
+    this.lastArrival = null; // ms: when the last delivery (one frame, or a burst of them) began
+    this.deliveryMs = 0; // audio that delivery brought
+    this.lows = []; // {at, level, removed}: buffered samples just before each arrival of the last lowWindowMs, while playing
+    this.removed = 0; // samples ever shed or dropped
+    this.excessSince = null; // ms: when the buffer went above target
+    this.loudCut = false; // the last block played was cut although not quiet
+    this.sinceCheck = 0; // samples played since the last shedding decision
+    this.playing = false;
+    this.everPlayed = false;
+    this.startAt = null;
+    this.last = 0;
+    this.gain = 1;
+    this.ramp = 1 / (0.002 * rate);
+    this.decay = Math.exp(-1 / (0.0005 * rate));
+    this.counts = { pushed: 0, played: 0, shed: 0, dropped: 0, underruns: 0, underrunSamples: 0, shedCuts: 0, dropCuts: 0 };
+  }
+
+  get buffered() {
+    return this.w - this.r;
+  }
+
+  ms(samples) {
+    return (1000 * samples) / this.rate;
+  }
+
+  /** One frame arrives at `nowMs` (Float32Array at this rate). */
+  push(x, seq, nowMs) {
+    if (this.lastArrival !== null && nowMs - this.lastArrival < this.mergeMs) {
+      this.deliveryMs += this.ms(x.length); // part of the same delivery (a burst): one sample of jitter
+    } else {
+      if (this.lastArrival !== null) {
+        this.excess.push(nowMs - this.lastArrival - this.deliveryMs);
+        if (this.excess.length > this.windowFrames) this.excess.shift();
+        if (this.excess.length >= 5) this.targetMs = this.adaptTarget();
+      }
+      this.lastArrival = nowMs;
+      this.deliveryMs = this.ms(x.length);
+    }
+    if (this.playing) {
+      this.lows.push({ at: nowMs, level: this.buffered, removed: this.removed });
+      while (this.lows[0].at < nowMs - this.lowWindowMs) this.lows.shift();
+    }
+    if (this.buffered + x.length > this.ring.length) this.cut(this.buffered + x.length - this.ring.length, "dropped", true);
+    for (let i = 0; i < x.length; i++) this.ring[(this.w + i) % this.ring.length] = x[i];
+    this.marks.push({ pos: this.w, seq, arrived: nowMs });
+    this.w += x.length;
+    this.counts.pushed += x.length;
+    if (this.buffered > this.maxBuffered) this.cut(this.buffered - this.maxBuffered, "dropped", true);
+    if (!this.playing && this.startAt === null) this.startAt = nowMs + this.targetMs;
+  }
+
+  adaptTarget() {
+    const sorted = this.excess.map((e) => Math.max(0, e)).sort((a, b) => a - b);
+    const high = sorted[Math.min(sorted.length - 1, Math.floor(this.quantile * sorted.length))];
+    return Math.min(this.maxTargetMs, Math.max(this.minTargetMs, high + this.marginMs));
+  }
+
+  /** Samples above target: what the buffer held just before each arrival of the last `lowWindowMs` (less what
+   * was cut since), at its lowest, minus the target. A burst that follows a gap is not excess: the next gap
+   * needs it; a level that stays high over the window is. */
+  excessSamples() {
+    if (this.lows.length < 2) return 0;
+    const low = Math.min(...this.lows.map((l) => l.level - (this.removed - l.removed)));
+    return Math.max(0, low - (this.targetMs / 1000) * this.rate);
+  }
+
+  at(i) {
+    return this.ring[i % this.ring.length];
+  }
+
+  levelDb(start, n) {
+    let sum = 0;
+    for (let i = start; i < start + n; i++) sum += this.at(i) * this.at(i);
+    return 10 * Math.log10(sum / n + 1e-12);
+  }
+
+  /** Remove `n` samples at the read head, cross-fading into what follows; `force` cuts even without the fade's room. */
+  cut(n, kind, force = false) {
+    n = Math.min(n, this.buffered);
+    const fade = Math.min(this.fade, this.buffered - n);
+    if (!force && fade < this.fade) return false;
+    for (let k = 0; k < fade; k++) {
+      const wIn = 0.5 - 0.5 * Math.cos((Math.PI * (k + 0.5)) / fade); // raised cosine, 0 -> 1
+      const j = (this.r + n + k) % this.ring.length;
+      this.ring[j] = this.at(this.r + k) * (1 - wIn) + this.ring[j] * wIn;
+    }
+    this.r += n;
+    for (const m of this.marks) if (m.pos < this.r) m.pos = this.r; // a frame whose start was cut starts after the cut
+    this.removed += n;
+    this.counts[kind] += n;
+    this.counts[kind === "shed" ? "shedCuts" : "dropCuts"]++;
+    return true;
+  }
+
+  /** Levels (dB) of the queued blocks, sorted: what "quiet" and "low-energy" mean for this audio now. */
+  queuedDb() {
+    const dbs = [];
+    for (let p = this.r; p + this.block <= this.w; p += this.block) dbs.push(this.levelDb(p, this.block));
+    return dbs.sort((a, b) => a - b);
+  }
+
+  /** At a block boundary: cut the block at the head if the buffer runs above target and the policy
+   * allows (`queued`: queuedDb(), once per decision). True when a quiet block was cut (the next may go at once). */
+  maybeShed(nowMs, queued) {
+    if (this.excessSamples() < this.block) {
+      this.excessSince = null;
+      return false;
+    }
+    if (this.excessSince === null) this.excessSince = nowMs;
+    if (this.buffered < this.block + this.fade) return false;
+    const db = this.levelDb(this.r, this.block);
+    const loud = queued[Math.floor(0.9 * (queued.length - 1))]; // the loud part of what is queued
+    if (db < this.quietDb || db < loud - this.quietBelowDb) return this.cut(this.block, "shed");
+    if (nowMs - this.excessSince >= this.graceMs && !this.loudCut && db <= queued[Math.floor(queued.length / 2)]) {
+      this.loudCut = this.cut(this.block, "shed");
+      return false;
+    }
+    this.loudCut = false;
+    return false;
+  }
+
+  /**
+   * Fill `out` (Float32Array) with the next samples, the first one played at `nowMs`. Returns the frames
+   * that started to play: [{seq, arrived, started}] (ms).
+   */
+  pull(out, nowMs) {
+    const started = [];
+    if (!this.playing && this.startAt !== null && nowMs >= this.startAt) {
+      this.playing = true;
+      this.startAt = null;
+      this.gain = this.everPlayed ? 0 : 1; // fade in after an underrun
+      this.everPlayed = true;
+      this.lows = [];
+    }
+    for (let i = 0; i < out.length; i++) {
+      const t = nowMs + (1000 * i) / this.rate;
+      if (this.playing && this.shed && ++this.sinceCheck >= this.block) {
+        this.sinceCheck = 0;
+        const queued = this.excessSamples() >= this.block ? this.queuedDb() : null; // the audio thread's budget: once
+        for (let cuts = 0; cuts < 10 && this.maybeShed(t, queued); cuts++); // quiet blocks may go back to back
+      }
+      if (this.playing && this.buffered > 0) {
+        while (this.marks.length && this.marks[0].pos <= this.r) {
+          const m = this.marks.shift();
+          started.push({ seq: m.seq, arrived: m.arrived, started: t, bufferedMs: this.ms(this.buffered) });
+        }
+        this.gain = Math.min(1, this.gain + this.ramp);
+        this.last = this.at(this.r++) * this.gain;
+        this.counts.played++;
+      } else {
+        if (this.playing) {
+          this.playing = false; // ran dry: count it, then wait for the target delay again
+          this.counts.underruns++;
+        }
+        if (this.everPlayed) this.counts.underrunSamples++;
+        this.last *= this.decay;
+      }
+      out[i] = this.last;
+    }
+    return started;
+  }
+
+  stats() {
+    const c = this.counts;
+    return {
+      bufferedMs: this.ms(this.buffered), targetMs: this.targetMs, underruns: c.underruns, underrunMs: this.ms(c.underrunSamples),
+      shedMs: this.ms(c.shed), shedCuts: c.shedCuts, droppedMs: this.ms(c.dropped), dropCuts: c.dropCuts,
+      pushedMs: this.ms(c.pushed), playedMs: this.ms(c.played),
+    };
+  }
+}
+
 /* ------------------------------------------------------------------------------------------------ */
 /* The two AudioWorklet processors. They run on the audio thread, from a Blob URL built from this   */
 /* source, so they see only what is pasted into that Blob: the constants, Resampler and these.      */
@@ -177,32 +385,13 @@ function workletScope() {
     }
   }
 
-  /**
-   * System frames -> jitter buffer -> speaker. Playback starts `jitterMs` after the first frame
-   * arrives, so a frame that comes late by less than that plays on time. When the buffer runs dry
-   * the output decays from its last sample to zero in ~2 ms (no step, so no click), the underrun is
-   * counted and playback waits `jitterMs` again; it resumes with a ~2 ms fade-in. More than
-   * `maxBufferMs` queued drops the oldest frames (counted), which bounds the latency.
-   */
+  /** System frames -> PlayoutBuffer (adaptive jitter buffer) -> speaker; reports each frame's start. */
   class PlaybackProcessor extends AudioWorkletProcessor {
     constructor(options) {
       super();
       const opts = options.processorOptions;
       this.resampler = sampleRate === RATE ? null : new Resampler(RATE, sampleRate);
-      this.jitter = (opts.jitterMs / 1000) * sampleRate; // samples at the context rate
-      this.maxBuffered = (opts.maxBufferMs / 1000) * sampleRate;
-      this.queue = []; // {x: Float32Array at the context rate, off, seq, arrived}
-      this.buffered = 0;
-      this.playing = false;
-      this.startAt = null; // context time at which waiting playback starts
-      this.last = 0; // last sample out, for the decay
-      this.gain = 1; // fade-in gain
-      this.ramp = 1 / (0.002 * sampleRate);
-      this.decay = Math.exp(-1 / (0.0005 * sampleRate));
-      this.underruns = 0;
-      this.underrunMs = 0;
-      this.overflowDropped = 0;
-      this.everPlayed = false;
+      this.buffer = new PlayoutBuffer(sampleRate, opts.playout);
       this.tap = new Tap(opts.tapSeconds);
       this.port.onmessage = (e) => this.onMessage(e.data);
     }
@@ -213,49 +402,16 @@ function workletScope() {
         return;
       }
       const x = this.resampler ? this.resampler.process(msg.samples) : msg.samples;
-      this.queue.push({ x, off: 0, seq: msg.seq, arrived: 1000 * currentTime });
-      this.buffered += x.length;
-      while (this.buffered > this.maxBuffered && this.queue.length > 1) {
-        const old = this.queue.shift();
-        this.buffered -= old.x.length - old.off;
-        this.overflowDropped++;
-      }
-      if (!this.playing && this.startAt === null) this.startAt = currentTime + this.jitter / sampleRate;
+      this.buffer.push(x, msg.seq, 1000 * currentTime);
     }
 
     process(inputs, outputs) {
       const out = outputs[0];
-      const n = out[0].length;
       const mono = out[0];
-      if (!this.playing && this.startAt !== null && currentTime >= this.startAt) {
-        this.playing = true;
-        this.startAt = null;
-        this.gain = this.everPlayed ? 0 : 1; // fade in after an underrun
-        this.everPlayed = true;
-      }
-      for (let i = 0; i < n; i++) {
-        const head = this.queue[0];
-        if (this.playing && head) {
-          if (head.off === 0) this.port.postMessage({ type: "played", seq: head.seq, arrived: head.arrived, started: 1000 * (currentTime + i / sampleRate), bufferedMs: (1000 * this.buffered) / sampleRate });
-          this.gain = Math.min(1, this.gain + this.ramp);
-          this.last = head.x[head.off++] * this.gain;
-          this.buffered--;
-          if (head.off === head.x.length) this.queue.shift();
-        } else {
-          if (this.playing) {
-            this.playing = false; // ran dry: count it, then wait for the jitter margin again
-            this.underruns++;
-          }
-          if (this.everPlayed) this.underrunMs += 1000 / sampleRate;
-          this.last *= this.decay;
-        }
-        mono[i] = this.last;
-      }
+      for (const s of this.buffer.pull(mono, 1000 * currentTime)) this.port.postMessage({ type: "played", ...s });
       for (let c = 1; c < out.length; c++) out[c].set(mono);
       this.tap.write(mono);
-      if (currentFrame % (sampleRate / 4) < n) {
-        this.port.postMessage({ type: "status", bufferedMs: (1000 * this.buffered) / sampleRate, underruns: this.underruns, underrunMs: this.underrunMs, overflowDropped: this.overflowDropped });
-      }
+      if (currentFrame % (sampleRate / 4) < mono.length) this.port.postMessage({ type: "status", ...this.buffer.stats() });
       return true;
     }
   }
@@ -269,12 +425,15 @@ function workletUrl() {
   const source = [
     ...Object.entries(constants).map(([k, v]) => `const ${k} = ${JSON.stringify(v)};`),
     Resampler.toString(),
+    PlayoutBuffer.toString(),
     `(${workletScope.toString()})();`,
   ].join("\n");
   return URL.createObjectURL(new Blob([source], { type: "text/javascript" }));
 }
 
 /* ------------------------------------------------------------------------------------------------ */
+
+const TIMELINE = 1000; // frames kept in DuplexAudio.timeline (80 s)
 
 /** Median of the last values of a bounded list. */
 function median(values) {
@@ -288,6 +447,25 @@ function pushBounded(list, value, max = 100) {
   if (list.length > max) list.shift();
 }
 
+/**
+ * Why the microphone cannot start on this page, in words, or "" when it can. Browsers give
+ * getUserMedia (and AudioWorklet) only to secure contexts: https:// pages and localhost.
+ */
+export function insecureOrigin(port = (typeof location !== "undefined" && location.port) || "8888") {
+  if (typeof navigator !== "undefined" && navigator.mediaDevices && navigator.mediaDevices.getUserMedia) return "";
+  return "the microphone needs https:// or localhost; on a remote machine open an SSH tunnel " +
+    `(\`ssh -L ${port}:localhost:${port} host\`, then open http://localhost:${port}/) or serve behind TLS (deploy/Caddyfile)`;
+}
+
+/** A failure to start the microphone, in words that say what to do. */
+export function microphoneError(e) {
+  if (e.name === "InsecureContextError") return e.message;
+  if (e.name === "NotAllowedError") return "the microphone was refused: allow it for this page (the icon left of the address bar), then press Start again";
+  if (e.name === "NotFoundError") return "no microphone found: connect one, or choose one in the browser's settings";
+  if (e.name === "NotReadableError") return "the microphone is busy or unavailable (another application may hold it)";
+  return `could not start the microphone: ${e.name}: ${e.message}`;
+}
+
 /** The page side of a duplex session: capture, send, receive, play, measure. */
 export class DuplexAudio {
   /**
@@ -295,12 +473,13 @@ export class DuplexAudio {
    * @param {(buffer: ArrayBuffer) => void} o.send      called with each packed 80 ms mic frame
    * @param {() => void} [o.onUpdate]                  called after each frame sent or played (then read stats())
    * @param {number|null} [o.contextRate=24000]         AudioContext rate to ask for; null: the device's
-   * @param {number} [o.jitterMs=60]                    playback jitter margin
-   * @param {number} [o.maxBufferMs=400]                most audio queued for playback
+   * @param {number} [o.jitterMs=60]                    playback delay until the arrivals' jitter is measured
+   * @param {object} [o.playout]                        more PlayoutBuffer options (maxBufferMs, shed, ...)
    * @param {number} [o.tapSeconds=15]                  seconds of mic and speaker audio kept for recording()
    */
-  constructor({ send, onUpdate = () => {}, contextRate = RATE, jitterMs = 60, maxBufferMs = 400, tapSeconds = 15 }) {
-    Object.assign(this, { send, onUpdate, contextRate, jitterMs, maxBufferMs, tapSeconds });
+  constructor({ send, onUpdate = () => {}, contextRate = RATE, jitterMs = 60, playout = {}, tapSeconds = 15 }) {
+    Object.assign(this, { send, onUpdate, contextRate, tapSeconds });
+    this.playout = { targetMs: jitterMs, ...playout };
     this.pending = new Map(); // seq -> {t0, posted, sentAt}: frames sent, waiting for their echo
     this.sending = true;
     this.resetStats();
@@ -309,11 +488,14 @@ export class DuplexAudio {
   resetStats() {
     this.counts = { sent: 0, notSent: 0, received: 0, played: 0, late: 0, concealed: 0, unmatched: 0, badFrames: 0 };
     this.series = { roundTrip: [], capture: [], transport: [], kernel: [], playback: [], other: [] };
+    this.timeline = []; // per frame, ms: [started (AudioContext clock), round trip, capture, transport, kernel, playback]
     this.levels = { input: -90, output: -90 };
-    this.player = { bufferedMs: 0, underruns: 0, underrunMs: 0, overflowDropped: 0 };
+    this.player = { bufferedMs: 0, targetMs: NaN, underruns: 0, underrunMs: 0, shedMs: 0, shedCuts: 0, droppedMs: 0, dropCuts: 0 };
   }
 
   async start() {
+    const insecure = insecureOrigin();
+    if (insecure) throw Object.assign(new Error(insecure), { name: "InsecureContextError" });
     this.stream = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: false, autoGainControl: false, channelCount: 1 },
     });
@@ -324,7 +506,7 @@ export class DuplexAudio {
     this.capture = new AudioWorkletNode(ctx, "csmlab-capture", { numberOfInputs: 1, numberOfOutputs: 1, processorOptions: { tapSeconds } });
     this.playback = new AudioWorkletNode(ctx, "csmlab-playback", {
       numberOfInputs: 0, numberOfOutputs: 1, outputChannelCount: [1],
-      processorOptions: { jitterMs: this.jitterMs, maxBufferMs: this.maxBufferMs, tapSeconds },
+      processorOptions: { playout: this.playout, tapSeconds },
     });
     this.capture.port.onmessage = (e) => this.onCapture(e.data);
     this.playback.port.onmessage = (e) => this.onPlayback(e.data);
@@ -392,7 +574,8 @@ export class DuplexAudio {
   onPlayback(msg) {
     if (msg.type === "tap") return this.resolveTap("output", msg);
     if (msg.type === "status") {
-      Object.assign(this.player, { bufferedMs: msg.bufferedMs, underruns: msg.underruns, underrunMs: msg.underrunMs, overflowDropped: msg.overflowDropped });
+      const { type, ...player } = msg;
+      Object.assign(this.player, player);
       return;
     }
     this.counts.played++;
@@ -405,6 +588,7 @@ export class DuplexAudio {
     const transport = sent.receivedAt - sent.sentAt - sent.kernelMs;
     const playback = msg.started - msg.arrived;
     pushBounded(s.roundTrip, roundTrip);
+    pushBounded(this.timeline, [msg.started, roundTrip, capture, transport, sent.kernelMs, playback], TIMELINE);
     pushBounded(s.capture, capture);
     pushBounded(s.transport, transport);
     pushBounded(s.kernel, sent.kernelMs);
@@ -418,7 +602,10 @@ export class DuplexAudio {
     const latency = {};
     for (const [k, v] of Object.entries(this.series)) latency[k] = { median: median(v), last: v.length ? v[v.length - 1] : NaN, n: v.length };
     const ctx = this.ctx;
-    const device = ctx ? { contextRate: ctx.sampleRate, baseLatencyMs: 1000 * (ctx.baseLatency || 0), outputLatencyMs: 1000 * (ctx.outputLatency || 0) } : {};
+    const track = this.stream && this.stream.getAudioTracks()[0];
+    const input = track && track.getSettings ? track.getSettings().latency : undefined; // Chromium reports it
+    const device = ctx ? { contextRate: ctx.sampleRate, baseLatencyMs: 1000 * (ctx.baseLatency || 0), outputLatencyMs: 1000 * (ctx.outputLatency || 0),
+      inputLatencyMs: 1000 * (input || 0) } : {};
     return { counts: { ...this.counts }, levels: { ...this.levels }, player: { ...this.player }, latency, device, pending: this.pending.size };
   }
 

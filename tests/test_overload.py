@@ -1,0 +1,132 @@
+"""A brain that cannot keep up: the session sheds work and says so, in the worker and in `csmlab serve`.
+
+`SleepyBrain` sleeps `SLEEP_S` per step, several times the 80 ms budget on any machine, so nothing
+here depends on this machine's speed; it echoes what it heard and counts its calls.
+"""
+import asyncio
+import logging
+import re
+import time
+
+import aiohttp
+import numpy as np
+
+from csmlab.metrics import FRAME_SIZE
+from csmlab.pipeline import Brain, DuplexSession, Said
+from csmlab.pipeline.overload import Overload
+from csmlab.serve import Settings
+from csmlab.serve.app import serve_in_thread
+from csmlab.widget import DuplexWorker
+from csmlab.widget.frames import KIND_MIC, pack_frame
+
+SLEEP_S = 0.2  # 2.5x the 80 ms budget, whatever the machine
+WINDOW = Overload.window  # computed steps the overload state looks at
+
+
+class SleepyBrain(Brain):
+    name = "sleepy"
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def step(self, heard):
+        self.calls += 1
+        time.sleep(SLEEP_S)
+        return Said(pcm=heard.pcm)
+
+
+def _frame(value=0.1):
+    return np.full(FRAME_SIZE, value, np.float32)
+
+
+def test_an_overloaded_session_skips_the_brain_for_concealed_frames_and_says_why():
+    """On the real-time clock (a simulation measures compute and judges nothing)."""
+    brain = SleepyBrain()
+    with DuplexSession(brain, clock="realtime") as session:
+        for seq in range(WINDOW):
+            session.push(_frame(), 24000, seq=seq)
+        assert session.overload.state == "overloaded"
+        calls = brain.calls
+        # 12 frames lost (a queue dropped them): the input's jitter buffer conceals 10 and waits for 2
+        steps = session.push(_frame(), 24000, seq=WINDOW + 12)
+        report = session.report()
+    assert len(steps) == 10 and all(s.concealed and np.all(s.pcm == 0) for s in steps)
+    assert brain.calls == calls  # the concealed steps cost no brain call: silence went out
+    overload = report["overload"]
+    assert overload["state"] == "overloaded" and overload["shed_steps"] == 10
+    assert overload["compute_ms"] >= 1000 * SLEEP_S
+    needs = re.search(r"needs (\d+) ms per 80 ms step", overload["message"])
+    assert needs and abs(int(needs.group(1)) - overload["compute_ms"]) <= 1, overload
+    assert "cannot keep up" in overload["message"] and "csmlab doctor" in overload["message"]
+    assert report["faults"]["clock/overload_overloaded"] == 1
+
+
+def test_the_worker_tells_the_page_when_the_brain_cannot_keep_up():
+    sent = []
+    worker = DuplexWorker(SleepyBrain(), lambda content, buffers: sent.append(content), max_queue=4).start()
+    try:
+        deadline = time.monotonic() + 30
+        seq = 0
+        while not any(m["type"] == "overload" for m in sent) and time.monotonic() < deadline:
+            worker.feed(pack_frame(KIND_MIC, seq, 80.0 * seq, _frame()))  # a page's pace: a frame per 80 ms
+            seq += 1
+            time.sleep(0.08)
+        report = worker.report()
+    finally:
+        worker.stop(wait=True)
+    notices = [m for m in sent if m["type"] == "overload"]
+    assert notices and notices[0]["state"] == "overloaded" and "cannot keep up" in notices[0]["message"], sent[-3:]
+    assert report["dropped"] > 0  # the page sent faster than the brain could answer
+
+
+def test_the_server_logs_once_exports_and_notifies_an_overloaded_session(caplog):
+    caplog.set_level(logging.WARNING, logger="csmlab.serve")
+
+    async def talk(port):
+        notices = []
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"ws://127.0.0.1:{port}/api/frames") as ws:
+                assert (await ws.receive_json(timeout=10))["type"] == "ready"
+                for seq in range(200):
+                    await ws.send_bytes(pack_frame(KIND_MIC, seq, 80.0 * seq, _frame()))
+                    await asyncio.sleep(0.08)
+                    while True:
+                        try:
+                            msg = await ws.receive(timeout=0.001)
+                        except asyncio.TimeoutError:
+                            break
+                        if msg.type == aiohttp.WSMsgType.TEXT and msg.json()["type"] == "overload":
+                            notices.append(msg.json())
+                    if notices:
+                        break
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as metrics:
+                text = await metrics.text()
+        return notices, text
+
+    with serve_in_thread(Settings(port=0), SleepyBrain) as server:
+        notices, text = asyncio.run(talk(server.port))
+    assert notices and notices[0]["state"] == "overloaded" and "cannot keep up" in notices[0]["message"]
+    assert "csmlab_overload_events_total 1.0" in text
+    overloaded = [r for r in caplog.records if "overloaded" in r.getMessage()]
+    assert len(overloaded) == 1 and "needs" in overloaded[0].getMessage()
+
+
+def test_a_simulation_judges_nothing():
+    with DuplexSession(SleepyBrain(), clock="simulated") as session:
+        session.overload.window = 1  # would be overloaded after one step, were it judged
+        session.push(_frame(), 24000, seq=0)
+        assert session.overload.state == "ok" and session.report()["faults"] == {}
+
+
+def test_the_overload_state_goes_amber_then_red_and_back_with_hysteresis():
+    overload = Overload("moshi")
+    states = [overload.observe(ms) or overload.state for ms in [40] * WINDOW + [70] * WINDOW + [136] * WINDOW]
+    assert states[WINDOW - 1] == "ok" and "behind" in states and states[-1] == "overloaded"
+    assert "needs 136 ms per 80 ms step" in overload.message() and "try cascade" in overload.message()
+    for ms in [60] * WINDOW:  # under the budget, but not under 70% of it: still overloaded
+        overload.observe(ms)
+    assert overload.state == "overloaded"
+    for ms in [40] * WINDOW:
+        overload.observe(ms)
+    assert overload.state == "ok" and overload.changes == 3
