@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
 from csmlab.pipeline import Brain, DuplexSession, LoopbackBrain, make_brain
 from csmlab.serve.access import access_denied
-from csmlab.serve.chat import Chat, refuse
+from csmlab.serve.chat import CLOSE_TIMEOUT_S, Chat, refuse
 from csmlab.serve.config import Settings
 from csmlab.serve.metrics import ServerMetrics
 from csmlab.serve.wires import FrameWire, OpusWire
@@ -125,7 +125,9 @@ class Server:
 
     async def start(self) -> None:
         """Listen, then load the brain off the event loop; returns once the port is bound."""
-        self.runner = web.AppRunner(self.app(), handle_signals=False)
+        # handlers end within CLOSE_TIMEOUT_S of stop() (Chat cuts off clients that do not read);
+        # this only bounds what is left, so that SIGTERM always finishes
+        self.runner = web.AppRunner(self.app(), handle_signals=False, shutdown_timeout=2 * CLOSE_TIMEOUT_S)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.settings.host, self.settings.port)
         await site.start()
@@ -175,19 +177,23 @@ class Server:
         if denied:
             self.metrics.refused.labels("token").inc()
             raise web.HTTPUnauthorized(text=denied)
-        ws = web.WebSocketResponse(max_msg_size=self.settings.max_message_bytes)
-        await ws.prepare(request)
+        ws = web.WebSocketResponse(max_msg_size=self.settings.max_message_bytes, timeout=CLOSE_TIMEOUT_S)
+        try:
+            await ws.prepare(request)
+        except ConnectionError:  # the client left during the upgrade: a session that ended at once
+            self.metrics.sessions.labels("disconnected").inc()
+            return ws
         refusal = self._refusal()
         if refusal:
             self.metrics.refused.labels(refusal[0]).inc()
-            await refuse(ws, refusal[1], wire=wire)
+            await refuse(ws, request.transport, refusal[1], wire=wire)
             return ws
         self.opening += 1
         try:
             duplex = await asyncio.get_running_loop().run_in_executor(self.executor, self._open_session)
         finally:
             self.opening -= 1
-        chat = Chat(ws, duplex, self.executor, self.settings, self.metrics, wire())
+        chat = Chat(ws, request.transport, duplex, self.executor, self.settings, self.metrics, wire())
         self.chats.add(chat)
         self.metrics.sessions_active.set(len(self.chats))
         try:

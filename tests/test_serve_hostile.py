@@ -1,0 +1,126 @@
+"""`csmlab serve` under a hostile client (issue 25): the protocol suite's half that misbehaves on purpose.
+
+Each case is a reproduction from the probe of issue 25, against a real server on 127.0.0.1: a
+client that never reads (a raw socket with a tiny receive buffer), tokens and headers that must not
+leak or crash, connections dropped right after the upgrade, foreign `Origin`/`Host`, and sockets
+that never finish their headers. After each, the server must still serve a well-behaved client.
+"""
+import asyncio
+import base64
+import os
+import signal
+import socket
+import struct
+import time
+
+import aiohttp
+import numpy as np
+import pytest
+
+from csmlab.serve.app import serve_in_thread
+from csmlab.serve.client import FRAME, MoshiClient
+from test_serve import TIMEOUT, _audio_round_trip, _with_client, scripted, settings, url
+
+TEXT_FROM_CLIENT = b"\x02" + b"z" * 10  # not accepted from a client: each one earns an 0x05 reply
+
+
+class Deaf:
+    """A websocket client on a raw socket that never reads: 1 KB receive buffer, no recv() after the
+    upgrade's status line. What it sends is masked, as RFC 6455 requires of clients."""
+
+    def __init__(self, port: int, path: str = "/api/chat", headers: dict | None = None):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        self.sock.settimeout(TIMEOUT)
+        self.sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
+                 f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.status = self.sock.recv(12).decode()  # "HTTP/1.1 101": the last bytes this client reads
+
+    def send(self, payload: bytes, times: int = 1) -> bool:
+        """Send `payload` as `times` masked binary frames; False once the server has dropped us."""
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        frame = struct.pack("!BB", 0x82, 0x80 | len(payload)) + mask + masked
+        try:
+            self.sock.sendall(frame * times)
+            return True
+        except OSError:  # reset or timed out: the server cut us off
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _wait_for(condition, timeout: float = 3 * TIMEOUT) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def _flood(deaf: Deaf, stop, bursts: int = 200) -> None:
+    """Bursts of 5,000 replies' worth of bad messages (the probe's reproduction) until `stop()`."""
+    for _ in range(bursts):
+        if stop() or not deaf.send(TEXT_FROM_CLIENT, 5000):
+            return
+
+
+# ---- 1. a client that stops reading ---------------------------------------------------------------
+def test_a_client_that_never_reads_loses_its_slot_and_the_next_client_is_served():
+    with serve_in_thread(settings(max_sessions=1, idle_timeout_s=60), scripted) as server:
+        deaf = Deaf(server.port)
+        try:
+            assert deaf.status.endswith("101") and _wait_for(lambda: server.chats)
+            _flood(deaf, lambda: not server.chats)
+            assert _wait_for(lambda: not server.chats), "the non-reading client still holds the only slot"
+            assert asyncio.run(_with_client(server, _audio_round_trip)) >= 4 * FRAME
+        finally:
+            deaf.close()
+        text = server.metrics.text().decode()
+    assert 'csmlab_sessions_total{outcome="slow_consumer"} 1.0' in text
+    assert 'csmlab_errors_total{kind="slow_consumer"} 1.0' in text
+
+
+def test_sigterm_with_clients_that_never_read_exits_0(csmlab_serve):
+    from csmlab.serve.chat import CLOSE_TIMEOUT_S
+
+    served = csmlab_serve("--brain", "scripted", "--max-sessions", "2")
+    flooding, silent = Deaf(served.port), Deaf(served.port)
+    try:
+        time.sleep(0.5)  # let both sessions open (a refusal would end them early, and the test too)
+        for _ in range(20):  # keep the server's writes to it blocked (or get it cut off)
+            if not flooding.send(TEXT_FROM_CLIENT, 5000):
+                break
+        started = time.monotonic()
+        served.process.send_signal(signal.SIGTERM)
+        code = served.process.wait(timeout=5 * CLOSE_TIMEOUT_S)  # hung until the clients hung up before
+        took = time.monotonic() - started
+    finally:
+        flooding.close()
+        silent.close()
+    assert code == 0, "".join(served.log[-20:])
+    print(f"SIGTERM to exit with two non-reading clients: {took:.2f} s")
+
+
+# ---- 3. a client that drops right after the upgrade -------------------------------------------------
+def _counted(text: str, metric: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(metric + "{"))
+
+
+def test_clients_dropping_right_after_the_upgrade_are_each_counted_and_raise_nothing(caplog):
+    attempts = 5
+    with serve_in_thread(settings(max_sessions=2), scripted) as server:
+        for _ in range(attempts):
+            deaf = Deaf(server.port)  # returns once the server's "101" arrived: the handler has begun
+            deaf.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            deaf.close()  # a reset, not a goodbye
+            assert _wait_for(lambda: not server.chats and not server.opening)
+        assert asyncio.run(_with_client(server, _audio_round_trip)) >= 4 * FRAME
+        text = server.metrics.text().decode()
+    ended = _counted(text, "csmlab_sessions_total") + _counted(text, "csmlab_refused_total")
+    assert ended == attempts + 1, text  # every upgrade reached an outcome (+1: the round trip)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
