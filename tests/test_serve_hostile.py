@@ -6,6 +6,7 @@ leak or crash, connections dropped right after the upgrade, foreign `Origin`/`Ho
 that never finish their headers. After each, the server must still serve a well-behaved client.
 """
 import asyncio
+import logging
 import base64
 import os
 import signal
@@ -124,3 +125,42 @@ def test_clients_dropping_right_after_the_upgrade_are_each_counted_and_raise_not
     ended = _counted(text, "csmlab_sessions_total") + _counted(text, "csmlab_refused_total")
     assert ended == attempts + 1, text  # every upgrade reached an outcome (+1: the round trip)
     assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
+
+
+# ---- 2. the token: never in the log, and any bytes in its header are just wrong --------------------
+SECRET = "s3cret-token-never-logged"
+
+
+def _raw_get(port: int, path: str, header: bytes) -> str:
+    """A GET with a header of raw bytes (not UTF-8); the status line that comes back."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header + b"\r\n\r\n")
+        return sock.recv(64).decode("latin-1").split("\r\n")[0]
+
+
+def test_the_token_in_a_url_is_redacted_from_the_access_log(caplog):
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    with serve_in_thread(settings(host="0.0.0.0", token=SECRET), scripted) as exposed:
+        async def body():
+            async with aiohttp.ClientSession() as http:
+                client = await MoshiClient.connect(http, url(exposed) + f"?token={SECRET}")
+                samples = await _audio_round_trip(client)
+                await client.close()
+                async with http.get(f"http://127.0.0.1:{exposed.port}/metrics?token={SECRET}") as metrics:
+                    return samples, metrics.status
+
+        assert asyncio.run(body()) >= (4 * FRAME, 200)
+        assert _wait_for(lambda: not exposed.chats)
+    logged = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert any("/api/chat?token=<redacted>" in line for line in logged), logged
+    assert any("/metrics?token=<redacted>" in line for line in logged), logged
+    assert not [line for line in logged if SECRET in line]
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/api/chat"])
+def test_a_bearer_token_that_is_not_utf8_gets_401_not_500(path, caplog):
+    with serve_in_thread(settings(host="0.0.0.0", token=SECRET), scripted) as exposed:
+        status = _raw_get(exposed.port, path, b"Authorization: Bearer \xff\xfe\xed\xa0\x80-" + SECRET.encode())
+        assert asyncio.run(_with_client(exposed, _audio_round_trip, token=SECRET)) >= 4 * FRAME
+    assert status.split()[1] == "401", status
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
 from csmlab.pipeline import Brain, DuplexSession, LoopbackBrain, make_brain
-from csmlab.serve.access import access_denied
+from csmlab.serve.access import RedactingAccessLogger, access_denied
 from csmlab.serve.chat import CLOSE_TIMEOUT_S, Chat, refuse
 from csmlab.serve.config import Settings
 from csmlab.serve.metrics import ServerMetrics
@@ -127,7 +127,8 @@ class Server:
         """Listen, then load the brain off the event loop; returns once the port is bound."""
         # handlers end within CLOSE_TIMEOUT_S of stop() (Chat cuts off clients that do not read);
         # this only bounds what is left, so that SIGTERM always finishes
-        self.runner = web.AppRunner(self.app(), handle_signals=False, shutdown_timeout=2 * CLOSE_TIMEOUT_S)
+        self.runner = web.AppRunner(self.app(), handle_signals=False, shutdown_timeout=2 * CLOSE_TIMEOUT_S,
+                                    access_log_class=RedactingAccessLogger)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.settings.host, self.settings.port)
         await site.start()
