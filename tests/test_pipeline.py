@@ -263,3 +263,12 @@ def test_exercise_checks_reject_wrong_answers_and_accept_right_ones(capsys):
     fake = {64: (240.0, 4, 5), 240: (360.0, 4, 5)}  # (p50 response, turns, RTTM turns) per hang-over
     assert not check_hang_over(..., fake.get) and not check_hang_over(-5, fake.get)
     assert not check_hang_over(240, fake.get) and check_hang_over(64, fake.get)
+
+
+def test_jitter_waits_while_fewer_than_window_later_frames_are_held():
+    """The module's own example: 5 arrives four frames early, but it is the only frame held when 1
+    comes, so nothing is concealed (the code once concealed by distance: 1 and 2, then dropped both)."""
+    jb = JitterBuffer(window=3)
+    out = [r for s in [0, 5, 1, 2, 3, 4, 6] for r in jb.push(s, frame(s))]
+    assert [(r.seq, r.concealed) for r in out] == [(s, False) for s in range(7)]
+    assert (jb.counts.concealed, jb.counts.dropped) == (0, 0)

@@ -164,3 +164,94 @@ def test_a_bearer_token_that_is_not_utf8_gets_401_not_500(path, caplog):
         assert asyncio.run(_with_client(exposed, _audio_round_trip, token=SECRET)) >= 4 * FRAME
     assert status.split()[1] == "401", status
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+# ---- 4. compute bounded by real input -------------------------------------------------------------
+def ogg_page(serial: int, seq: int, granule: int, packets: list[bytes], flags: int = 0) -> bytes:
+    """One Ogg page (RFC 3533), its CRC computed here bit by bit, independently of the server's."""
+    lacing = b"".join(bytes([255] * (len(p) // 255) + [len(p) % 255]) for p in packets)
+    page = bytearray(struct.pack("<4sBBqIIIB", b"OggS", 0, flags, granule, serial, seq, 0, len(lacing)) + lacing
+                     + b"".join(packets))
+    crc = 0
+    for byte in page:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) & 0xFFFFFFFF if crc & 0x80000000 else (crc << 1) & 0xFFFFFFFF
+    page[22:26] = struct.pack("<I", crc)
+    return bytes(page)
+
+
+SILK_120MS = bytes([(3 << 3) | 1])  # TOC only: SILK narrowband 60 ms, two empty frames = 120 ms of audio
+
+
+def test_a_tiny_page_of_silk_packets_is_refused_not_computed():
+    """The probe's 109-byte page of 41 one-byte packets decodes to 4.9 s: more than the session may
+    send ahead of real time, so it is dropped and counted, and the session goes on."""
+    with serve_in_thread(settings(), scripted) as server:
+        async def body(client: MoshiClient):
+            first = client.writer.append_pcm(np.zeros(FRAME, np.float32))  # headers + one page
+            await client.send_raw(b"\x01" + first)
+            assert (await client.receive(TIMEOUT))[0] in ("audio", "text")
+            serial, = struct.unpack_from("<I", first, 14)
+            last = max(i for i in range(len(first)) if first.startswith(b"OggS", i))
+            page_seq, = struct.unpack_from("<I", first, last + 18)
+            granule, = struct.unpack_from("<q", first, last + 6)
+            tiny = ogg_page(serial, page_seq + 1, granule + 41 * 5760, [SILK_120MS] * 41)
+            assert len(tiny) == 109
+            await client.send_raw(b"\x01" + tiny)
+            reply = await client.receive(TIMEOUT)
+            while reply[0] in ("audio", "text"):  # what the first page still brings
+                reply = await client.receive(TIMEOUT)
+            return reply, await _audio_round_trip(client)
+
+        (kind, text), samples = asyncio.run(_with_client(server, body))
+        metrics = server.metrics.text().decode()
+    assert kind == "error" and "ahead of real time" in text, text
+    assert samples >= 4 * FRAME
+    assert 'csmlab_errors_total{kind="ahead_of_real_time"} 1.0' in metrics
+    steps = _counted(metrics.replace("csmlab_steps_total ", "csmlab_steps_total{} "), "csmlab_steps_total")
+    assert steps < 30, "the 4.9 s were computed"
+
+
+def test_a_seq_jump_on_the_frames_endpoint_is_not_fifty_concealed_steps():
+    from csmlab.widget.frames import KIND_MIC, KIND_SYSTEM, pack_frame, unpack_frame
+
+    with serve_in_thread(settings(), scripted) as server:
+        async def jump():
+            async with aiohttp.ClientSession() as http:
+                async with http.ws_connect(url(server, "/api/frames")) as ws:
+                    await ws.receive_json(timeout=TIMEOUT)
+                    for seq in (0, 1, 51, 52, 53):  # 49 frames "lost" between 1 and 51
+                        await ws.send_bytes(pack_frame(KIND_MIC, seq, 0.0, np.zeros(FRAME, np.float32)))
+                    frames = []
+                    while True:
+                        try:
+                            reply = await ws.receive(timeout=2.0)
+                        except asyncio.TimeoutError:
+                            return frames
+                        if reply.type == aiohttp.WSMsgType.BINARY:
+                            frames.append(unpack_frame(reply.data, kind=KIND_SYSTEM))
+
+        frames = asyncio.run(jump())
+    assert len(frames) <= 5, f"{len(frames)} steps for 5 frames in"
+
+
+# ---- 6. smaller points --------------------------------------------------------------------------
+def test_the_ogg_crc_is_the_rfc_3533_checksum_and_a_flipped_bit_is_refused():
+    import sphn
+
+    from csmlab.serve.protocol import ProtocolError, check_ogg_pages, ogg_crc
+
+    writer = sphn.OpusStreamWriter(24_000)
+    pages = writer.append_pcm(np.zeros(FRAME, np.float32)) + writer.append_pcm(np.ones(FRAME, np.float32) * 0.1)
+    check_ogg_pages(pages)  # the encoder's own pages pass
+    mine = ogg_page(7, 3, 960, [b"\x19", bytes(300)])  # a packet over 255 bytes: lacing 255 + 45
+    assert ogg_crc(mine) == struct.unpack_from("<I", mine, 22)[0]
+    for at in (5, 30, len(pages) - 1):  # header, lacing, payload
+        bad = pages[:at] + bytes([pages[at] ^ 0x01]) + pages[at + 1:]
+        with pytest.raises(ProtocolError) as caught:
+            check_ogg_pages(bad)
+        assert caught.value.kind in ("bad_crc", "not_ogg", "truncated_audio")
+    bad = pages[:-1] + bytes([pages[-1] ^ 0x01])
+    with pytest.raises(ProtocolError, match="CRC"):
+        check_ogg_pages(bad)

@@ -28,6 +28,7 @@ from csmlab.serve.wires import Message
 
 log = logging.getLogger("csmlab.serve")
 BACKLOG_S = 2.0  # audio waiting for compute beyond this is dropped, oldest first, and counted
+AHEAD_S = 2.0  # audio a client may send ahead of real time (its burst); beyond it a message is refused
 SEND_TIMEOUT_S = 2.0  # a client that takes longer to accept one message has stopped reading
 CLOSE_TIMEOUT_S = 2.0  # a closing handshake (reason, close frame, the peer's reply) gets this long
 OUTBOX_LIMIT = 64  # messages waiting for a client (~2.5 s of steps); beyond it the client is not reading
@@ -60,6 +61,27 @@ def abort(transport) -> None:
         transport.abort()
 
 
+class RealTimeBudget:
+    """Compute bounded by real input: a session may send the audio of the time it has been open,
+    plus `ahead_s`. The bound is on decoded seconds, whatever the bytes: a 109-byte Ogg page of 41
+    one-byte SILK packets decodes to 4.9 s, and would cost 61 steps of compute for nothing.
+
+    `take(n)` is all or nothing per message: True and the samples are spent, or False and nothing
+    is (the caller drops the message and counts it)."""
+
+    def __init__(self, ahead_s: float = AHEAD_S, clock=time.monotonic):
+        self.capacity = ahead_s * SAMPLE_RATE
+        self.left, self.clock, self.at = self.capacity, clock, clock()
+
+    def take(self, samples: int) -> bool:
+        now = self.clock()
+        self.left, self.at = min(self.capacity, self.left + (now - self.at) * SAMPLE_RATE), now
+        if samples > self.left:
+            return False
+        self.left -= samples
+        return True
+
+
 class _Close:
     """The outbox's last item: close the websocket with this code and reason."""
 
@@ -84,6 +106,7 @@ class Chat:
         self.wire = wire  # OpusWire (Moshi's protocol) or FrameWire (the page's frames)
         self.backlog: asyncio.Queue[tuple[np.ndarray, int | None] | None] = asyncio.Queue()
         self.backlog_samples = 0
+        self.budget = RealTimeBudget()
         self.outbox: asyncio.Queue[Message | _Close] = asyncio.Queue()
         self.closing = False  # the reason and close frame are queued: nothing else goes out
         self.cut = False  # the connection was dropped for not reading
@@ -197,6 +220,12 @@ class Chat:
         except ProtocolError as err:
             self.metrics.errors.labels(err.kind).inc()
             self._post(self.wire.error(str(err)))
+            return
+        if not self.budget.take(pcm.size):
+            self.metrics.errors.labels("ahead_of_real_time").inc()
+            self.metrics.dropped.inc(pcm.size / FRAME_SIZE)
+            self._post(self.wire.error(f"{pcm.size / SAMPLE_RATE:.2f} s of audio dropped: it would run more than "
+                                       f"{AHEAD_S:g} s ahead of real time; send audio as it is recorded"))
             return
         if pcm.size:
             self._queue(pcm, seq)
