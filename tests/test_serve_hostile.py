@@ -121,9 +121,11 @@ def test_clients_dropping_right_after_the_upgrade_are_each_counted_and_raise_not
             deaf.close()  # a reset, not a goodbye
             assert _wait_for(lambda: not server.chats and not server.opening)
         assert asyncio.run(_with_client(server, _audio_round_trip)) >= 4 * FRAME
-        text = server.metrics.text().decode()
-    ended = _counted(text, "csmlab_sessions_total") + _counted(text, "csmlab_refused_total")
-    assert ended == attempts + 1, text  # every upgrade reached an outcome (+1: the round trip)
+
+        def ended() -> float:  # every upgrade reached an outcome (+1: the round trip)
+            text = server.metrics.text().decode()
+            return _counted(text, "csmlab_sessions_total") + _counted(text, "csmlab_refused_total")
+        assert _wait_for(lambda: ended() == attempts + 1), server.metrics.text().decode()
     assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
 
 
@@ -255,3 +257,107 @@ def test_the_ogg_crc_is_the_rfc_3533_checksum_and_a_flipped_bit_is_refused():
     bad = pages[:-1] + bytes([pages[-1] ^ 0x01])
     with pytest.raises(ProtocolError, match="CRC"):
         check_ogg_pages(bad)
+
+
+# ---- 5. what the default exposes -------------------------------------------------------------------
+def _status(port: int, path: str, headers: dict) -> int:
+    async def get():
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}{path}", headers=headers) as response:
+                return response.status
+    return asyncio.run(get())
+
+
+def test_foreign_origins_and_rebound_hosts_are_refused_on_the_default_server():
+    with serve_in_thread(settings(), scripted) as server:
+        own = f"http://127.0.0.1:{server.port}"
+        assert _status(server.port, "/metrics", {"Host": "attacker.example"}) == 403  # DNS rebinding
+        assert _status(server.port, "/metrics", {"Host": "attacker.example:8998"}) == 403
+        assert _status(server.port, "/api/chat", {"Origin": "https://evil.example"}) == 403  # any web page
+        assert _status(server.port, "/metrics", {"Host": f"localhost:{server.port}"}) == 200
+        assert _status(server.port, "/metrics", {"Origin": own}) == 200  # the server's own page
+
+        async def from_page(origin):
+            async with aiohttp.ClientSession() as http:
+                async with http.ws_connect(url(server), headers={"Origin": origin}) as ws:
+                    return (await ws.receive(timeout=TIMEOUT)).data
+        assert asyncio.run(from_page(own)) == b"\x00"  # the handshake
+        with pytest.raises(aiohttp.WSServerHandshakeError, match="403"):
+            asyncio.run(from_page("https://evil.example"))
+        text = server.metrics.text().decode()
+    assert 'csmlab_refused_total{reason="origin"} 4.0' in text
+
+
+def test_allowed_origins_and_hosts_widen_the_rule():
+    with serve_in_thread(settings(allowed_origins=("https://app.example",), allowed_hosts=("chat.example",)),
+                         scripted) as server:
+        assert _status(server.port, "/metrics", {"Origin": "https://app.example"}) == 200
+        assert _status(server.port, "/metrics", {"Host": "chat.example"}) == 200
+        assert _status(server.port, "/metrics", {"Origin": "https://other.example"}) == 403
+
+
+def test_healthz_beyond_loopback_says_only_ready_without_the_token():
+    with serve_in_thread(settings(host="0.0.0.0", token=SECRET), scripted) as exposed:
+        async def both():
+            async with aiohttp.ClientSession() as http:
+                base = f"http://127.0.0.1:{exposed.port}/healthz"
+                async with http.get(base) as anyone, http.get(base + f"?token={SECRET}") as holder:
+                    return await anyone.json(), await holder.json()
+
+        anyone, holder = asyncio.run(both())
+    assert anyone == {"ready": True}
+    assert holder["ready"] and {"brain", "weights", "sessions", "max_sessions", "uptime_s"} <= set(holder)
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """True once the server closed or reset the connection (recv gives b"" or an error)."""
+    sock.settimeout(3 * TIMEOUT)
+    try:
+        sock.recv(1024)  # b"" (closed) or bytes: an error page is not an open connection either
+        return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_slowloris_and_silent_connections_are_closed_and_counted():
+    with serve_in_thread(settings(header_timeout_s=0.5), scripted) as server:
+        partial = socket.create_connection(("127.0.0.1", server.port))
+        partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-a: ")  # and then nothing
+        silent = socket.create_connection(("127.0.0.1", server.port))
+        try:
+            assert _closed_by_server(partial) and _closed_by_server(silent)
+        finally:
+            partial.close()
+            silent.close()
+        assert asyncio.run(_with_client(server, _audio_round_trip)) >= 4 * FRAME  # a session is a request in progress
+        text = server.metrics.text().decode()
+    assert 'csmlab_refused_total{reason="header_timeout"}' in text
+
+
+def test_connections_per_client_are_capped():
+    with serve_in_thread(settings(max_connections_per_client=3, header_timeout_s=60), scripted) as server:
+        held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+        extra = socket.create_connection(("127.0.0.1", server.port))
+        try:
+            assert _closed_by_server(extra)
+        finally:
+            for sock in held + [extra]:
+                sock.close()
+        assert _wait_for(lambda: not server.gate.open)
+        assert asyncio.run(_with_client(server, _audio_round_trip)) >= 4 * FRAME
+        text = server.metrics.text().decode()
+    assert 'csmlab_refused_total{reason="connections"} 1.0' in text
+
+
+def test_binding_beyond_loopback_without_a_token_is_one_line_and_a_nonzero_exit():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "CSMLAB_TOKEN"}
+    done = subprocess.run([sys.executable, "-m", "csmlab.cli", "serve", "--host", "0.0.0.0", "--port", "0"],
+                          env={**env, "CSMLAB_OFFLINE": "1"}, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "CSMLAB_TOKEN" in lines[0] and "--insecure" in lines[0], done.stderr

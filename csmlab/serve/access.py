@@ -1,4 +1,13 @@
-"""Who may open a session: the access-token decision, kept apart from the web server to test alone.
+"""Who may open a session: the access-token decision and the browser rules, apart from the web server
+to test alone.
+
+Browsers first (`foreign_request`, every route, as JupyterLab does): any page a user visits may open
+`ws://127.0.0.1:8998/api/chat` (websockets are not bound by the same-origin policy), and a
+DNS-rebinding page reaches a loopback server under its own name. So a request that carries an
+`Origin` is served only when that origin is the server's own (the `GET /` page) or allowed
+(`allowed_origins`, "*" for any), and a loopback-bound server (or any server given `allowed_hosts`)
+answers only a `Host` that names loopback or an `allowed_hosts` entry (behind a reverse proxy, its
+public name). Clients that are not browsers send no `Origin` and pass.
 
 A configured token is always required; `load_settings` already refuses a non-loopback bind without
 one unless `insecure` is set. Clients send it as `Authorization: Bearer <token>` or, where a
@@ -15,7 +24,7 @@ from typing import Iterable, Mapping
 
 from aiohttp.web_log import AccessLogger
 
-from csmlab.serve.config import Settings
+from csmlab.serve.config import Settings, is_loopback
 
 _TOKEN_IN_URL = re.compile(r"(token=)[^&\s\"]*", re.IGNORECASE)
 
@@ -34,11 +43,40 @@ class RedactingAccessLogger(AccessLogger):
                 for key, value in super()._format_line(request, response, time)]
 
 
+def _hostname(host: str) -> str:
+    """`Host`'s name without its port: "127.0.0.1:8998" -> "127.0.0.1", "[::1]:8998" -> "::1"."""
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def foreign_request(settings: Settings, headers: Mapping[str, str]) -> str | None:
+    """None when a browser may make this request, else why not (sent back with HTTP 403)."""
+    host = headers.get("Host", "")
+    name = _hostname(host).lower()
+    hosts = settings.allowed_hosts
+    if (settings.loopback or hosts) and not is_loopback(name) and name not in hosts and "*" not in hosts:
+        return (f"Host {host!r} is not this server's name: a loopback server answers loopback names only "
+                "(DNS rebinding); behind a proxy, start it with --allow-host <public name>")
+    origin = headers.get("Origin")
+    if origin is None or "*" in settings.allowed_origins or origin in settings.allowed_origins:
+        return None
+    if origin.split("://", 1)[-1].lower() == host.lower():  # the page this server serves at GET /
+        return None
+    return (f"pages from {origin!r} may not use this server; to allow them, start it with "
+            f"--allow-origin {origin}")
+
+
 def presented_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str:
     auth = headers.get("Authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[len("bearer "):].strip()
     return query.get("token", "")
+
+
+def details_allowed(settings: Settings, headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
+    """What /healthz may tell beyond "ready": everything on loopback, only with the token beyond it."""
+    return settings.loopback or (bool(settings.token) and access_denied(settings, headers, query) is None)
 
 
 def access_denied(settings: Settings, headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:

@@ -1,10 +1,11 @@
 """The web server: `/api/chat` (Moshi's protocol), `/healthz`, `/metrics`, and its lifecycle.
 
-`Server.start()` binds, then loads the brain in a worker thread: `/healthz` answers 503 and
+`Server.start()` binds (behind `gate.py`'s cap per client and idle clock), then loads the brain in a worker thread: `/healthz` answers 503 and
 `/api/chat` refuses with an 0x05 reason until it is ready. `Server.stop()` is the graceful path
 SIGTERM takes: stop listening, close every session with an 0x05 reason and close code 1001, wait
-for the worker threads, return. Limits are enforced where they bite: the token before the
-websocket upgrade (HTTP 401), the session count right after it (0x05 + close 1013), message size by
+for the worker threads, return. Limits are enforced where they bite: connections per client and
+unfinished headers at the socket (`gate.py`), `Origin`/`Host` on every request (HTTP 403,
+`access.py`), the token before the websocket upgrade (HTTP 401), the session count right after it (0x05 + close 1013), message size by
 aiohttp's reader (close 1009), idle time and session length by each `Chat`.
 """
 from __future__ import annotations
@@ -27,9 +28,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
 from csmlab.pipeline import Brain, DuplexSession, LoopbackBrain, make_brain
-from csmlab.serve.access import RedactingAccessLogger, access_denied
+from csmlab.serve.access import RedactingAccessLogger, access_denied, details_allowed, foreign_request
 from csmlab.serve.chat import CLOSE_TIMEOUT_S, Chat, refuse
 from csmlab.serve.config import Settings
+from csmlab.serve.gate import ConnectionGate
 from csmlab.serve.metrics import ServerMetrics
 from csmlab.serve.wires import FrameWire, OpusWire
 from csmlab.widget.frames import AUDIO_JS
@@ -102,6 +104,7 @@ class Server:
         self.settings = settings
         self.new_brain = new_brain
         self.metrics = ServerMetrics()
+        self.gate = ConnectionGate(settings.max_connections_per_client, settings.header_timeout_s, self.metrics.refused)
         self.executor = ThreadPoolExecutor(settings.max_sessions + 1, thread_name_prefix="csmlab-session")
         self.chats: set[Chat] = set()
         self.opening = 0
@@ -113,7 +116,7 @@ class Server:
         self.port: int | None = None
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._checked])
         app.router.add_get("/api/chat", partial(self._session, wire=OpusWire))  # Moshi's protocol
         app.router.add_get("/api/frames", partial(self._session, wire=FrameWire))  # the page's frames
         app.router.add_get("/", lambda request: web.FileResponse(PAGE))
@@ -130,9 +133,9 @@ class Server:
         self.runner = web.AppRunner(self.app(), handle_signals=False, shutdown_timeout=2 * CLOSE_TIMEOUT_S,
                                     access_log_class=RedactingAccessLogger)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.settings.host, self.settings.port)
+        site = _GuardedSite(self.runner, self.gate, self.settings.host, self.settings.port)
         await site.start()
-        self.port = self.runner.addresses[0][1]
+        self.port = site.port
         log.info("listening on http://%s:%d (websocket /api/chat)", self.settings.host, self.port)
         if not self.settings.loopback and not self.settings.token:
             log.warning("INSECURE: %s accepts anyone without a token (--insecure)", self.settings.host)
@@ -207,9 +210,22 @@ class Server:
         log.info("session ended: %s", outcome)
         return ws
 
+    @web.middleware
+    async def _checked(self, request: web.Request, handler) -> web.StreamResponse:
+        """Every request: its connection's idle clock stops while it is served; browsers' rules first."""
+        with self.gate.serving(request.transport):
+            foreign = foreign_request(self.settings, request.headers)
+            if foreign:
+                self.metrics.refused.labels("origin").inc()
+                raise web.HTTPForbidden(text=foreign)
+            return await handler(request)
+
     async def _healthz(self, request: web.Request) -> web.Response:
-        body = {"ready": self.ready, "brain": self.settings.brain, "weights": self.weights, "sessions": len(self.chats),
-                "max_sessions": self.settings.max_sessions, "uptime_s": round(time.monotonic() - self.started, 1)}
+        """A status for anyone; beyond loopback, the details (brain, weights, load) only with the token."""
+        body = {"ready": self.ready}
+        if details_allowed(self.settings, request.headers, request.query):
+            body |= {"brain": self.settings.brain, "weights": self.weights, "sessions": len(self.chats),
+                     "max_sessions": self.settings.max_sessions, "uptime_s": round(time.monotonic() - self.started, 1)}
         return web.json_response(body, status=200 if self.ready else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -217,6 +233,20 @@ class Server:
         if denied:
             raise web.HTTPUnauthorized(text=denied)
         return web.Response(body=self.metrics.text(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+class _GuardedSite(web.TCPSite):
+    """aiohttp's TCP site, each connection's protocol wrapped by the gate (aiohttp has no hook for it)."""
+
+    def __init__(self, runner: web.AppRunner, gate: ConnectionGate, host: str, port: int):
+        super().__init__(runner, host, port)
+        self.gate = gate
+
+    async def start(self) -> None:
+        self._runner._reg_site(self)
+        self._server = await asyncio.get_running_loop().create_server(
+            self.gate.wrap(self._runner.server), self._host, self._port, backlog=self._backlog)
+        self._bound_port = self._server.sockets[0].getsockname()[1]
 
 
 async def _serve_until_signal(settings: Settings) -> int:
