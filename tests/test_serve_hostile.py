@@ -18,6 +18,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from csmlab.pipeline import ScriptedBrain
 from csmlab.serve.app import serve_in_thread
 from csmlab.serve.client import FRAME, MoshiClient
 from test_serve import TIMEOUT, _audio_round_trip, _with_client, scripted, settings, url
@@ -361,3 +362,21 @@ def test_binding_beyond_loopback_without_a_token_is_one_line_and_a_nonzero_exit(
     assert done.returncode != 0 and "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "CSMLAB_TOKEN" in lines[0] and "--insecure" in lines[0], done.stderr
+
+
+class _Slow(ScriptedBrain):
+    """A brain whose every step takes 50 ms of wall time: few sessions fit in 80 ms per step."""
+
+    def step(self, heard):
+        time.sleep(0.05)
+        return super().step(heard)
+
+
+def test_the_startup_log_says_how_many_sessions_the_machine_holds(caplog):
+    caplog.set_level(logging.INFO, logger="csmlab.serve")
+    with serve_in_thread(settings(max_sessions=64), _Slow) as server:
+        holds = server.capacity
+    said = " ".join(r.getMessage() for r in caplog.records if r.name == "csmlab.serve")
+    cores = len(os.sched_getaffinity(0))
+    assert 0 <= holds <= cores * 80 // 50 and f"hold about {holds} session(s) in real time" in said
+    assert any(r.levelname == "WARNING" and "max_sessions 64 is more than" in r.getMessage() for r in caplog.records)

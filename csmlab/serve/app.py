@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 import time
@@ -28,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
 from csmlab.pipeline import Brain, DuplexSession, LoopbackBrain, make_brain
+from csmlab.pipeline.brain import FRAME_MS
 from csmlab.serve.access import RedactingAccessLogger, access_denied, details_allowed, foreign_request
 from csmlab.serve.chat import CLOSE_TIMEOUT_S, Chat, refuse
 from csmlab.serve.config import Settings
@@ -94,6 +96,27 @@ def _announce_weights(brain: Brain) -> str:
     return note
 
 
+CAPACITY_STEPS = 6  # warm steps timed at start-up to estimate how many sessions the machine holds
+
+
+def _say_capacity(warm: DuplexSession, settings: Settings) -> int:
+    """Time a few warm steps of one session and log how many sessions fit in real time on this
+    machine's cores (each session computes on its own thread); warn when `max_sessions` is more.
+    The default `max_sessions` cannot know the brain, the weights or the machine: this can."""
+    steps = warm.push(np.zeros(CAPACITY_STEPS * FRAME_SIZE, np.float32), SAMPLE_RATE)
+    step_ms = max(float(np.median([s.compute_ms["total"] for s in steps])), 1e-3)
+    cores = max(1, len(os.sched_getaffinity(0)) // settings.threads)
+    holds = int(cores * FRAME_MS // step_ms)
+    log.info("one session's step costs %.1f ms of its %g ms: %d core(s) hold about %d session(s) in real time "
+             "(max_sessions %d; measured at start-up, load average %.1f)", step_ms, FRAME_MS, cores, holds,
+             settings.max_sessions, os.getloadavg()[0])
+    if settings.max_sessions > holds:
+        log.warning("max_sessions %d is more than this machine computes in real time (about %d): expect late "
+                    "steps and dropped frames when full; set --max-sessions %d", settings.max_sessions, holds,
+                    max(holds, 1))
+    return holds
+
+
 class Server:
     """One `csmlab serve` process: settings, brain, sessions, metrics.
 
@@ -110,6 +133,7 @@ class Server:
         self.opening = 0
         self.ready = False
         self.weights = "loading"  # then what speaks, for /healthz and the page
+        self.capacity: int | None = None  # sessions this machine computes in real time, measured at start
         self.stopping = False
         self.started = time.monotonic()
         self.runner: web.AppRunner | None = None
@@ -149,6 +173,7 @@ class Server:
         with self._open_session() as warm:
             self.weights = _announce_weights(warm.brain)
             warm.push(np.zeros(2 * FRAME_SIZE, np.float32), SAMPLE_RATE)  # first-call costs, paid before clients come
+            self.capacity = _say_capacity(warm, self.settings)
         self.ready = True
         self.metrics.ready.set(1)
         log.info("brain %s ready", self.settings.brain)
@@ -225,7 +250,7 @@ class Server:
         body = {"ready": self.ready}
         if details_allowed(self.settings, request.headers, request.query):
             body |= {"brain": self.settings.brain, "weights": self.weights, "sessions": len(self.chats),
-                     "max_sessions": self.settings.max_sessions, "uptime_s": round(time.monotonic() - self.started, 1)}
+                     "max_sessions": self.settings.max_sessions, "capacity_estimate": self.capacity, "uptime_s": round(time.monotonic() - self.started, 1)}
         return web.json_response(body, status=200 if self.ready else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
