@@ -42,17 +42,21 @@ async def refuse(ws: web.WebSocketResponse, transport, reason: str, wire,
                  code: int = aiohttp.WSCloseCode.TRY_AGAIN_LATER) -> None:
     """Tell a client why (an 0x05 message on Moshi's protocol), then close: never leave it waiting,
     and never wait on it either: a client that does not read within `CLOSE_TIMEOUT_S` is cut off."""
+    async def say_and_close() -> None:
+        await send(ws, wire.error(reason))
+        await close_frame(ws, code, reason)
+
+    if ws.closed:
+        return
     try:
-        await asyncio.wait_for(_say_and_close(ws, reason, wire, code), CLOSE_TIMEOUT_S)
+        await asyncio.wait_for(say_and_close(), CLOSE_TIMEOUT_S)
     except (asyncio.TimeoutError, ConnectionError):
         abort(transport)
 
 
-async def _say_and_close(ws: web.WebSocketResponse, reason: str | None, wire, code: int) -> None:
-    if not ws.closed:
-        if reason is not None:
-            await send(ws, wire.error(reason))
-        await ws.close(code=code, message=(reason or "").encode()[:120])
+async def close_frame(ws: web.WebSocketResponse, code: int, reason: str) -> None:
+    """The websocket close handshake (the reason fits a close frame's 123 bytes)."""
+    await ws.close(code=code, message=reason.encode()[:120])
 
 
 def abort(transport) -> None:
@@ -177,7 +181,7 @@ class Chat:
             item = await self.outbox.get()
             try:
                 if isinstance(item, _Close):
-                    await asyncio.wait_for(_say_and_close(self.ws, None, self.wire, item.code), CLOSE_TIMEOUT_S)
+                    await asyncio.wait_for(close_frame(self.ws, item.code, item.reason), CLOSE_TIMEOUT_S)
                     return
                 await asyncio.wait_for(send(self.ws, item), SEND_TIMEOUT_S)
             except asyncio.TimeoutError:
