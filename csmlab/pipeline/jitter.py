@@ -106,7 +106,7 @@ class JitterBuffer:
         elif abs(seq - self._next) > self.max_gap:
             self.counts.restarts += 1
             self.log("restart", f"seq jumped from {self._next} to {seq}: the sender restarted; released what was held")
-            out += self.flush()
+            out = self.flush()
             self._next = seq
         if seq in self._held or seq in self._released:
             self.counts.duplicate += 1
@@ -114,7 +114,7 @@ class JitterBuffer:
             return out
         if seq < self._next:
             self.counts.late += 1
-            self.log("late", f"seq {seq} arrived after its slot was concealed: dropped")
+            self.log("late", f"seq {seq} arrived after its slot was concealed or skipped: dropped")
             return out
         self._held[seq] = audio
         return out + self._release()

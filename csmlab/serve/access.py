@@ -46,8 +46,8 @@ class RedactingAccessLogger(AccessLogger):
 def _hostname(host: str) -> str:
     """`Host`'s name without its port: "127.0.0.1:8998" -> "127.0.0.1", "[::1]:8998" -> "::1"."""
     if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        return host[1:].partition("]")[0]
+    return host.partition(":")[0] if host.count(":") == 1 else host
 
 
 def foreign_request(settings: Settings, headers: Mapping[str, str]) -> str | None:
@@ -61,7 +61,7 @@ def foreign_request(settings: Settings, headers: Mapping[str, str]) -> str | Non
     origin = headers.get("Origin")
     if origin is None or "*" in settings.allowed_origins or origin in settings.allowed_origins:
         return None
-    if origin.split("://", 1)[-1].lower() == host.lower():  # the page this server serves at GET /
+    if origin.partition("://")[2].lower() == host.lower():  # the page this server serves at GET /
         return None
     return (f"pages from {origin!r} may not use this server; to allow them, start it with "
             f"--allow-origin {origin}")

@@ -66,8 +66,8 @@ def check_ogg_pages(data: bytes) -> None:
             raise ProtocolError("not_ogg", f"audio at byte {offset} is not an Ogg page (no 'OggS'): "
                                 "encode 24 kHz mono PCM with Ogg/Opus (sphn.OpusStreamWriter)")
         table = offset + _OGG_HEADER.size
-        end = table + segments + sum(data[table:table + segments])
-        if table + segments > len(data) or end > len(data):
+        end = table + segments + sum(data[table:table + segments])  # past len(data) if the table is cut too
+        if end > len(data):
             raise ProtocolError("truncated_audio", f"the Ogg page at byte {offset} is truncated "
                                 f"({len(data) - offset} of {end - offset} bytes): send whole pages")
         if ogg_crc(data[offset:end]) != crc:
