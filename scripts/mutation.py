@@ -30,8 +30,16 @@ MUTMUT = [sys.executable, "-m", "mutmut"]
 # mutmut's words for a mutant's fate -> ours. A timeout (the mutant looped) counts as caught.
 FATES = {"killed": "killed", "timeout": "killed", "survived": "survived", "no tests": "not_reached",
          "suspicious": "suspicious", "skipped": "skipped", "segfault": "killed", "not checked": "not_run"}
-# Survivors examined and found to behave exactly like the original: (mutant name pattern, why).
-EQUIVALENT: list[tuple[str, str]] = []
+# Survivors examined and found to behave exactly like the original, recognised by their diff:
+# (text of the original line, text of the mutated line, why it cannot change behaviour).
+EQUIVALENT = [
+    ('"utf-8"', '"UTF-8"', "Python's codec names are case-insensitive"),
+    ("self._last_len = 0", "self._last_len = ", "read only by _conceal, which needs a held frame after a released "
+                                                 "one: the first frame released sets it before"),
+    ('host.partition(":")', 'host.rpartition(":")', "only used when the host has exactly one ':'"),
+    ('headers.get("Authorization", "")', 'headers.get("Authorization", "XXXX")',
+     "any default that is not a 'Bearer ' header falls through to the query, as the empty one does"),
+]
 
 
 def _mutants() -> dict[str, str]:
@@ -40,6 +48,14 @@ def _mutants() -> dict[str, str]:
                           check=True).stdout
     found = (re.match(r"\s*(\S+__mutmut_\d+): (.+)$", line) for line in text.splitlines())
     return {m.group(1): m.group(2).strip() for m in found if m}
+
+
+def _equivalent(mutant: str) -> str | None:
+    """Why `mutant` behaves like the original (an `EQUIVALENT` entry matching its diff), or None."""
+    diff = subprocess.run(MUTMUT + ["show", mutant], cwd=ROOT, capture_output=True, text=True).stdout.splitlines()
+    removed = " ".join(line for line in diff if line.startswith("-") and not line.startswith("---"))
+    added = " ".join(line for line in diff if line.startswith("+") and not line.startswith("+++"))
+    return next((why for before, after, why in EQUIVALENT if before in removed and after in added), None)
 
 
 def _module(mutant: str) -> str:
@@ -60,7 +76,7 @@ def report(mutants: dict[str, str]) -> dict:
     modules = {}
     for module, counts in per_module.items():
         total = sum(counts.values())
-        equivalent = [n for n in survivors.get(module, []) if any(re.search(p, n) for p, _ in EQUIVALENT)]
+        equivalent = [n for n in survivors.get(module, []) if _equivalent(n)]
         scored = total - len(equivalent)
         modules[module] = {**dict(counts), "total": total, "equivalent": len(equivalent),
                            "killed_pct": round(100 * counts["killed"] / scored, 1) if scored else None,
@@ -76,7 +92,7 @@ def report(mutants: dict[str, str]) -> dict:
         "load_average_1min": round(os.getloadavg()[0], 2),
         "cpu_cores": os.cpu_count(),
         "modules": modules,
-        "equivalent": [{"pattern": p, "why": why} for p, why in EQUIVALENT],
+        "equivalent": {n: _equivalent(n) for names in survivors.values() for n in names if _equivalent(n)},
     }
 
 
@@ -95,7 +111,7 @@ def main() -> int:
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     for module, counts in result["modules"].items():
         print(f"{module}: {counts['killed']} of {counts['total'] - counts['equivalent']} killed "
-              f"({counts['killed_pct']}%), {counts.get('survived', 0)} survived")
+              f"({counts['killed_pct']}%); {counts.get('survived', 0)} survived, {counts['equivalent']} of them equivalent")
     print(f"wrote {OUT.relative_to(ROOT)}")
     return 0
 
