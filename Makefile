@@ -2,7 +2,7 @@
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install lab test
+.PHONY: install lab test mutation
 
 install:
 	bash scripts/install.sh
@@ -17,3 +17,9 @@ lab: install
 
 test: install
 	CSMLAB_OFFLINE=$${CSMLAB_OFFLINE:-1} $(VENV)/bin/python -m pytest --nbval-lax --durations=15 tests notebooks
+
+# On demand, not in CI (minutes): mutmut 3 over the modules in pyproject.toml's [tool.mutmut];
+# the score per module goes to data/results/mutation.json (scripts/mutation.py).
+mutation: install
+	$(VENV)/bin/pip install -q $$($(VENV)/bin/python scripts/pins.py mutation)
+	$(VENV)/bin/python scripts/mutation.py

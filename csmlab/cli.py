@@ -51,10 +51,16 @@ def _train_codec(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from csmlab.errors import ConfigError
     from csmlab.serve import load_settings, run
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "rest", "config")}
-    return run(load_settings(args.config, **flags))
+    try:
+        settings = load_settings(args.config, **flags)
+    except ConfigError as err:  # a setting the user can fix: say which, in one line, no traceback
+        print(f"csmlab serve: {err}", file=sys.stderr)
+        return 2
+    return run(settings)
 
 
 def _add_serve(sub) -> None:
@@ -77,6 +83,13 @@ def _add_serve(sub) -> None:
     serve.add_argument("--token", help="access token (prefer the CSMLAB_TOKEN environment variable)")
     serve.add_argument("--insecure", action="store_true", default=None,
                        help="allow a non-loopback bind without a token (behind a trusted proxy only)")
+    serve.add_argument("--allow-origin", action="append", dest="allowed_origins", metavar="ORIGIN",
+                       help="a web origin whose pages may use the server (repeatable; * for any)")
+    serve.add_argument("--allow-host", action="append", dest="allowed_hosts", metavar="NAME",
+                       help="a Host name to answer besides loopback's (repeatable; behind a proxy, its public name)")
+    serve.add_argument("--header-timeout-s", type=float, dest="header_timeout_s",
+                       help="close a connection with no request in progress after this long (slowloris)")
+    serve.add_argument("--max-connections-per-client", type=int, dest="max_connections_per_client")
     serve.set_defaults(func=_serve, rest=[])
 
 

@@ -42,8 +42,10 @@ CLAIMS = {
                          "error", "too_long", "matrix", "oversized")),
     "browser": ("the widget's page runs in a real browser (Chromium, fake media)",
                 _words("browser", "chromium", "playwright")),
-    "server protocol": ("csmlab serve speaks Moshi's protocol, with its limits and token",
-                        r"^tests/test_serve(_config)?\.py::"),
+    "server protocol": ("csmlab serve speaks Moshi's protocol, with its limits and token, and holds "
+                        "against hostile clients", r"^tests/test_serve(_config|_hostile|_rules)?\.py::"),
+    "property-based": ("invariants checked on generated inputs (hypothesis), not on picked examples",
+                       r"^tests/test_properties\.py::"),
     "soak": ("real speech through the server for a minute, RSS growth bounded (under 20 MiB a minute)", _words("soak")),
 }
 

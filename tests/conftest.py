@@ -18,8 +18,17 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from hypothesis import settings
 
 from csmlab.data import real_recording
+
+# Property-based tests (hypothesis): CI runs a fixed, derandomized set of examples, quickly and the
+# same every time, and keeps no example database in the repository. More on demand:
+#   pytest tests/test_properties.py --hypothesis-profile thorough
+settings.register_profile("ci", max_examples=40, derandomize=True, database=None, deadline=None,
+                          print_blob=True)
+settings.register_profile("thorough", max_examples=2000, database=None, deadline=None)
+settings.load_profile(os.environ.get("CSMLAB_HYPOTHESIS_PROFILE", "ci"))
 
 
 @contextmanager

@@ -138,6 +138,8 @@ CASES = [
     Case("server", "unknown kind byte", ProtocolError, "0x07", lambda f, i: server_stream(f, i, lambda p: b"\x07" + p)),
     Case("server", "truncated Ogg page", ProtocolError, "truncated", lambda f, i: server_stream(f, i, lambda p: b"\x01" + p[:-9])),
     Case("server", "not Ogg at all", ProtocolError, "not an Ogg page", lambda f, i: server_stream(f, i, lambda p: b"\x01RIFF" + p)),
+    Case("server", "corrupted Ogg page (bad CRC)", ProtocolError, "CRC",
+         lambda f, i: server_stream(f, i, lambda p: b"\x01" + p[:-1] + bytes([p[-1] ^ 0x10]))),
     Case("server", "empty message", ProtocolError, "empty", lambda f, i: server_stream(f, i, lambda p: b"")),
     Case("server", "text frame", ProtocolError, "binary", lambda f, i: server_stream(f, i, lambda p: "hello")),
 ]

@@ -101,3 +101,32 @@ def test_a_bad_brain_output_is_silence_and_a_fault_and_the_session_goes_on(case)
         assert session.push(tone(0.08), RATE)[0].pcm[0] == np.float32(0.25)  # the next step is fine
     finally:
         session.close()
+
+
+# ---- issue 25: compute bounded by real input ----------------------------------------------------
+def test_a_seq_jump_after_a_long_chunk_costs_the_real_audio_not_minutes_of_concealment():
+    """push(10 s chunk, seq=last+50) was 5,875 steps (470 s): concealment took the chunk's length
+    for each of 49 missing frames. Now the gap is longer than the concealment credit: skipped."""
+    with DuplexSession(scripted()) as session:
+        steps = [s for i in range(5) for s in session.push(tone(0.08), RATE, seq=i)]
+        steps += session.push(tone(10.0), RATE, seq=4 + 50) + session.end()  # held until more come, or the end
+        frames = session.report()["frames"]
+    assert len(steps) == 5 + 10_000 // 80  # the real audio's frames, and nothing else
+    assert frames["skipped"] == 49 and frames["concealed"] == 0
+    assert frames["received"] == frames["consumed"] == 6
+
+
+def test_concealment_never_exceeds_the_credit_plus_the_frames_consumed():
+    """A sender that jumps by the concealment credit every frame gets at most one concealed frame
+    per real one (after the first burst), each as long as its shorter real neighbour."""
+    from csmlab.pipeline.jitter import JitterBuffer
+
+    jb = JitterBuffer(window=1, max_gap=50, max_conceal=12)
+    out, seq = [], 0
+    for i in range(40):
+        out += jb.push(seq, np.ones(100 if i % 2 else 10_000, np.float32))
+        seq += 13 if i % 2 else 2  # gaps of 12 (the whole credit) and of 1
+    c = jb.counts
+    assert c.concealed <= jb.max_conceal + c.consumed and c.skipped > 0
+    concealed = [r for r in out if r.concealed]
+    assert concealed and max(len(r.audio) for r in concealed) <= 100  # the short neighbour's length

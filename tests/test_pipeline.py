@@ -246,3 +246,12 @@ def test_closing_while_the_brain_is_stalled_closes_it_once_it_returns():
     assert closed == []
     time.sleep(0.5)
     assert len(closed) == 1
+
+
+def test_jitter_waits_while_fewer_than_window_later_frames_are_held():
+    """The module's own example: 5 arrives four frames early, but it is the only frame held when 1
+    comes, so nothing is concealed (the code once concealed by distance: 1 and 2, then dropped both)."""
+    jb = JitterBuffer(window=3)
+    out = [r for s in [0, 5, 1, 2, 3, 4, 6] for r in jb.push(s, frame(s))]
+    assert [(r.seq, r.concealed) for r in out] == [(s, False) for s in range(7)]
+    assert (jb.counts.concealed, jb.counts.dropped) == (0, 0)

@@ -53,7 +53,7 @@ from csmlab.pipeline.overload import Overload
 
 LAYERS = ("input", "encode", "brain", "decode")
 STALL_MS = 1000.0  # a brain silent this long on the real-time clock is stalled
-FAULTS = ("malformed", "concealed", "duplicate", "late", "restart", "disconnect", "reconnect", "brain_error",
+FAULTS = ("malformed", "concealed", "skipped", "duplicate", "late", "restart", "disconnect", "reconnect", "brain_error",
           "brain_stall", "brain_busy", "error", "bad_output",
           "overload_overloaded")  # event kinds that report() counts as faults
 
@@ -377,7 +377,8 @@ class DuplexSession:
             "real_time_factor": round(float(total.mean()) / FRAME_MS, 4) if len(total) else None,
             "frames": {"received": counts.received, "consumed": counts.consumed, "concealed": counts.concealed,
                        "duplicate": counts.duplicate, "late": counts.late, "dropped": counts.dropped,
-                       "held": self._jitter.held, "restarts": counts.restarts},
+                       "held": self._jitter.held, "restarts": counts.restarts,
+                       "skipped": counts.skipped},
             "steps_late": self._late,
             "late_pct": round(100 * self._late / n, 3) if n else 0.0,
             "steps_faulted": self._faulted,

@@ -1,16 +1,18 @@
 """The web server: `/api/chat` (Moshi's protocol), `/healthz`, `/metrics`, and its lifecycle.
 
-`Server.start()` binds, then loads the brain in a worker thread: `/healthz` answers 503 and
+`Server.start()` binds (behind `gate.py`'s cap per client and idle clock), then loads the brain in a worker thread: `/healthz` answers 503 and
 `/api/chat` refuses with an 0x05 reason until it is ready. `Server.stop()` is the graceful path
 SIGTERM takes: stop listening, close every session with an 0x05 reason and close code 1001, wait
-for the worker threads, return. Limits are enforced where they bite: the token before the
-websocket upgrade (HTTP 401), the session count right after it (0x05 + close 1013), message size by
+for the worker threads, return. Limits are enforced where they bite: connections per client and
+unfinished headers at the socket (`gate.py`), `Origin`/`Host` on every request (HTTP 403,
+`access.py`), the token before the websocket upgrade (HTTP 401), the session count right after it (0x05 + close 1013), message size by
 aiohttp's reader (close 1009), idle time and session length by each `Chat`.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 import time
@@ -27,9 +29,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
 from csmlab.pipeline import Brain, DuplexSession, LoopbackBrain, make_brain
-from csmlab.serve.access import access_denied
-from csmlab.serve.chat import Chat, refuse
+from csmlab.pipeline.brain import FRAME_MS
+from csmlab.serve.access import RedactingAccessLogger, access_denied, details_allowed, foreign_request
+from csmlab.serve.chat import CLOSE_TIMEOUT_S, Chat, refuse
 from csmlab.serve.config import Settings
+from csmlab.serve.gate import ConnectionGate
 from csmlab.serve.metrics import ServerMetrics
 from csmlab.serve.wires import FrameWire, OpusWire
 from csmlab.widget.frames import AUDIO_JS
@@ -99,6 +103,27 @@ def _announce_weights(brain: Brain) -> str:
     return note
 
 
+CAPACITY_STEPS = 6  # warm steps timed at start-up to estimate how many sessions the machine holds
+
+
+def _say_capacity(warm: DuplexSession, settings: Settings) -> int:
+    """Time a few warm steps of one session and log how many sessions fit in real time on this
+    machine's cores (each session computes on its own thread); warn when `max_sessions` is more.
+    The default `max_sessions` cannot know the brain, the weights or the machine: this can."""
+    steps = warm.push(np.zeros(CAPACITY_STEPS * FRAME_SIZE, np.float32), SAMPLE_RATE)
+    step_ms = max(float(np.median([s.compute_ms["total"] for s in steps])), 1e-3)
+    cores = max(1, len(os.sched_getaffinity(0)) // settings.threads)
+    holds = int(cores * FRAME_MS // step_ms)
+    log.info("one session's step costs %.1f ms of its %g ms: %d core(s) hold about %d session(s) in real time "
+             "(max_sessions %d; measured at start-up, load average %.1f)", step_ms, FRAME_MS, cores, holds,
+             settings.max_sessions, os.getloadavg()[0])
+    if settings.max_sessions > holds:
+        log.warning("max_sessions %d is more than this machine computes in real time (about %d): expect late "
+                    "steps and dropped frames when full; set --max-sessions %d", settings.max_sessions, holds,
+                    max(holds, 1))
+    return holds
+
+
 class Server:
     """One `csmlab serve` process: settings, brain, sessions, metrics.
 
@@ -109,18 +134,20 @@ class Server:
         self.settings = settings
         self.new_brain = new_brain
         self.metrics = ServerMetrics()
+        self.gate = ConnectionGate(settings.max_connections_per_client, settings.header_timeout_s, self.metrics.refused)
         self.executor = ThreadPoolExecutor(settings.max_sessions + 1, thread_name_prefix="csmlab-session")
         self.chats: set[Chat] = set()
         self.opening = 0
         self.ready = False
         self.weights = "loading"  # then what speaks, for /healthz and the page
+        self.capacity: int | None = None  # sessions this machine computes in real time, measured at start
         self.stopping = False
         self.started = time.monotonic()
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._checked])
         app.router.add_get("/api/chat", partial(self._session, wire=OpusWire))  # Moshi's protocol
         app.router.add_get("/api/frames", partial(self._session, wire=FrameWire))  # the page's frames
         app.router.add_get("/", lambda request: web.FileResponse(PAGE))
@@ -132,11 +159,14 @@ class Server:
 
     async def start(self) -> None:
         """Listen, then load the brain off the event loop; returns once the port is bound."""
-        self.runner = web.AppRunner(self.app(), handle_signals=False)
+        # handlers end within CLOSE_TIMEOUT_S of stop() (Chat cuts off clients that do not read);
+        # this only bounds what is left, so that SIGTERM always finishes
+        self.runner = web.AppRunner(self.app(), handle_signals=False, shutdown_timeout=2 * CLOSE_TIMEOUT_S,
+                                    access_log_class=RedactingAccessLogger)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.settings.host, self.settings.port)
+        site = _GuardedSite(self.runner, self.gate, self.settings.host, self.settings.port)
         await site.start()
-        self.port = self.runner.addresses[0][1]
+        self.port = site.port
         log.info("listening on http://%s:%d (websocket /api/chat)", self.settings.host, self.port)
         if not self.settings.loopback and not self.settings.token:
             log.warning("INSECURE: %s accepts anyone without a token (--insecure)", self.settings.host)
@@ -150,6 +180,7 @@ class Server:
         with self._open_session() as warm:
             self.weights = _announce_weights(warm.brain)
             warm.push(np.zeros(2 * FRAME_SIZE, np.float32), SAMPLE_RATE)  # first-call costs, paid before clients come
+            self.capacity = _say_capacity(warm, self.settings)
         self.ready = True
         self.metrics.ready.set(1)
         log.info("brain %s ready", self.settings.brain)
@@ -182,19 +213,23 @@ class Server:
         if denied:
             self.metrics.refused.labels("token").inc()
             raise web.HTTPUnauthorized(text=denied)
-        ws = web.WebSocketResponse(max_msg_size=self.settings.max_message_bytes)
-        await ws.prepare(request)
+        ws = web.WebSocketResponse(max_msg_size=self.settings.max_message_bytes, timeout=CLOSE_TIMEOUT_S)
+        try:
+            await ws.prepare(request)
+        except ConnectionError:  # the client left during the upgrade: a session that ended at once
+            self.metrics.sessions.labels("disconnected").inc()
+            return ws
         refusal = self._refusal()
         if refusal:
             self.metrics.refused.labels(refusal[0]).inc()
-            await refuse(ws, refusal[1], wire=wire)
+            await refuse(ws, request.transport, refusal[1], wire=wire)
             return ws
         self.opening += 1
         try:
             duplex = await asyncio.get_running_loop().run_in_executor(self.executor, self._open_session)
         finally:
             self.opening -= 1
-        chat = Chat(ws, duplex, self.executor, self.settings, self.metrics, wire())
+        chat = Chat(ws, request.transport, duplex, self.executor, self.settings, self.metrics, wire())
         self.chats.add(chat)
         self.metrics.sessions_active.set(len(self.chats))
         try:
@@ -207,9 +242,22 @@ class Server:
         log.info("session ended: %s", outcome)
         return ws
 
+    @web.middleware
+    async def _checked(self, request: web.Request, handler) -> web.StreamResponse:
+        """Every request: its connection's idle clock stops while it is served; browsers' rules first."""
+        with self.gate.serving(request.transport):
+            foreign = foreign_request(self.settings, request.headers)
+            if foreign:
+                self.metrics.refused.labels("origin").inc()
+                raise web.HTTPForbidden(text=foreign)
+            return await handler(request)
+
     async def _healthz(self, request: web.Request) -> web.Response:
-        body = {"ready": self.ready, "brain": self.settings.brain, "weights": self.weights, "sessions": len(self.chats),
-                "max_sessions": self.settings.max_sessions, "uptime_s": round(time.monotonic() - self.started, 1)}
+        """A status for anyone; beyond loopback, the details (brain, weights, load) only with the token."""
+        body = {"ready": self.ready}
+        if details_allowed(self.settings, request.headers, request.query):
+            body |= {"brain": self.settings.brain, "weights": self.weights, "sessions": len(self.chats),
+                     "max_sessions": self.settings.max_sessions, "capacity_estimate": self.capacity, "uptime_s": round(time.monotonic() - self.started, 1)}
         return web.json_response(body, status=200 if self.ready else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -217,6 +265,20 @@ class Server:
         if denied:
             raise web.HTTPUnauthorized(text=denied)
         return web.Response(body=self.metrics.text(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+class _GuardedSite(web.TCPSite):
+    """aiohttp's TCP site, each connection's protocol wrapped by the gate (aiohttp has no hook for it)."""
+
+    def __init__(self, runner: web.AppRunner, gate: ConnectionGate, host: str, port: int):
+        super().__init__(runner, host, port)
+        self.gate = gate
+
+    async def start(self) -> None:
+        self._runner._reg_site(self)
+        self._server = await asyncio.get_running_loop().create_server(
+            self.gate.wrap(self._runner.server), self._host, self._port, backlog=self._backlog)
+        self._bound_port = self._server.sockets[0].getsockname()[1]
 
 
 async def _serve_until_signal(settings: Settings) -> int:

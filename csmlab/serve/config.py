@@ -20,9 +20,10 @@ from csmlab.pipeline.brain import BRAINS
 
 TOKEN_ENV = "CSMLAB_TOKEN"
 SECTIONS = {
-    "server": ("host", "port", "token", "insecure"),
+    "server": ("host", "port", "token", "insecure", "allowed_origins", "allowed_hosts"),
     "brain": ("brain", "weights", "listen", "device", "threads", "batch"),
-    "limits": ("max_sessions", "max_session_s", "max_message_bytes", "idle_timeout_s"),
+    "limits": ("max_sessions", "max_session_s", "max_message_bytes", "idle_timeout_s", "header_timeout_s",
+               "max_connections_per_client"),
 }
 
 
@@ -34,6 +35,10 @@ class Settings:
     port: int = 8998  # moshi's own server's port, so Moshi clients find it
     token: str = ""  # required beyond loopback (or insecure = true)
     insecure: bool = False  # allow a non-loopback bind without a token (behind a trusted proxy only)
+    # Browsers: a page from another origin may not open a session ("*": any may), and, against DNS
+    # rebinding, a loopback server answers only requests addressed to a loopback name (access.py)
+    allowed_origins: tuple[str, ...] = ()  # e.g. ("https://chat.example.org",); same-origin always passes
+    allowed_hosts: tuple[str, ...] = ()  # names beyond loopback's a loopback-bound server answers (a proxy's)
     brain: str = "loopback"
     weights: str = ""  # a checkpoint path; "" lets csmlab.weights resolve it
     listen: bool = False  # offline: the small trained Mimi, so that the audio follows the speech
@@ -44,6 +49,8 @@ class Settings:
     max_session_s: float = 600.0
     max_message_bytes: int = 64 * 1024  # a 80 ms Opus page is ~300 bytes
     idle_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0  # a connection with no request in progress is closed after this (slowloris)
+    max_connections_per_client: int = 16  # open connections per client address (behind a proxy: the proxy's)
 
     @property
     def loopback(self) -> bool:
@@ -85,6 +92,10 @@ def read_toml(path: str | Path) -> dict:
 
 
 def _typed(name: str, value, kind: type):
+    if kind is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"setting {name} must be a list of strings, not {value!r}")
+        return tuple(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -97,7 +108,8 @@ def _check(settings: Settings) -> Settings:
         raise ConfigError(f"brain {settings.brain!r} is unknown; choose one of {', '.join(BRAINS)}")
     if not 0 <= settings.port < 65536:
         raise ConfigError(f"port {settings.port} is out of range 0..65535 (0 picks a free port)")
-    for name in ("threads", "max_sessions", "max_session_s", "max_message_bytes", "idle_timeout_s"):
+    for name in ("threads", "max_sessions", "max_session_s", "max_message_bytes", "idle_timeout_s",
+                 "header_timeout_s", "max_connections_per_client"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"setting {name} must be positive, not {getattr(settings, name)}")
     if not settings.loopback and not settings.token and not settings.insecure:

@@ -25,7 +25,7 @@ class ServerMetrics:
                                       ["layer"], buckets=STEP_BUCKETS, registry=r)
         self.steps = Counter("csmlab_steps", "80 ms steps sent to clients", registry=r)
         self.late = Counter("csmlab_late_frames", "Steps whose compute overran 80 ms (silence went out)", registry=r)
-        self.dropped = Counter("csmlab_dropped_frames", "Input frames dropped (backlog beyond the limit)", registry=r)
+        self.dropped = Counter("csmlab_dropped_frames", "Input frames dropped (backlog beyond the limit, or sent ahead of real time)", registry=r)
         self.errors = Counter("csmlab_errors", "Errors by kind (protocol, audio, pipeline)", ["kind"], registry=r)
         self.overloaded = Gauge("csmlab_overloaded_sessions", "Sessions whose brain cannot keep up now "
                                 "(median compute per step above 80 ms)", registry=r)
