@@ -43,16 +43,17 @@ def _frame(value=0.1):
 def test_an_overloaded_session_skips_the_brain_for_concealed_frames_and_says_why():
     """On the real-time clock (a simulation measures compute and judges nothing)."""
     brain = SleepyBrain()
-    with DuplexSession(brain, clock="realtime") as session:
+    with DuplexSession(brain, clock="realtime", window=1) as session:
         for seq in range(WINDOW):
             session.push(_frame(), 24000, seq=seq)
         assert session.overload.state == "overloaded"
         calls = brain.calls
-        # 12 frames lost (a queue dropped them): the input's jitter buffer conceals 10 and waits for 2
-        steps = session.push(_frame(), 24000, seq=WINDOW + 12)
+        # 10 frames lost (a queue dropped them): with one later frame held, the jitter buffer conceals them
+        steps = session.push(_frame(), 24000, seq=WINDOW + 10)
         report = session.report()
-    assert len(steps) == 10 and all(s.concealed and np.all(s.pcm == 0) for s in steps)
-    assert brain.calls == calls  # the concealed steps cost no brain call: silence went out
+    assert len(steps) == 11 and all(s.concealed and np.all(s.pcm == 0) for s in steps[:10])
+    assert not steps[10].concealed
+    assert brain.calls == calls + 1  # the concealed steps cost no brain call: silence went out
     overload = report["overload"]
     assert overload["state"] == "overloaded" and overload["shed_steps"] == 10
     assert overload["compute_ms"] >= 1000 * SLEEP_S
