@@ -52,6 +52,9 @@ LIVE_COPY = 'DuplexWidget(brain=\\"loopback\\", clock=\\"simulated\\")'
 MIN_ENVELOPE_CORRELATION = 0.5
 STALL_CELL = "live.worker.pause(0.4)  # a forced 400 ms stall of the kernel's worker (this test's copy only)"
 STALL_WATCH_S = 5.0  # seconds watched after the cell ran: the stall, then 2 s, then 1 s to measure
+# The notebook's own report cell prints `live.summary()` (words for the learner); this test reads the same
+# report as JSON from a cell of its own, added to its copy beside the live cell.
+REPORT_CELL = "import json\nlive.stop(wait=True)\nprint(json.dumps(live.report()))  # this test's copy only: the report as JSON"
 
 
 
@@ -103,8 +106,9 @@ def browser_run(tmp_path_factory):
     assert LIVE_CELL in source, f"notebook 05 no longer has the live cell {LIVE_CELL!r}"
     notebook = json.loads(source.replace(LIVE_CELL, LIVE_COPY))
     live = next(i for i, c in enumerate(notebook["cells"]) if "DuplexWidget(brain=" in "".join(c["source"]))
-    notebook["cells"].insert(live + 1, {"cell_type": "code", "id": "forced-stall", "metadata": {}, "execution_count": None,
-                                        "outputs": [], "source": [STALL_CELL]})
+    for at, (name, cell) in enumerate((("forced-stall", STALL_CELL), ("json-report", REPORT_CELL)), start=live + 1):
+        notebook["cells"].insert(at, {"cell_type": "code", "id": name, "metadata": {}, "execution_count": None,
+                                      "outputs": [], "source": [cell]})
     (root / NOTEBOOK.name).write_text(json.dumps(notebook))
     OUT.mkdir(parents=True, exist_ok=True)
     errors, result = [], {}
@@ -141,7 +145,7 @@ def browser_run(tmp_path_factory):
             result["after_stop"] = {"counts": widget.locator(".csmlab-counts:not(.csmlab-player)").inner_text(),
                                     "player": widget.locator(".csmlab-player").inner_text(),
                                     "selector_locked": widget.locator(".csmlab-brain").is_disabled()}
-            report = run_cell(page, "live.report()").locator(".jp-OutputArea-output").first
+            report = run_cell(page, "print(json.dumps(live.report()))").locator(".jp-OutputArea-output").first
             report.wait_for(timeout=30_000)
             final = json.loads(report.inner_text())
             result["kernel"], result["page_final"] = final["kernel"], final["page"]

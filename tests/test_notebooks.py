@@ -88,14 +88,19 @@ TIMES = re.compile(r"perf_counter|first_audio_s|measure_depths|\.measure\(|kerne
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
-def test_timings_say_where_and_under_what_load_and_were_taken_quiet(path):
+def test_timings_say_where_and_under_what_load(path):
     for i, cell in enumerate(_cells(path)):
         source = "".join(cell["source"])
-        stamps = _meta(cell, "timing_stamp")
         if (cell["cell_type"] == "code" and TIMES.search(source) and "NBVAL_SKIP" not in source
                 and "solution" not in cell["metadata"].get("tags", []) and "= ..." not in source):
-            assert stamps, f"{path.name} cell {i} times something but does not say on what machine, under what load"
-        for s in stamps:
+            assert _meta(cell, "timing_stamp"), f"{path.name} cell {i} times something but does not say on what machine, under what load"
+
+
+# Apart from the stamps' presence, so that a notebook executed under load does not hide a cell without one.
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_timings_were_taken_quiet(path):
+    for i, cell in enumerate(_cells(path)):
+        for s in _meta(cell, "timing_stamp"):
             if s["source"] == "executed":
                 assert s["load_average_1min"] < LOAD_HIGH, (
                     f"{path.name} cell {i} was executed at load {s['load_average_1min']} on {s['cpu_cores']} cores "
