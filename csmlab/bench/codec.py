@@ -57,9 +57,9 @@ def _timed(step, frames: np.ndarray, warmup: int) -> tuple[list[float], list]:
     return latencies, outputs
 
 
-def csmlab_session(codec, frames, warmup):
-    """csmlab's `codec.stream()` session, fed one frame at a time."""
-    with codec.stream() as s:
+def csmlab_session(codec, frames, warmup, threads: int | None = None):
+    """csmlab's `codec.stream(threads)` session, fed one frame at a time."""
+    with codec.stream(threads) as s:
         _timed(lambda f: s.decode(s.encode(f, 24_000)), frames[:warmup], 0)
         s.reset()
         return _timed(lambda f: (codes := s.encode(f, 24_000), s.decode(codes))[0], frames, 0)
@@ -118,6 +118,38 @@ def weight_read_floor(model, repeats: int = 7) -> dict[str, float]:
     return {"ms_per_frame": min(passes), "weights_mb": megabytes, "gb_per_s": megabytes / min(passes)}
 
 
+def session_threads_ab(codec, frames, warmup: int, counts=(1, 2)) -> dict:
+    """One csmlab session per thread count in `counts`, taking turns frame by frame (the order swapped
+    every frame), so that both see the same load: {count: (latencies ms, codes [K, n])}.
+
+    On a shared machine a run minutes later meets another load; turns in one run keep the ratio honest."""
+    sessions = {n: codec.stream(threads=n) for n in counts}
+    step = {n: (lambda f, s=s: (codes := s.encode(f, 24_000), s.decode(codes))[0]) for n, s in sessions.items()}
+    for n in counts:
+        _timed(step[n], frames[:warmup], 0)
+        sessions[n].reset()
+    latencies, codes = {n: [] for n in counts}, {n: [] for n in counts}
+    for i, frame in enumerate(frames):
+        for n in (counts if i % 2 == 0 else counts[::-1]):
+            start = time.perf_counter()
+            codes[n].append(step[n](frame))
+            latencies[n].append(1000 * (time.perf_counter() - start))
+    for s in sessions.values():
+        s.close()
+    return {n: (latencies[n], np.concatenate(codes[n], axis=1)) for n in counts}
+
+
+def thread_goals(session_p50_ms: dict[int, float], floor_1_thread_ms: float) -> dict:
+    """Issue 23's two ratios for the csmlab session: on 1 thread, its p50 over the weight-read floor
+    measured on 1 thread (goal <= 2); the speed-up from 1 to 2 threads (goal >= 1.6)."""
+    return {
+        "session_1t_over_floor_1t": session_p50_ms[1] / floor_1_thread_ms,
+        "session_1t_over_floor_1t_max": 2.0,
+        "speedup_2t_over_1t": session_p50_ms[1] / session_p50_ms[2],
+        "speedup_2t_over_1t_min": 1.6,
+    }
+
+
 def batch_costs(codec, frames) -> dict[str, float]:
     """Whole-clip encode and decode cost divided by the number of frames, warm, in ms: wall clock, and
     this thread's CPU time (`*_cpu_ms`).
@@ -139,8 +171,9 @@ def batch_costs(codec, frames) -> dict[str, float]:
 def measure(seconds: float = 10.0, num_codebooks: int = 8, warmup: int = 3, threads: int | None = None) -> dict:
     """Every path on the same frames: latencies (ms per frame) and whether their codes equal batch.
 
-    `threads` sets torch's intra-op threads for the batch path and moshi's `streaming()` during the
-    run (csmlab's session always streams on one); None keeps the process's setting.
+    `threads` sets torch's intra-op threads for every path during the run, csmlab's session included
+    (it is given the same count); None keeps the process's setting. Apart from those rows, csmlab's
+    session on 1 and on 2 threads takes turns frame by frame, for issue 23's two ratios (`thread_goals`).
     """
     with torch_threads(threads):
         return _measure(seconds, num_codebooks, warmup)
@@ -151,7 +184,7 @@ def _measure(seconds: float, num_codebooks: int, warmup: int) -> dict:
     frames = _frames(seconds)
     batch = batch_costs(codec, frames)
     paths = {
-        "csmlab session": csmlab_session(codec, frames, warmup),
+        "csmlab session": csmlab_session(codec, frames, warmup, torch.get_num_threads()),
         "moshi streaming()": moshi_streaming(codec.backend.model, frames, warmup),
     }
     if num_codebooks == 8:
@@ -179,6 +212,14 @@ def _measure(seconds: float, num_codebooks: int, warmup: int) -> dict:
         "rtf": metrics.real_time_factor(per_frame / 1000, FRAME_S),
     }
     out["weight_read_floor"] = weight_read_floor(codec.backend.model)
+    ab = session_threads_ab(codec, frames, warmup)
+    with torch_threads(1):
+        floor_1t = weight_read_floor(codec.backend.model)
+    out["session_threads"] = {
+        str(n): {**metrics.percentiles(lat), "codes_equal_batch": float((c == batch["codes"]).mean()), "latencies_ms": lat}
+        for n, (lat, c) in ab.items()}
+    out["weight_read_floor_1_thread"] = floor_1t
+    out["thread_goals"] = thread_goals({n: out["session_threads"][str(n)]["p50"] for n in ab}, floor_1t["ms_per_frame"])
     ours = out["streaming"]["csmlab session"]["p50"]
     out["goal"] = {
         "floor_over_batch": out["weight_read_floor"]["ms_per_frame"] / per_frame,
@@ -192,7 +233,7 @@ def _measure(seconds: float, num_codebooks: int, warmup: int) -> dict:
 def print_table(figures: dict, goal: bool = True) -> None:
     """The figures as a table; `goal=False` leaves out the developers' target line (the course's view)."""
     print(f"Mimi, {figures['num_codebooks']} codebooks, {figures['frames']} frames of 80 ms; {figures['weights']}")
-    print(f"torch threads for batch and moshi streaming(): {figures['torch_threads']}; csmlab's session streams on 1")
+    print(f"torch threads for every path: {figures['torch_threads']}, csmlab's session included")
     print(f"{'path':<20}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}{'RTF':>7}{'codes = batch':>15}")
     for name, f in figures["streaming"].items():
         print(
@@ -208,8 +249,18 @@ def print_table(figures: dict, goal: bool = True) -> None:
         f"{'weight-read floor':<20}{w['ms_per_frame']:>9.1f}{'':>18}{'':>7}"
         f"   (all {w['weights_mb']:.0f} MB of weights once per frame, at {w['gb_per_s']:.1f} GB/s)"
     )
+    a = figures["session_threads"]
+    print(f"{'csmlab session':<20}" + "; ".join(
+        f"{n} thread{'s' * (n != '1')}: p50 {f['p50']:.1f} ms, codes = batch {f['codes_equal_batch']:.2%}" for n, f in a.items())
+        + " (taking turns frame by frame)")
+    w1 = figures["weight_read_floor_1_thread"]
+    print(f"{'floor, 1 thread':<20}{w1['ms_per_frame']:>9.1f}{'':>25}   ({w1['gb_per_s']:.1f} GB/s)")
     if not goal:
         return
+    t = figures["thread_goals"]
+    print(f"goal (issue 23): session on 1 thread / floor on 1 thread = {t['session_1t_over_floor_1t']:.2f} "
+          f"(target <= {t['session_1t_over_floor_1t_max']}); 1 -> 2 threads speed-up = {t['speedup_2t_over_1t']:.2f} "
+          f"(target >= {t['speedup_2t_over_1t_min']})")
     g = figures["goal"]
     print(
         f"goal: session / batch = {g['session_over_batch']:.2f} (target <= {g['session_over_batch_max']}; "

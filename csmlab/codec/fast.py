@@ -28,16 +28,13 @@ the kernels are installed only inside a call, under the model's lock (`csmlab.lo
 The arithmetic is the same up to float summation order: codes equal the batch path's except at
 float near-ties (measured in tests/test_codec_equivalence.py).
 
-Threads: a frame is a few hundred small ops. With two intra-op threads each op pays a fork/join,
-and on a busy 2-core machine a join waits for a descheduled thread: we measured a 1 s stream cost
-3.6-6 s of CPU with 2 threads against 0.4 s with 1. A streaming call therefore runs on
-`STREAM_THREADS` intra-op threads and restores the process's setting afterwards.
+Threads: a stream runs on the intra-op threads its session was given (`codec.stream(threads=...)`,
+`csmlab.codec.backends.STREAM_THREADS` when none) and restores the process's setting afterwards.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 import weakref
 
 import torch
@@ -50,7 +47,6 @@ from csmlab.codec import lean
 from csmlab.codec.backends import MimiStream
 from csmlab.codec.convs import conv1d_gemm, conv_transpose1d_gemm, plain_conv, plain_conv_transpose
 
-STREAM_THREADS = 1
 GEMM_MAX_STEPS = 64  # longer inputs (the first encoder / last decoder layers: small weights) keep oneDNN
 # Tokens per call up to which a Linear is a weight read, not arithmetic: 2 per stream per frame, so 16
 # at 8 batched streams. A/B in one process (CodecBatch step p50, load ~1): B = 8, 354 -> 335 ms at 16;
@@ -124,8 +120,8 @@ def _fast_forward(module: nn.Module):
 class FastMimiStream(MimiStream):
     """`MimiStream` whose convolutions and few-token linears run as matrix products during its calls."""
 
-    def __init__(self, model, batch_size: int = 1):
-        super().__init__(model, batch_size)
+    def __init__(self, model, batch_size: int = 1, threads: int | None = None):
+        super().__init__(model, batch_size, threads)
         # (module, method name, replacement): built once, installed for each call
         self._fast = [(m, "forward", f) for m in model.modules() if (f := _fast_forward(m)) is not None]
         self._fast += [(m, "_quantize", functools.partial(nearest_codes, m))
@@ -133,42 +129,14 @@ class FastMimiStream(MimiStream):
 
     @contextlib.contextmanager
     def _kernels(self):
-        """The fast forwards, the centroid search and `STREAM_THREADS`, for the length of one call
+        """The fast forwards and the centroid search, for the length of one call
         (under the model's lock: another thread's call on the same modules never sees them half-installed)."""
         # An instance attribute shadows the class's method. Written straight into `__dict__`: through
         # `nn.Module.__setattr__` installing and removing these took 1.3 ms per call here.
         for module, name, method in self._fast:
             vars(module)[name] = method
         try:
-            with _stream_threads:
-                yield
+            yield
         finally:
             for module, name, _ in self._fast:
                 del vars(module)[name]
-
-
-class _StreamThreads:
-    """`STREAM_THREADS` intra-op threads while any streaming call runs, the process's own setting after.
-
-    torch's thread count is one setting per process, not per thread: with calls in several threads
-    (sessions on different codecs), each saving and restoring it would leave whichever value the
-    last one saved. So the first call in saves it and the last one out restores it."""
-
-    def __init__(self):
-        self._lock, self._calls, self._saved = threading.Lock(), 0, 0
-
-    def __enter__(self):
-        with self._lock:
-            if self._calls == 0:
-                self._saved = torch.get_num_threads()
-                torch.set_num_threads(STREAM_THREADS)
-            self._calls += 1
-
-    def __exit__(self, *exc):
-        with self._lock:
-            self._calls -= 1
-            if self._calls == 0:
-                torch.set_num_threads(self._saved)
-
-
-_stream_threads = _StreamThreads()
