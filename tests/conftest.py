@@ -21,6 +21,10 @@ import torch
 
 from csmlab.data import real_recording
 
+# Mimi's CPU stream kernels are chosen by timing them once per host (csmlab.codec.tuning): tests run
+# the fast path without timing anything; tests/test_codec_tuning.py tests the choice itself.
+os.environ.setdefault("CSMLAB_CODEC_KERNELS", "fast")
+
 
 @contextmanager
 def torch_threads(n: int):

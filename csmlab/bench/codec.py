@@ -18,6 +18,7 @@ from csmlab.bench import torch_threads
 from csmlab.bench.streams import conditions, parse_streams, scaling, state_mb
 from csmlab.codec import FRAME_SIZE, load_codec
 from csmlab.codec.batch import CodecBatch, agreement
+from csmlab.codec.fast import host_kernels
 from csmlab.codec.precision import PRECISIONS
 from csmlab.data import real_recording
 
@@ -212,6 +213,7 @@ def _measure(seconds: float, num_codebooks: int, warmup: int) -> dict:
         "rtf": metrics.real_time_factor(per_frame / 1000, FRAME_S),
     }
     out["weight_read_floor"] = weight_read_floor(codec.backend.model)
+    out["session_kernels"] = {str(n): host_kernels(codec.backend.model, n) for n in sorted({1, 2, torch.get_num_threads()})}
     ab = session_threads_ab(codec, frames, warmup)
     with torch_threads(1):
         floor_1t = weight_read_floor(codec.backend.model)
@@ -253,6 +255,8 @@ def print_table(figures: dict, goal: bool = True) -> None:
     print(f"{'csmlab session':<20}" + "; ".join(
         f"{n} thread{'s' * (n != '1')}: p50 {f['p50']:.1f} ms, codes = batch {f['codes_equal_batch']:.2%}" for n, f in a.items())
         + " (taking turns frame by frame)")
+    print(f"{'':<20}kernels chosen on this host (csmlab.codec.tuning): "
+          + ", ".join(f"{n} thread(s) {k!r}" for n, k in figures["session_kernels"].items()))
     w1 = figures["weight_read_floor_1_thread"]
     print(f"{'floor, 1 thread':<20}{w1['ms_per_frame']:>9.1f}{'':>25}   ({w1['gb_per_s']:.1f} GB/s)")
     if not goal:

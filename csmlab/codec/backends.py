@@ -76,12 +76,12 @@ class MoshiBackend:
             return _audio(self.model.decode(torch.from_numpy(codes)[None].to(self.device)))
 
     def open_stream(self, batch_size: int = 1, threads: int | None = None):
-        """csmlab's fast streaming path (`csmlab.codec.fast`) on the CPU, whose kernels it was tuned for;
-        moshi's own modules elsewhere (on a GPU the stock kernels are the fast ones). Its calls run on
-        `threads` intra-op threads (None: `STREAM_THREADS`)."""
-        from csmlab.codec.fast import FastMimiStream
+        """On the CPU, the kernels measured fastest on this host (`csmlab.codec.fast.cpu_stream`); moshi's
+        own modules elsewhere (on a GPU the stock kernels are the fast ones). Its calls run on `threads`
+        intra-op threads (None: `STREAM_THREADS`)."""
+        from csmlab.codec.fast import cpu_stream
 
-        return (FastMimiStream if self.device.type == "cpu" else MimiStream)(self.model, batch_size, threads)
+        return cpu_stream(self.model, batch_size, threads) if self.device.type == "cpu" else MimiStream(self.model, batch_size, threads)
 
 
 @contextlib.contextmanager

@@ -37,15 +37,17 @@ import contextlib
 import functools
 import weakref
 
+import numpy as np
 import torch
 from torch import nn
 
 from moshi.modules.transformer import StreamingTransformer
 from moshi.quantization.core_vq import EuclideanCodebook
 
-from csmlab.codec import lean
-from csmlab.codec.backends import MimiStream
+from csmlab.codec import lean, tuning
+from csmlab.codec.backends import MimiStream, check_threads
 from csmlab.codec.convs import conv1d_gemm, conv_transpose1d_gemm, plain_conv, plain_conv_transpose
+from csmlab.metrics import FRAME_SIZE
 
 GEMM_MAX_STEPS = 64  # longer inputs (the first encoder / last decoder layers: small weights) keep oneDNN
 # Tokens per call up to which a Linear is a weight read, not arithmetic: 2 per stream per frame, so 16
@@ -104,11 +106,12 @@ def _short_input(gemm, stock, module: nn.Module):
     return lambda x: gemm(module, x) if x.shape[-1] // stride <= GEMM_MAX_STEPS else stock(module, x)
 
 
-def _fast_forward(module: nn.Module):
-    """The fast forward for `module`, or None where the stock kernel is already the right one."""
+def _fast_forward(module: nn.Module, linears: bool = True):
+    """The fast forward for `module`, or None where the stock kernel is already the right one
+    (`linears=False`: every Linear keeps `F.linear`)."""
     if isinstance(module, StreamingTransformer) and lean.supports(module):
         return lambda x: lean.lean_forward(module, x)
-    if type(module) is nn.Linear:
+    if type(module) is nn.Linear and linears:
         return lambda x: linear_gemm(module, x) if x[..., 0].numel() <= LINEAR_MAX_ROWS else nn.Linear.forward(module, x)
     if plain_conv(module):
         return _short_input(conv1d_gemm, nn.Conv1d.forward, module)
@@ -120,10 +123,10 @@ def _fast_forward(module: nn.Module):
 class FastMimiStream(MimiStream):
     """`MimiStream` whose convolutions and few-token linears run as matrix products during its calls."""
 
-    def __init__(self, model, batch_size: int = 1, threads: int | None = None):
+    def __init__(self, model, batch_size: int = 1, threads: int | None = None, linears: bool = True):
         super().__init__(model, batch_size, threads)
         # (module, method name, replacement): built once, installed for each call
-        self._fast = [(m, "forward", f) for m in model.modules() if (f := _fast_forward(m)) is not None]
+        self._fast = [(m, "forward", f) for m in model.modules() if (f := _fast_forward(m, linears)) is not None]
         self._fast += [(m, "_quantize", functools.partial(nearest_codes, m))
                        for m in model.modules() if isinstance(m, EuclideanCodebook)]
 
@@ -140,3 +143,36 @@ class FastMimiStream(MimiStream):
         finally:
             for module, name, _ in self._fast:
                 del vars(module)[name]
+
+
+def cpu_stream(model, batch_size: int = 1, threads: int | None = None) -> MimiStream:
+    """A stream of `model` on the CPU. One stream runs the kernels measured fastest for this host
+    (`csmlab.codec.tuning`); a batch of streams (`csmlab.codec.batch`) runs the fast path, whose
+    linears switch to `F.linear` past `LINEAR_MAX_ROWS` tokens anyway."""
+    threads = check_threads(threads)
+    if batch_size != 1:
+        return FastMimiStream(model, batch_size, threads)
+    return stream_of(host_kernels(model, threads), model, threads)
+
+
+def host_kernels(model, threads: int) -> str:
+    """The kernels (one of `tuning.KERNELS`) one CPU stream of `model` on `threads` threads runs here."""
+    return tuning.kernels_for(model, threads, functools.partial(_trial, model, threads))
+
+
+def stream_of(kernels: str, model, threads: int, batch_size: int = 1) -> MimiStream:
+    """A stream running `kernels`, one of `tuning.KERNELS`."""
+    if kernels == "moshi":
+        return MimiStream(model, batch_size, threads)
+    return FastMimiStream(model, batch_size, threads, linears=kernels == "fast")
+
+
+def _trial(model, threads: int, kernels: str):
+    """One frame of noise encoded and decoded on a fresh stream of `kernels`, after one untimed frame."""
+    stream, frame = stream_of(kernels, model, threads), np.random.default_rng(0).normal(0, 0.1, FRAME_SIZE).astype(np.float32)
+
+    def step():
+        stream.decode(stream.encode(frame))
+
+    step()
+    return step
