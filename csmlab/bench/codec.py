@@ -18,7 +18,8 @@ from csmlab.bench import torch_threads
 from csmlab.bench.streams import conditions, parse_streams, scaling, state_mb
 from csmlab.codec import FRAME_SIZE, load_codec
 from csmlab.codec.batch import CodecBatch, agreement
-from csmlab.codec.fast import host_kernels
+from csmlab.codec import tuning
+from csmlab.codec.fast import host_kernels, stream_of
 from csmlab.codec.precision import PRECISIONS
 from csmlab.data import real_recording
 
@@ -33,6 +34,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--streams", type=parse_streams, default=None, metavar="B,B,...",
                         help="instead: streams stepped together in one forward (e.g. 1,2,4,8,16), with --seconds "
                              "of audio each (default 4 s here)")
+    parser.add_argument("--kernels", action="store_true", help="also every CPU stream kernel choice "
+                        "(csmlab.codec.tuning) on 1 and 2 threads, all taking turns frame by frame")
     parser.add_argument("--listen", action="store_true", help="with --streams: the small trained Mimi")
     parser.add_argument("--precision", default=None, choices=sorted(set(PRECISIONS) - {"fp32"}),
                         help="instead: a reduced-precision codec next to fp32 (per-frame cost, cold frame, memory, "
@@ -119,25 +122,40 @@ def weight_read_floor(model, repeats: int = 7) -> dict[str, float]:
     return {"ms_per_frame": min(passes), "weights_mb": megabytes, "gb_per_s": megabytes / min(passes)}
 
 
-def session_threads_ab(codec, frames, warmup: int, counts=(1, 2)) -> dict:
-    """One csmlab session per thread count in `counts`, taking turns frame by frame (the order swapped
-    every frame), so that both see the same load: {count: (latencies ms, codes [K, n])}.
+def taking_turns(streams: dict, frames, warmup: int) -> dict:
+    """Each of `streams` ({name: (step: frame -> codes [K, n], reset)}) fed every frame, taking turns
+    frame by frame (the order rotated every frame), each warmed up on `warmup` frames and reset first:
+    {name: (latencies ms, codes [K, n])}, the codes comparable with the batch path's.
 
-    On a shared machine a run minutes later meets another load; turns in one run keep the ratio honest."""
-    sessions = {n: codec.stream(threads=n) for n in counts}
-    step = {n: (lambda f, s=s: (codes := s.encode(f, 24_000), s.decode(codes))[0]) for n, s in sessions.items()}
-    for n in counts:
-        _timed(step[n], frames[:warmup], 0)
-        sessions[n].reset()
-    latencies, codes = {n: [] for n in counts}, {n: [] for n in counts}
+    On a shared machine a run minutes later meets another load; turns in one run keep ratios honest."""
+    names = list(streams)
+    for step, reset in streams.values():
+        _timed(step, frames[:warmup], 0)
+        reset()
+    latencies, codes = {n: [] for n in names}, {n: [] for n in names}
     for i, frame in enumerate(frames):
-        for n in (counts if i % 2 == 0 else counts[::-1]):
+        for name in names[i % len(names):] + names[: i % len(names)]:
             start = time.perf_counter()
-            codes[n].append(step[n](frame))
-            latencies[n].append(1000 * (time.perf_counter() - start))
-    for s in sessions.values():
-        s.close()
-    return {n: (latencies[n], np.concatenate(codes[n], axis=1)) for n in counts}
+            codes[name].append(streams[name][0](frame))
+            latencies[name].append(1000 * (time.perf_counter() - start))
+    return {n: (latencies[n], np.concatenate(codes[n], axis=1)) for n in names}
+
+
+def session_threads_ab(codec, frames, warmup: int, kernels: bool = False) -> dict:
+    """csmlab sessions on 1 and on 2 threads taking turns (`taking_turns`): {"1": ..., "2": ...}; with
+    `kernels`, also a bare stream of each of `tuning.KERNELS` on each count ("fast-flinear 2t", ...)."""
+    sessions = {str(n): codec.stream(threads=n) for n in (1, 2)}
+    streams = {name: (lambda f, s=s: (codes := s.encode(f, 24_000), s.decode(codes))[0], s.reset)
+               for name, s in sessions.items()}
+    for n in (1, 2) if kernels else ():
+        for k in tuning.KERNELS:
+            bare = stream_of(k, codec.backend.model, n)
+            streams[f"{k} {n}t"] = (lambda f, b=bare: (codes := b.encode(f), b.decode(codes))[0], bare.reset)
+    try:
+        return taking_turns(streams, frames, warmup)
+    finally:
+        for s in sessions.values():
+            s.close()
 
 
 def thread_goals(session_p50_ms: dict[int, float], floor_1_thread_ms: float) -> dict:
@@ -169,18 +187,21 @@ def batch_costs(codec, frames) -> dict[str, float]:
     return {**{k: v / len(frames) for k, v in per_frame.items()}, "codes": codes}
 
 
-def measure(seconds: float = 10.0, num_codebooks: int = 8, warmup: int = 3, threads: int | None = None) -> dict:
+def measure(seconds: float = 10.0, num_codebooks: int = 8, warmup: int = 3, threads: int | None = None,
+            kernels: bool = False) -> dict:
     """Every path on the same frames: latencies (ms per frame) and whether their codes equal batch.
 
     `threads` sets torch's intra-op threads for every path during the run, csmlab's session included
     (it is given the same count); None keeps the process's setting. Apart from those rows, csmlab's
-    session on 1 and on 2 threads takes turns frame by frame, for issue 23's two ratios (`thread_goals`).
+    session on 1 and on 2 threads takes turns frame by frame, for issue 23's two ratios (`thread_goals`);
+    with `kernels`, bare streams of every candidate of `csmlab.codec.tuning` on 1 and 2 threads take
+    those turns too (an A/B of the kernels on this host, the load the same for all).
     """
     with torch_threads(threads):
-        return _measure(seconds, num_codebooks, warmup)
+        return _measure(seconds, num_codebooks, warmup, kernels)
 
 
-def _measure(seconds: float, num_codebooks: int, warmup: int) -> dict:
+def _measure(seconds: float, num_codebooks: int, warmup: int, kernels: bool) -> dict:
     codec = load_codec(num_codebooks, "moshi")
     frames = _frames(seconds)
     batch = batch_costs(codec, frames)
@@ -214,14 +235,14 @@ def _measure(seconds: float, num_codebooks: int, warmup: int) -> dict:
     }
     out["weight_read_floor"] = weight_read_floor(codec.backend.model)
     out["session_kernels"] = {str(n): host_kernels(codec.backend.model, n) for n in sorted({1, 2, torch.get_num_threads()})}
-    ab = session_threads_ab(codec, frames, warmup)
+    ab = session_threads_ab(codec, frames, warmup, kernels)
     with torch_threads(1):
         floor_1t = weight_read_floor(codec.backend.model)
     out["session_threads"] = {
-        str(n): {**metrics.percentiles(lat), "codes_equal_batch": float((c == batch["codes"]).mean()), "latencies_ms": lat}
-        for n, (lat, c) in ab.items()}
+        name: {**metrics.percentiles(lat), "codes_equal_batch": float((c == batch["codes"]).mean()), "latencies_ms": lat}
+        for name, (lat, c) in ab.items()}
     out["weight_read_floor_1_thread"] = floor_1t
-    out["thread_goals"] = thread_goals({n: out["session_threads"][str(n)]["p50"] for n in ab}, floor_1t["ms_per_frame"])
+    out["thread_goals"] = thread_goals({n: out["session_threads"][str(n)]["p50"] for n in (1, 2)}, floor_1t["ms_per_frame"])
     ours = out["streaming"]["csmlab session"]["p50"]
     out["goal"] = {
         "floor_over_batch": out["weight_read_floor"]["ms_per_frame"] / per_frame,
@@ -251,10 +272,11 @@ def print_table(figures: dict, goal: bool = True) -> None:
         f"{'weight-read floor':<20}{w['ms_per_frame']:>9.1f}{'':>18}{'':>7}"
         f"   (all {w['weights_mb']:.0f} MB of weights once per frame, at {w['gb_per_s']:.1f} GB/s)"
     )
-    a = figures["session_threads"]
-    print(f"{'csmlab session':<20}" + "; ".join(
-        f"{n} thread{'s' * (n != '1')}: p50 {f['p50']:.1f} ms, codes = batch {f['codes_equal_batch']:.2%}" for n, f in a.items())
-        + " (taking turns frame by frame)")
+    print("taking turns frame by frame: the csmlab session on 1 and 2 threads" +
+          (", and each kernel choice" if len(figures["session_threads"]) > 2 else ""))
+    for name, f in figures["session_threads"].items():
+        label = f"session, {name} thread{'s' * (name != '1')}" if name in ("1", "2") else f"  {name}"
+        print(f"{label:<20}{f['p50']:>9.1f}{f['p95']:>9.1f}{f['max']:>9.1f}{'':>7}{f['codes_equal_batch']:>14.2%}")
     print(f"{'':<20}kernels chosen on this host (csmlab.codec.tuning): "
           + ", ".join(f"{n} thread(s) {k!r}" for n, k in figures["session_kernels"].items()))
     w1 = figures["weight_read_floor_1_thread"]
@@ -285,7 +307,7 @@ def run(args) -> dict:
                                   args.listen, args.threads or 1)
         print_streams(figures)
         return figures
-    figures = measure(args.seconds, args.codebooks, args.warmup, args.threads)
+    figures = measure(args.seconds, args.codebooks, args.warmup, args.threads, args.kernels)
     print_table(figures)
     return figures
 
