@@ -33,6 +33,15 @@ def test_the_fastest_median_wins_and_the_candidates_take_turns():
     assert clock.calls == list("abc" "bca" "cab")  # rotated: no candidate always runs after the same one
 
 
+def test_rounds_stop_once_the_budget_is_spent_but_every_candidate_runs_once():
+    clock = FakeClock({"a": 900, "b": 1200})
+    best, medians = tuning.choose(clock.candidates("ab"), rounds=5, timer=clock, budget_s=3.0)
+    assert clock.calls == list("ab" "ba")  # 2.1 s after round 1, 4.2 s after round 2: stop
+    assert best == "a" and medians == pytest.approx({"a": 900, "b": 1200})
+    clock = FakeClock({"a": 5000, "b": 6000})
+    assert tuning.choose(clock.candidates("ab"), timer=clock, budget_s=1.0)[0] == "a" and clock.calls == list("ab")
+
+
 def test_a_tie_keeps_the_earlier_candidate():
     clock = FakeClock({"a": 20, "b": 20})
     assert tuning.choose(clock.candidates("ab"), rounds=2, timer=clock)[0] == "a"

@@ -45,16 +45,21 @@ log = logging.getLogger(__name__)
 KERNELS = ("fast", "fast-flinear", "moshi")
 ENV = "CSMLAB_CODEC_KERNELS"
 ROUNDS = 5  # timed frames per candidate, after one warm-up frame each
+BUDGET_S = 3.0  # no new round past this: 2 threads on a busy 2-core machine took 1.7 s per frame (issue 23)
 
 _chosen: dict[str, str] = {}  # key -> kernels, for this process
 _lock = threading.Lock()
 
 
-def choose(candidates: dict[str, Callable[[], None]], rounds: int = ROUNDS, timer=time.perf_counter) -> tuple[str, dict]:
+def choose(candidates: dict[str, Callable[[], None]], rounds: int = ROUNDS, timer=time.perf_counter,
+           budget_s: float = BUDGET_S) -> tuple[str, dict]:
     """Run each candidate `rounds` times, taking turns (the order rotated every round, so that no
-    candidate always follows the same one): (the name with the least median ms, {name: median ms})."""
-    names, times = list(candidates), {name: [] for name in candidates}
+    candidate always follows the same one), fewer rounds (at least one) once `budget_s` is spent:
+    (the name with the least median ms, {name: median ms})."""
+    names, times, began = list(candidates), {name: [] for name in candidates}, timer()
     for r in range(rounds):
+        if r and timer() - began > budget_s:
+            break
         for name in names[r % len(names):] + names[: r % len(names)]:
             start = timer()
             candidates[name]()
