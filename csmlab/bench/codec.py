@@ -188,20 +188,38 @@ def batch_costs(codec, frames) -> dict[str, float]:
 
 
 def measure(seconds: float = 10.0, num_codebooks: int = 8, warmup: int = 3, threads: int | None = None,
-            kernels: bool = False) -> dict:
+            turns: bool = False, kernels: bool = False) -> dict:
     """Every path on the same frames: latencies (ms per frame) and whether their codes equal batch.
 
     `threads` sets torch's intra-op threads for every path during the run, csmlab's session included
-    (it is given the same count); None keeps the process's setting. Apart from those rows, csmlab's
-    session on 1 and on 2 threads takes turns frame by frame, for issue 23's two ratios (`thread_goals`);
-    with `kernels`, bare streams of every candidate of `csmlab.codec.tuning` on 1 and 2 threads take
-    those turns too (an A/B of the kernels on this host, the load the same for all).
+    (it is given the same count); None keeps the process's setting. With `turns` (the CLI's run),
+    csmlab's session on 1 and on 2 threads also takes turns frame by frame, for issue 23's two ratios
+    (`thread_goals`); with `kernels`, bare streams of every candidate of `csmlab.codec.tuning` on 1 and
+    2 threads take those turns too (an A/B of the kernels on this host, the load the same for all).
+    Off by default: on a busy 2-core machine a 2-thread frame can take seconds (notebook 01 calls this).
     """
     with torch_threads(threads):
-        return _measure(seconds, num_codebooks, warmup, kernels)
+        out = _measure(seconds, num_codebooks, warmup)
+        if turns or kernels:
+            out.update(_turns(load_codec(num_codebooks, "moshi"), _frames(seconds), warmup, out.pop("batch_codes"), kernels))
+        out.pop("batch_codes", None)
+        return out
 
 
-def _measure(seconds: float, num_codebooks: int, warmup: int, kernels: bool) -> dict:
+def _turns(codec, frames, warmup: int, batch_codes: np.ndarray, kernels: bool) -> dict:
+    """The sessions (and with `kernels` each kernel choice) on 1 and 2 threads taking turns; the floor
+    on 1 thread; issue 23's ratios."""
+    model = codec.backend.model
+    chosen = {str(n): host_kernels(model, n) for n in sorted({1, 2, torch.get_num_threads()})}
+    rows = {name: {**metrics.percentiles(lat), "codes_equal_batch": float((c == batch_codes).mean()), "latencies_ms": lat}
+            for name, (lat, c) in session_threads_ab(codec, frames, warmup, kernels).items()}
+    with torch_threads(1):
+        floor_1t = weight_read_floor(model)
+    return {"session_kernels": chosen, "session_threads": rows, "weight_read_floor_1_thread": floor_1t,
+            "thread_goals": thread_goals({n: rows[str(n)]["p50"] for n in (1, 2)}, floor_1t["ms_per_frame"])}
+
+
+def _measure(seconds: float, num_codebooks: int, warmup: int) -> dict:
     codec = load_codec(num_codebooks, "moshi")
     frames = _frames(seconds)
     batch = batch_costs(codec, frames)
@@ -234,15 +252,7 @@ def _measure(seconds: float, num_codebooks: int, warmup: int, kernels: bool) -> 
         "rtf": metrics.real_time_factor(per_frame / 1000, FRAME_S),
     }
     out["weight_read_floor"] = weight_read_floor(codec.backend.model)
-    out["session_kernels"] = {str(n): host_kernels(codec.backend.model, n) for n in sorted({1, 2, torch.get_num_threads()})}
-    ab = session_threads_ab(codec, frames, warmup, kernels)
-    with torch_threads(1):
-        floor_1t = weight_read_floor(codec.backend.model)
-    out["session_threads"] = {
-        name: {**metrics.percentiles(lat), "codes_equal_batch": float((c == batch["codes"]).mean()), "latencies_ms": lat}
-        for name, (lat, c) in ab.items()}
-    out["weight_read_floor_1_thread"] = floor_1t
-    out["thread_goals"] = thread_goals({n: out["session_threads"][str(n)]["p50"] for n in (1, 2)}, floor_1t["ms_per_frame"])
+    out["batch_codes"] = batch["codes"]
     ours = out["streaming"]["csmlab session"]["p50"]
     out["goal"] = {
         "floor_over_batch": out["weight_read_floor"]["ms_per_frame"] / per_frame,
@@ -272,6 +282,18 @@ def print_table(figures: dict, goal: bool = True) -> None:
         f"{'weight-read floor':<20}{w['ms_per_frame']:>9.1f}{'':>18}{'':>7}"
         f"   (all {w['weights_mb']:.0f} MB of weights once per frame, at {w['gb_per_s']:.1f} GB/s)"
     )
+    if "session_threads" in figures:
+        _print_turns(figures, goal)
+    if not goal:
+        return
+    g = figures["goal"]
+    print(
+        f"goal: session / batch = {g['session_over_batch']:.2f} (target <= {g['session_over_batch_max']}; "
+        f"the weight-read floor alone is {g['floor_over_batch']:.2f}); faster than rustymimi: {g['faster_than_rustymimi']}"
+    )
+
+
+def _print_turns(figures: dict, goal: bool) -> None:
     print("taking turns frame by frame: the csmlab session on 1 and 2 threads" +
           (", and each kernel choice" if len(figures["session_threads"]) > 2 else ""))
     for name, f in figures["session_threads"].items():
@@ -287,11 +309,6 @@ def print_table(figures: dict, goal: bool = True) -> None:
     print(f"goal (issue 23): session on 1 thread / floor on 1 thread = {t['session_1t_over_floor_1t']:.2f} "
           f"(target <= {t['session_1t_over_floor_1t_max']}); 1 -> 2 threads speed-up = {t['speedup_2t_over_1t']:.2f} "
           f"(target >= {t['speedup_2t_over_1t_min']})")
-    g = figures["goal"]
-    print(
-        f"goal: session / batch = {g['session_over_batch']:.2f} (target <= {g['session_over_batch_max']}; "
-        f"the weight-read floor alone is {g['floor_over_batch']:.2f}); faster than rustymimi: {g['faster_than_rustymimi']}"
-    )
 
 
 def run(args) -> dict:
@@ -307,7 +324,7 @@ def run(args) -> dict:
                                   args.listen, args.threads or 1)
         print_streams(figures)
         return figures
-    figures = measure(args.seconds, args.codebooks, args.warmup, args.threads, args.kernels)
+    figures = measure(args.seconds, args.codebooks, args.warmup, args.threads, turns=True, kernels=args.kernels)
     print_table(figures)
     return figures
 
