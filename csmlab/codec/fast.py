@@ -28,6 +28,10 @@ the kernels are installed only inside a call, under the model's lock (`csmlab.lo
 The arithmetic is the same up to float summation order: codes equal the batch path's except at
 float near-ties (measured in tests/test_codec_equivalence.py).
 
+Those figures are the AMD EPYC's (AVX2). On an Intel Xeon with AVX-512 and AMX, `F.linear` beat
+`W @ x.T` in situ and moshi's own path came close to this one (issue 23), so which of these kernels a
+CPU session runs is measured on the host, once (`csmlab.codec.tuning`, `cpu_stream`).
+
 Threads: a stream runs on the intra-op threads its session was given (`codec.stream(threads=...)`,
 `csmlab.codec.backends.STREAM_THREADS` when none) and restores the process's setting afterwards.
 """
