@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import statistics
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -47,8 +46,7 @@ ENV = "CSMLAB_CODEC_KERNELS"
 ROUNDS = 5  # timed frames per candidate, after one warm-up frame each
 BUDGET_S = 3.0  # no new round past this: 2 threads on a busy 2-core machine took 1.7 s per frame (issue 23)
 
-_chosen: dict[str, str] = {}  # key -> kernels, for this process
-_lock = threading.Lock()
+_chosen: dict[str, str] = {}  # key -> kernels, for this process: it never changes once made
 
 
 def choose(candidates: dict[str, Callable[[], None]], rounds: int = ROUNDS, timer=time.perf_counter,
@@ -90,10 +88,9 @@ def kernels_for(model: torch.nn.Module, threads: int, trial: Callable[[str], Cal
             raise ConfigError(f"{ENV} is one of {', '.join(KERNELS)}, not {override!r}")
         return override
     key = host_key(model, threads)
-    with _lock:
-        if key not in _chosen:
-            _chosen[key] = _cached_or_measured(key, threads, trial, folder or _folder(), timer)
-        return _chosen[key]
+    if key not in _chosen:  # measured without a lock held (the trials take the model's); the first answer stays
+        _chosen.setdefault(key, _cached_or_measured(key, threads, trial, folder or _folder(), timer))
+    return _chosen[key]
 
 
 def _folder() -> Path:
