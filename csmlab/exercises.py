@@ -137,7 +137,7 @@ def first_speaker(who, when, turns) -> Verdict:
     if who != first.speaker:
         hint = "sort the turns by `.start`: who owns the earliest one? (the answer is a name, e.g. 'Sheila')"
     else:
-        hint = f"right speaker; now give the start of that first turn in seconds, within 0.05 s"
+        hint = "right speaker; now give the start of that first turn in seconds, within 0.05 s"
     right = who == first.speaker and _close(when, first.start, rel=0, abs_=0.05)
     return _verdict((who, when), right, f"{first.speaker} speaks first, at {first.start:.2f} s", hint)
 

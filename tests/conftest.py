@@ -29,6 +29,9 @@ settings.register_profile("ci", max_examples=40, derandomize=True, database=None
                           print_blob=True)
 settings.register_profile("thorough", max_examples=2000, database=None, deadline=None)
 settings.load_profile(os.environ.get("CSMLAB_HYPOTHESIS_PROFILE", "ci"))
+# Mimi's CPU stream kernels are chosen by timing them once per host (csmlab.codec.tuning): tests run
+# the fast path without timing anything; tests/test_codec_tuning.py tests the choice itself.
+os.environ.setdefault("CSMLAB_CODEC_KERNELS", "fast")
 
 
 @contextmanager

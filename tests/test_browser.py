@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,7 +160,7 @@ def browser_run(tmp_path_factory):
 
 
 def test_frames_reach_the_kernel(browser_run):
-    kernel, page = browser_run["kernel"], browser_run["page"]
+    kernel = browser_run["kernel"]
     assert kernel["received"] >= 0.7 * LISTEN_S * 12.5, kernel  # 12.5 frames per second of speech
     assert kernel["received"] <= browser_run["page_final"]["counts"]["sent"]
     assert kernel["malformed"] == 1 and kernel["errors"] == 0  # the one malformed frame the test sent

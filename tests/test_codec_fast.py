@@ -5,7 +5,9 @@ from moshi.quantization.core_vq import EuclideanCodebook
 from torch import nn
 
 from csmlab.codec import convs, fast, lean, load_codec
+from csmlab.codec import backends
 from csmlab.codec.backends import _widen_attention_caches
+from csmlab.errors import ConfigError
 
 
 @pytest.mark.parametrize("c_in, c_out, k, stride, dilation, steps", [(8, 16, 3, 1, 1, 9), (16, 8, 7, 1, 3, 30), (8, 12, 16, 8, 1, 40), (4, 4, 1, 1, 1, 5)])
@@ -34,6 +36,37 @@ def test_a_fast_session_restores_the_model_and_the_thread_count():
     assert not any("forward" in vars(m) for m in model.modules())  # no instance forward left behind
     assert not model.is_streaming and torch.get_num_threads() == threads
     assert not any("_quantize" in vars(m) for m in model.modules())
+
+
+@pytest.mark.parametrize("process, asked", [(1, 2), (2, 1), (2, None)])
+def test_a_session_steps_on_the_threads_it_was_given_and_restores_the_process_count(process, asked):
+    """What the encoder and decoder see during a stream's call is the session's count, not the
+    process's; the process's comes back after it (issue 23: the session had been pinned to 1)."""
+    model = load_codec(listen=True).backend.model
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads())) for m in (model.encoder, model.decoder)]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(process)
+    try:
+        with load_codec(listen=True).stream(threads=asked) as s:
+            s.decode(s.encode(torch.zeros(1920 * 2).numpy(), 24000))
+            during = list(seen)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+        for hook in hooks:
+            hook.remove()
+    assert during and set(during) == {asked or backends.STREAM_THREADS}
+    assert after == process
+
+
+def test_only_a_positive_whole_thread_count_is_accepted_and_only_by_moshi_streams():
+    codec = load_codec(listen=True)
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ConfigError):
+            codec.stream(threads=bad)
+    with pytest.raises(ConfigError, match="backend='moshi'"):
+        backends.refuse_threads("rustymimi", 2)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ Measured on the calibrated offline Mimi, real recording: first 8 codebooks 100% 
 at 16 s with the fix (98.4% at 16 s without it, on the SHRINK=0.5 calibration), all 32 codebooks
 99.98%-100%; decoding the same codes agrees to ~123 dB SNR.
 """
-import numpy as np
 import pytest
 import torch
 from moshi.models.loaders import get_mimi

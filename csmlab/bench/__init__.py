@@ -11,23 +11,13 @@ import contextlib
 import os
 import platform
 import time
-from pathlib import Path
 
 import psutil
 import torch
 
+from csmlab.host import cpu_flags, cpu_model
+
 BENCHES = ("codec", "moshi", "csm", "soak", "duplex", "gpu", "overload", "live")
-
-
-def cpu_model() -> str:
-    """The CPU's model name: the same 2-core box can be an Intel or an AMD machine from one day to the
-    next, and the fastest matrix layouts, BLAS paths and memory bandwidth differ between them."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine()
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.machine()
 
 
 def machine() -> dict:
@@ -37,6 +27,7 @@ def machine() -> dict:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),

@@ -18,6 +18,8 @@ from csmlab.bench import torch_threads
 from csmlab.bench.streams import conditions, parse_streams, scaling, state_mb
 from csmlab.codec import FRAME_SIZE, load_codec
 from csmlab.codec.batch import CodecBatch, agreement
+from csmlab.codec import tuning
+from csmlab.codec.fast import host_kernels, stream_of
 from csmlab.codec.precision import PRECISIONS
 from csmlab.data import real_recording
 
@@ -32,6 +34,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--streams", type=parse_streams, default=None, metavar="B,B,...",
                         help="instead: streams stepped together in one forward (e.g. 1,2,4,8,16), with --seconds "
                              "of audio each (default 4 s here)")
+    parser.add_argument("--kernels", action="store_true", help="also every CPU stream kernel choice "
+                        "(csmlab.codec.tuning) on 1 and 2 threads, all taking turns frame by frame")
     parser.add_argument("--listen", action="store_true", help="with --streams: the small trained Mimi")
     parser.add_argument("--precision", default=None, choices=sorted(set(PRECISIONS) - {"fp32"}),
                         help="instead: a reduced-precision codec next to fp32 (per-frame cost, cold frame, memory, "
@@ -57,9 +61,9 @@ def _timed(step, frames: np.ndarray, warmup: int) -> tuple[list[float], list]:
     return latencies, outputs
 
 
-def csmlab_session(codec, frames, warmup):
-    """csmlab's `codec.stream()` session, fed one frame at a time."""
-    with codec.stream() as s:
+def csmlab_session(codec, frames, warmup, threads: int | None = None):
+    """csmlab's `codec.stream(threads)` session, fed one frame at a time."""
+    with codec.stream(threads) as s:
         _timed(lambda f: s.decode(s.encode(f, 24_000)), frames[:warmup], 0)
         s.reset()
         return _timed(lambda f: (codes := s.encode(f, 24_000), s.decode(codes))[0], frames, 0)
@@ -118,6 +122,53 @@ def weight_read_floor(model, repeats: int = 7) -> dict[str, float]:
     return {"ms_per_frame": min(passes), "weights_mb": megabytes, "gb_per_s": megabytes / min(passes)}
 
 
+def taking_turns(streams: dict, frames, warmup: int) -> dict:
+    """Each of `streams` ({name: (step: frame -> codes [K, n], reset)}) fed every frame, taking turns
+    frame by frame (the order rotated every frame), each warmed up on `warmup` frames and reset first:
+    {name: (latencies ms, codes [K, n])}, the codes comparable with the batch path's.
+
+    On a shared machine a run minutes later meets another load; turns in one run keep ratios honest."""
+    names = list(streams)
+    for step, reset in streams.values():
+        _timed(step, frames[:warmup], 0)
+        reset()
+    latencies, codes = {n: [] for n in names}, {n: [] for n in names}
+    for i, frame in enumerate(frames):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            start = time.perf_counter()
+            codes[name].append(streams[name][0](frame))
+            latencies[name].append(1000 * (time.perf_counter() - start))
+    return {n: (latencies[n], np.concatenate(codes[n], axis=1)) for n in names}
+
+
+def session_threads_ab(codec, frames, warmup: int, kernels: bool = False) -> dict:
+    """csmlab sessions on 1 and on 2 threads taking turns (`taking_turns`): {"1": ..., "2": ...}; with
+    `kernels`, also a bare stream of each of `tuning.KERNELS` on each count ("fast-flinear 2t", ...)."""
+    sessions = {str(n): codec.stream(threads=n) for n in (1, 2)}
+    streams = {name: (lambda f, s=s: (codes := s.encode(f, 24_000), s.decode(codes))[0], s.reset)
+               for name, s in sessions.items()}
+    for n in (1, 2) if kernels else ():
+        for k in tuning.KERNELS:
+            bare = stream_of(k, codec.backend.model, n)
+            streams[f"{k} {n}t"] = (lambda f, b=bare: (codes := b.encode(f), b.decode(codes))[0], bare.reset)
+    try:
+        return taking_turns(streams, frames, warmup)
+    finally:
+        for s in sessions.values():
+            s.close()
+
+
+def thread_goals(session_p50_ms: dict[int, float], floor_1_thread_ms: float) -> dict:
+    """Issue 23's two ratios for the csmlab session: on 1 thread, its p50 over the weight-read floor
+    measured on 1 thread (goal <= 2); the speed-up from 1 to 2 threads (goal >= 1.6)."""
+    return {
+        "session_1t_over_floor_1t": session_p50_ms[1] / floor_1_thread_ms,
+        "session_1t_over_floor_1t_max": 2.0,
+        "speedup_2t_over_1t": session_p50_ms[1] / session_p50_ms[2],
+        "speedup_2t_over_1t_min": 1.6,
+    }
+
+
 def batch_costs(codec, frames) -> dict[str, float]:
     """Whole-clip encode and decode cost divided by the number of frames, warm, in ms: wall clock, and
     this thread's CPU time (`*_cpu_ms`).
@@ -136,14 +187,36 @@ def batch_costs(codec, frames) -> dict[str, float]:
     return {**{k: v / len(frames) for k, v in per_frame.items()}, "codes": codes}
 
 
-def measure(seconds: float = 10.0, num_codebooks: int = 8, warmup: int = 3, threads: int | None = None) -> dict:
+def measure(seconds: float = 10.0, num_codebooks: int = 8, warmup: int = 3, threads: int | None = None,
+            turns: bool = False, kernels: bool = False) -> dict:
     """Every path on the same frames: latencies (ms per frame) and whether their codes equal batch.
 
-    `threads` sets torch's intra-op threads for the batch path and moshi's `streaming()` during the
-    run (csmlab's session always streams on one); None keeps the process's setting.
+    `threads` sets torch's intra-op threads for every path during the run, csmlab's session included
+    (it is given the same count); None keeps the process's setting. With `turns` (the CLI's run),
+    csmlab's session on 1 and on 2 threads also takes turns frame by frame, for issue 23's two ratios
+    (`thread_goals`); with `kernels`, bare streams of every candidate of `csmlab.codec.tuning` on 1 and
+    2 threads take those turns too (an A/B of the kernels on this host, the load the same for all).
+    Off by default: on a busy 2-core machine a 2-thread frame can take seconds (notebook 01 calls this).
     """
     with torch_threads(threads):
-        return _measure(seconds, num_codebooks, warmup)
+        out = _measure(seconds, num_codebooks, warmup)
+        if turns or kernels:
+            out.update(_turns(load_codec(num_codebooks, "moshi"), _frames(seconds), warmup, out.pop("batch_codes"), kernels))
+        out.pop("batch_codes", None)
+        return out
+
+
+def _turns(codec, frames, warmup: int, batch_codes: np.ndarray, kernels: bool) -> dict:
+    """The sessions (and with `kernels` each kernel choice) on 1 and 2 threads taking turns; the floor
+    on 1 thread; issue 23's ratios."""
+    model = codec.backend.model
+    chosen = {str(n): host_kernels(model, n) for n in sorted({1, 2, torch.get_num_threads()})}
+    rows = {name: {**metrics.percentiles(lat), "codes_equal_batch": float((c == batch_codes).mean()), "latencies_ms": lat}
+            for name, (lat, c) in session_threads_ab(codec, frames, warmup, kernels).items()}
+    with torch_threads(1):
+        floor_1t = weight_read_floor(model)
+    return {"session_kernels": chosen, "session_threads": rows, "weight_read_floor_1_thread": floor_1t,
+            "thread_goals": thread_goals({n: rows[str(n)]["p50"] for n in (1, 2)}, floor_1t["ms_per_frame"])}
 
 
 def _measure(seconds: float, num_codebooks: int, warmup: int) -> dict:
@@ -151,7 +224,7 @@ def _measure(seconds: float, num_codebooks: int, warmup: int) -> dict:
     frames = _frames(seconds)
     batch = batch_costs(codec, frames)
     paths = {
-        "csmlab session": csmlab_session(codec, frames, warmup),
+        "csmlab session": csmlab_session(codec, frames, warmup, torch.get_num_threads()),
         "moshi streaming()": moshi_streaming(codec.backend.model, frames, warmup),
     }
     if num_codebooks == 8:
@@ -179,6 +252,7 @@ def _measure(seconds: float, num_codebooks: int, warmup: int) -> dict:
         "rtf": metrics.real_time_factor(per_frame / 1000, FRAME_S),
     }
     out["weight_read_floor"] = weight_read_floor(codec.backend.model)
+    out["batch_codes"] = batch["codes"]
     ours = out["streaming"]["csmlab session"]["p50"]
     out["goal"] = {
         "floor_over_batch": out["weight_read_floor"]["ms_per_frame"] / per_frame,
@@ -192,7 +266,7 @@ def _measure(seconds: float, num_codebooks: int, warmup: int) -> dict:
 def print_table(figures: dict, goal: bool = True) -> None:
     """The figures as a table; `goal=False` leaves out the developers' target line (the course's view)."""
     print(f"Mimi, {figures['num_codebooks']} codebooks, {figures['frames']} frames of 80 ms; {figures['weights']}")
-    print(f"torch threads for batch and moshi streaming(): {figures['torch_threads']}; csmlab's session streams on 1")
+    print(f"torch threads for every path: {figures['torch_threads']}, csmlab's session included")
     print(f"{'path':<20}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}{'RTF':>7}{'codes = batch':>15}")
     for name, f in figures["streaming"].items():
         print(
@@ -208,6 +282,8 @@ def print_table(figures: dict, goal: bool = True) -> None:
         f"{'weight-read floor':<20}{w['ms_per_frame']:>9.1f}{'':>18}{'':>7}"
         f"   (all {w['weights_mb']:.0f} MB of weights once per frame, at {w['gb_per_s']:.1f} GB/s)"
     )
+    if "session_threads" in figures:
+        _print_turns(figures, goal)
     if not goal:
         return
     g = figures["goal"]
@@ -215,6 +291,24 @@ def print_table(figures: dict, goal: bool = True) -> None:
         f"goal: session / batch = {g['session_over_batch']:.2f} (target <= {g['session_over_batch_max']}; "
         f"the weight-read floor alone is {g['floor_over_batch']:.2f}); faster than rustymimi: {g['faster_than_rustymimi']}"
     )
+
+
+def _print_turns(figures: dict, goal: bool) -> None:
+    print("taking turns frame by frame: the csmlab session on 1 and 2 threads" +
+          (", and each kernel choice" if len(figures["session_threads"]) > 2 else ""))
+    for name, f in figures["session_threads"].items():
+        label = f"session, {name} thread{'s' * (name != '1')}" if name in ("1", "2") else f"  {name}"
+        print(f"{label:<20}{f['p50']:>9.1f}{f['p95']:>9.1f}{f['max']:>9.1f}{'':>7}{f['codes_equal_batch']:>14.2%}")
+    print(f"{'':<20}kernels chosen on this host (csmlab.codec.tuning): "
+          + ", ".join(f"{n} thread(s) {k!r}" for n, k in figures["session_kernels"].items()))
+    w1 = figures["weight_read_floor_1_thread"]
+    print(f"{'floor, 1 thread':<20}{w1['ms_per_frame']:>9.1f}{'':>25}   ({w1['gb_per_s']:.1f} GB/s)")
+    if not goal:
+        return
+    t = figures["thread_goals"]
+    print(f"goal (issue 23): session on 1 thread / floor on 1 thread = {t['session_1t_over_floor_1t']:.2f} "
+          f"(target <= {t['session_1t_over_floor_1t_max']}); 1 -> 2 threads speed-up = {t['speedup_2t_over_1t']:.2f} "
+          f"(target >= {t['speedup_2t_over_1t_min']})")
 
 
 def run(args) -> dict:
@@ -230,7 +324,7 @@ def run(args) -> dict:
                                   args.listen, args.threads or 1)
         print_streams(figures)
         return figures
-    figures = measure(args.seconds, args.codebooks, args.warmup, args.threads)
+    figures = measure(args.seconds, args.codebooks, args.warmup, args.threads, turns=True, kernels=args.kernels)
     print_table(figures)
     return figures
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 
 from csmlab.data import real_recording
 from csmlab.audio import to_mimi

@@ -80,9 +80,13 @@ class Codec:
             return np.zeros(0, dtype=np.float32)
         return self.backend.decode(codes)
 
-    def stream(self) -> CodecSession:
-        """A new streaming session; several can run side by side on one codec."""
-        return CodecSession(self)
+    def stream(self, threads: int | None = None) -> CodecSession:
+        """A new streaming session; several can run side by side on one codec.
+
+        `threads`: torch intra-op threads for its calls (moshi backend; None: `backends.STREAM_THREADS`,
+        1, the safe choice on a busy machine). torch's count is one per process: overlapping calls of
+        sessions asking for different counts share one (`backends._StreamThreads`)."""
+        return CodecSession(self, threads)
 
     def check_codes(self, codes) -> np.ndarray:
         """`codes` as `[K, n]` int64 numpy, or a `CodesError` that says what is wrong with them."""

@@ -75,12 +75,13 @@ class MoshiBackend:
         with _exclusive(self.model):
             return _audio(self.model.decode(torch.from_numpy(codes)[None].to(self.device)))
 
-    def open_stream(self, batch_size: int = 1):
-        """csmlab's fast streaming path (`csmlab.codec.fast`) on the CPU, whose kernels it was tuned for;
-        moshi's own modules elsewhere (on a GPU the stock kernels are the fast ones)."""
-        from csmlab.codec.fast import FastMimiStream
+    def open_stream(self, batch_size: int = 1, threads: int | None = None):
+        """On the CPU, the kernels measured fastest on this host (`csmlab.codec.fast.cpu_stream`); moshi's
+        own modules elsewhere (on a GPU the stock kernels are the fast ones). Its calls run on `threads`
+        intra-op threads (None: `STREAM_THREADS`)."""
+        from csmlab.codec.fast import cpu_stream
 
-        return (FastMimiStream if self.device.type == "cpu" else MimiStream)(self.model, batch_size)
+        return cpu_stream(self.model, batch_size, threads) if self.device.type == "cpu" else MimiStream(self.model, batch_size, threads)
 
 
 @contextlib.contextmanager
@@ -103,8 +104,9 @@ class MimiStream:
 
     FRAMES_PER_CALL = 4  # longer inputs are split: the attention caches are sized for this many frames
 
-    def __init__(self, model, batch_size: int = 1):
+    def __init__(self, model, batch_size: int = 1, threads: int | None = None):
         self.model, self.batch_size = model, batch_size  # rows of state: >1 for `csmlab.codec.batch`
+        self.threads = check_threads(threads)
         self._state = self._fresh_state()
 
     def _fresh_state(self) -> dict:
@@ -121,7 +123,7 @@ class MimiStream:
     def _installed(self):
         if self._state is None:
             raise StreamClosedError("this codec stream is closed; open a new one with codec.stream()")
-        with _exclusive(self.model), self._kernels():
+        with _exclusive(self.model), stream_threads(self.threads), self._kernels():
             self.model.set_streaming_state(self._state)
             yield
 
@@ -144,6 +146,53 @@ class MimiStream:
 
     def close(self) -> None:
         self._state = None
+
+
+STREAM_THREADS = 1
+"""Intra-op threads of a stream opened without a count. A frame is a few hundred small ops: with two
+threads each op pays a fork/join, and on a busy 2-core machine a join waits for a descheduled thread
+(a 1 s stream cost 3.6-6 s of CPU with 2 threads against 0.4 s with 1, AMD EPYC, load ~6). On a
+free core two threads pay (moshi's `streaming()`: 1.7x on an idle Intel Xeon, issue 23): ask for them."""
+
+
+def check_threads(threads: int | None) -> int:
+    """A stream's thread count: `threads`, or `STREAM_THREADS` for None; a `ConfigError` if not >= 1."""
+    if threads is None:
+        return STREAM_THREADS
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads is a whole number >= 1 (or None for {STREAM_THREADS}), not {threads!r}")
+    return threads
+
+
+class _StreamThreads:
+    """A streaming call's intra-op threads while it runs, the process's own setting once no call runs.
+
+    torch's thread count is one setting per process, not per thread: with calls in several threads
+    (sessions on different codecs), each saving and restoring it would leave whichever value the
+    last one saved. So the first call in saves it and the last one out restores it; each call sets
+    its own count as it enters, and calls that overlap share the one set last."""
+
+    def __init__(self):
+        self._lock, self._calls, self._saved = threading.Lock(), 0, 0
+
+    @contextlib.contextmanager
+    def __call__(self, threads: int):
+        with self._lock:
+            if self._calls == 0:
+                self._saved = torch.get_num_threads()
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+            self._calls += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._calls -= 1
+                if self._calls == 0 and torch.get_num_threads() != self._saved:
+                    torch.set_num_threads(self._saved)
+
+
+stream_threads = _StreamThreads()
 
 
 def _widen_attention_caches(model, tokens_per_call: int) -> None:
@@ -172,6 +221,12 @@ def _full_size_only(backend: str, config: dict | None) -> None:
     """rustymimi and the converter know only Mimi's released configuration."""
     if config is not None:
         raise ConfigError(f"backend {backend!r} reads only the full-size Mimi; load this small Mimi with backend='moshi'")
+
+
+def refuse_threads(backend: str, threads: int | None) -> None:
+    """Only the moshi backend's streams take a thread count (rustymimi runs its own threads)."""
+    if threads is not None:
+        raise ConfigError(f"backend {backend!r} streams on its own threads; stream(threads=...) is for a plain backend='moshi' codec")
 
 
 class RustyMimiBackend:
@@ -204,7 +259,8 @@ class RustyMimiBackend:
         with self._lock:
             return self.model.decode(codes[None].astype(np.uint32)).reshape(-1)
 
-    def open_stream(self):
+    def open_stream(self, threads: int | None = None):
+        refuse_threads(self.name, threads)
         return RustyMimiStream(self.path)
 
 
@@ -259,7 +315,8 @@ class TransformersBackend:
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return _audio(self.model.decode(torch.from_numpy(codes)[None], return_dict=True).audio_values)
 
-    def open_stream(self):
+    def open_stream(self, threads: int | None = None):
+        refuse_threads(self.name, threads)
         return TransformersStream(self)
 
 

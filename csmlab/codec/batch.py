@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from csmlab.codec import Codec
-from csmlab.codec.backends import MoshiBackend
+from csmlab.codec.backends import MoshiBackend, refuse_threads
 from csmlab.errors import AudioFormatError, CapacityError, ConfigError
 from csmlab.gather import Gather, GatherGroup
 from csmlab.metrics import FRAME_SIZE
@@ -126,7 +126,8 @@ class _BatchedBackend:
         self.gathers = {kind: Gather(getattr(batch, kind), window_ms, group, stages[kind])
                         for kind, batch in self.batches.items()}
 
-    def open_stream(self) -> "_SlotStream":
+    def open_stream(self, threads: int | None = None) -> "_SlotStream":
+        refuse_threads(self.name, threads)  # the shared batches run on their own threads
         return _SlotStream(self)
 
 

@@ -28,29 +28,31 @@ the kernels are installed only inside a call, under the model's lock (`csmlab.lo
 The arithmetic is the same up to float summation order: codes equal the batch path's except at
 float near-ties (measured in tests/test_codec_equivalence.py).
 
-Threads: a frame is a few hundred small ops. With two intra-op threads each op pays a fork/join,
-and on a busy 2-core machine a join waits for a descheduled thread: we measured a 1 s stream cost
-3.6-6 s of CPU with 2 threads against 0.4 s with 1. A streaming call therefore runs on
-`STREAM_THREADS` intra-op threads and restores the process's setting afterwards.
+Those figures are the AMD EPYC's (AVX2). On an Intel Xeon with AVX-512 and AMX, `F.linear` beat
+`W @ x.T` in situ and moshi's own path came close to this one (issue 23), so which of these kernels a
+CPU session runs is measured on the host, once (`csmlab.codec.tuning`, `cpu_stream`).
+
+Threads: a stream runs on the intra-op threads its session was given (`codec.stream(threads=...)`,
+`csmlab.codec.backends.STREAM_THREADS` when none) and restores the process's setting afterwards.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 import weakref
 
+import numpy as np
 import torch
 from torch import nn
 
 from moshi.modules.transformer import StreamingTransformer
 from moshi.quantization.core_vq import EuclideanCodebook
 
-from csmlab.codec import lean
-from csmlab.codec.backends import MimiStream
+from csmlab.codec import lean, tuning
+from csmlab.codec.backends import MimiStream, check_threads
 from csmlab.codec.convs import conv1d_gemm, conv_transpose1d_gemm, plain_conv, plain_conv_transpose
+from csmlab.metrics import FRAME_SIZE
 
-STREAM_THREADS = 1
 GEMM_MAX_STEPS = 64  # longer inputs (the first encoder / last decoder layers: small weights) keep oneDNN
 # Tokens per call up to which a Linear is a weight read, not arithmetic: 2 per stream per frame, so 16
 # at 8 batched streams. A/B in one process (CodecBatch step p50, load ~1): B = 8, 354 -> 335 ms at 16;
@@ -108,11 +110,12 @@ def _short_input(gemm, stock, module: nn.Module):
     return lambda x: gemm(module, x) if x.shape[-1] // stride <= GEMM_MAX_STEPS else stock(module, x)
 
 
-def _fast_forward(module: nn.Module):
-    """The fast forward for `module`, or None where the stock kernel is already the right one."""
+def _fast_forward(module: nn.Module, linears: bool = True):
+    """The fast forward for `module`, or None where the stock kernel is already the right one
+    (`linears=False`: every Linear keeps `F.linear`)."""
     if isinstance(module, StreamingTransformer) and lean.supports(module):
         return lambda x: lean.lean_forward(module, x)
-    if type(module) is nn.Linear:
+    if type(module) is nn.Linear and linears:
         return lambda x: linear_gemm(module, x) if x[..., 0].numel() <= LINEAR_MAX_ROWS else nn.Linear.forward(module, x)
     if plain_conv(module):
         return _short_input(conv1d_gemm, nn.Conv1d.forward, module)
@@ -124,51 +127,56 @@ def _fast_forward(module: nn.Module):
 class FastMimiStream(MimiStream):
     """`MimiStream` whose convolutions and few-token linears run as matrix products during its calls."""
 
-    def __init__(self, model, batch_size: int = 1):
-        super().__init__(model, batch_size)
+    def __init__(self, model, batch_size: int = 1, threads: int | None = None, linears: bool = True):
+        super().__init__(model, batch_size, threads)
         # (module, method name, replacement): built once, installed for each call
-        self._fast = [(m, "forward", f) for m in model.modules() if (f := _fast_forward(m)) is not None]
+        self._fast = [(m, "forward", f) for m in model.modules() if (f := _fast_forward(m, linears)) is not None]
         self._fast += [(m, "_quantize", functools.partial(nearest_codes, m))
                        for m in model.modules() if isinstance(m, EuclideanCodebook)]
 
     @contextlib.contextmanager
     def _kernels(self):
-        """The fast forwards, the centroid search and `STREAM_THREADS`, for the length of one call
+        """The fast forwards and the centroid search, for the length of one call
         (under the model's lock: another thread's call on the same modules never sees them half-installed)."""
         # An instance attribute shadows the class's method. Written straight into `__dict__`: through
         # `nn.Module.__setattr__` installing and removing these took 1.3 ms per call here.
         for module, name, method in self._fast:
             vars(module)[name] = method
         try:
-            with _stream_threads:
-                yield
+            yield
         finally:
             for module, name, _ in self._fast:
                 del vars(module)[name]
 
 
-class _StreamThreads:
-    """`STREAM_THREADS` intra-op threads while any streaming call runs, the process's own setting after.
-
-    torch's thread count is one setting per process, not per thread: with calls in several threads
-    (sessions on different codecs), each saving and restoring it would leave whichever value the
-    last one saved. So the first call in saves it and the last one out restores it."""
-
-    def __init__(self):
-        self._lock, self._calls, self._saved = threading.Lock(), 0, 0
-
-    def __enter__(self):
-        with self._lock:
-            if self._calls == 0:
-                self._saved = torch.get_num_threads()
-                torch.set_num_threads(STREAM_THREADS)
-            self._calls += 1
-
-    def __exit__(self, *exc):
-        with self._lock:
-            self._calls -= 1
-            if self._calls == 0:
-                torch.set_num_threads(self._saved)
+def cpu_stream(model, batch_size: int = 1, threads: int | None = None) -> MimiStream:
+    """A stream of `model` on the CPU. One stream runs the kernels measured fastest for this host
+    (`csmlab.codec.tuning`); a batch of streams (`csmlab.codec.batch`) runs the fast path, whose
+    linears switch to `F.linear` past `LINEAR_MAX_ROWS` tokens anyway."""
+    threads = check_threads(threads)
+    if batch_size != 1:
+        return FastMimiStream(model, batch_size, threads)
+    return stream_of(host_kernels(model, threads), model, threads)
 
 
-_stream_threads = _StreamThreads()
+def host_kernels(model, threads: int) -> str:
+    """The kernels (one of `tuning.KERNELS`) one CPU stream of `model` on `threads` threads runs here."""
+    return tuning.kernels_for(model, threads, functools.partial(_trial, model, threads))
+
+
+def stream_of(kernels: str, model, threads: int, batch_size: int = 1) -> MimiStream:
+    """A stream running `kernels`, one of `tuning.KERNELS`."""
+    if kernels == "moshi":
+        return MimiStream(model, batch_size, threads)
+    return FastMimiStream(model, batch_size, threads, linears=kernels == "fast")
+
+
+def _trial(model, threads: int, kernels: str):
+    """One frame of noise encoded and decoded on a fresh stream of `kernels`, after one untimed frame."""
+    stream, frame = stream_of(kernels, model, threads), np.random.default_rng(0).normal(0, 0.1, FRAME_SIZE).astype(np.float32)
+
+    def step():
+        stream.decode(stream.encode(frame))
+
+    step()
+    return step

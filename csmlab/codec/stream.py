@@ -44,10 +44,10 @@ def _serialized(method):
 class CodecSession:
     """One audio stream through one codec; open it with `codec.stream()`, use it as a context manager."""
 
-    def __init__(self, codec):
+    def __init__(self, codec, threads: int | None = None):
         self.codec = codec
         self._lock = threading.RLock()
-        self._stream = codec.backend.open_stream()
+        self._stream = codec.backend.open_stream(threads=threads)
         self._closed = False
         self._clear()
 

@@ -1,0 +1,126 @@
+"""Which kernels stream Mimi on this host: measured once per processor, cached, logged, overridable.
+
+What wins depends on the processor. csmlab's fast path (`csmlab.codec.fast`) was tuned on an AMD
+EPYC with AVX2, where its convs as GEMMs and its `W @ x.T` linears beat moshi's own kernels by 2.5x;
+on an Intel Xeon with AVX-512 and AMX, moshi's own `streaming()` was the faster one (issue 23). So a
+CPU session's kernels are chosen by timing them in situ, on the model itself, once:
+
+    "fast"          csmlab's fast path, transformers' linears as `W @ x.T`  (the choice before issue 23)
+    "fast-flinear"  csmlab's fast path, transformers' linears as `F.linear` (torch's own layout)
+    "moshi"         moshi's own modules and kernels (`MimiStream`)
+
+Each candidate streams a few frames of noise on a fresh stream, the candidates taking turns; the one
+with the least median time per frame wins, the earlier in `KERNELS` on a tie. The result is written
+to `<csmlab cache>/tuning/` under a key of the CPU model, its vector flags, torch's version, the
+thread count and the model's shapes, and logged (logger `csmlab.codec.tuning`). `CSMLAB_CODEC_KERNELS`
+set to one of `KERNELS` overrides it (no timing). Whole frames, not one hot matrix: hot-cache
+microbenchmarks picked the wrong layout before (DEVELOPERS.md, "BLAS layout"). It costs a second or
+so per host, model and thread count, once; measured on a busy machine (load average above the cores:
+on 2 threads, others' work then decides the ranking) it holds for that process only and is not cached.
+Delete the folder to measure again.
+
+Every candidate runs the same arithmetic up to float summation order: codes equal the batch path's
+except at float near-ties, whichever wins (tests/test_codec_equivalence.py holds for each). The choice
+does not change within a process once made.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from csmlab.errors import ConfigError
+from csmlab.host import cpu_flags, cpu_model
+
+log = logging.getLogger(__name__)
+
+KERNELS = ("fast", "fast-flinear", "moshi")
+ENV = "CSMLAB_CODEC_KERNELS"
+ROUNDS = 5  # timed frames per candidate, after one warm-up frame each
+BUDGET_S = 3.0  # no new round past this: 2 threads on a busy 2-core machine took 1.7 s per frame (issue 23)
+
+_chosen: dict[str, str] = {}  # key -> kernels, for this process: it never changes once made
+
+
+def choose(candidates: dict[str, Callable[[], None]], rounds: int = ROUNDS, timer=time.perf_counter,
+           budget_s: float = BUDGET_S) -> tuple[str, dict]:
+    """Run each candidate `rounds` times, taking turns (the order rotated every round, so that no
+    candidate always follows the same one), fewer rounds (at least one) once `budget_s` is spent:
+    (the name with the least median ms, {name: median ms})."""
+    names, times, began = list(candidates), {name: [] for name in candidates}, timer()
+    for r in range(rounds):
+        if r and timer() - began > budget_s:
+            break
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            start = timer()
+            candidates[name]()
+            times[name].append(1000 * (timer() - start))
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    return min(names, key=lambda n: (medians[n], names.index(n))), medians
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def host_key(model: torch.nn.Module, threads: int) -> str:
+    """What a measured choice holds for: this processor, torch, thread count and model shape."""
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    text = json.dumps([cpu_model(), cpu_flags(), torch.__version__, threads, shapes])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def kernels_for(model: torch.nn.Module, threads: int, trial: Callable[[str], Callable[[], None]],
+                folder: Path | None = None, timer=time.perf_counter) -> str:
+    """The kernels a CPU stream of `model` on `threads` threads runs: `CSMLAB_CODEC_KERNELS`, else the
+    choice cached for this host, else measured now with `trial(kernels)` (a callable that streams one
+    frame on a fresh stream of those kernels) and cached."""
+    override = os.environ.get(ENV)
+    if override:
+        if override not in KERNELS:
+            raise ConfigError(f"{ENV} is one of {', '.join(KERNELS)}, not {override!r}")
+        return override
+    key = host_key(model, threads)
+    if key not in _chosen:  # measured without a lock held (the trials take the model's); the first answer stays
+        _chosen.setdefault(key, _cached_or_measured(key, threads, trial, folder or _folder(), timer))
+    return _chosen[key]
+
+
+def _folder() -> Path:
+    from csmlab.weights import cache_dir
+
+    return cache_dir() / "tuning"
+
+
+def _cached_or_measured(key: str, threads: int, trial, folder: Path, timer) -> str:
+    path = folder / f"mimi-stream-{key}.json"
+    try:
+        record = json.loads(path.read_text())
+        if record.get("kernels") in KERNELS:
+            log.info("Mimi stream kernels %r (measured earlier on %s, %d thread(s): %s)", record["kernels"],
+                     record["cpu_model"], threads, path)
+            return record["kernels"]
+    except (OSError, ValueError):
+        pass  # not measured yet on this host, or an unreadable record: measure
+    best, medians = choose({kernels: trial(kernels) for kernels in KERNELS}, timer=timer)
+    record = {"kernels": best, "median_ms_per_frame": medians, "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
+              "torch": torch.__version__, "threads": threads, "load_average_1min": round(_load(), 2),
+              "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if record["load_average_1min"] > (os.cpu_count() or 1):  # others' work decided it: this process only
+        log.warning("Mimi stream kernels measured on a busy machine (load %.1f): not cached", record["load_average_1min"])
+        return best
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1))
+    except OSError as err:  # a read-only cache: the choice still holds for this process
+        log.warning("could not cache the Mimi stream kernels in %s: %s", path, err)
+    log.info("Mimi stream kernels %r, measured now on %s, %d thread(s): %s ms per frame (override: %s=...)", best,
+             record["cpu_model"], threads, {k: round(v, 1) for k, v in medians.items()}, ENV)
+    return best
