@@ -151,6 +151,7 @@ def test_csmlab_serve_moshi_csm_answers_a_websocket_client(csmlab_serve, speech)
     talk = asyncio.run(converse(f"ws://127.0.0.1:{server.port}/api/chat", np.tile(speech, 2), realtime=False))
     server.stop()
     assert talk.errors == [] and len(talk.audio) == talk.frames_sent * FRAME  # one step out per step in
+    assert all(notice.startswith(("ok:", "behind:", "overloaded:")) for notice in talk.notices)  # said, not silent
     assert talk.texts and all(text.strip() for text in talk.texts)  # the phrases CSM started to voice
 
 

@@ -142,6 +142,20 @@ def test_client_leaving_mid_stream_frees_its_session(server):
     assert asyncio.run(_with_client(server, _audio_round_trip)) >= 4 * FRAME
 
 
+def test_a_client_that_hangs_up_and_calls_again_at_once_gets_the_slot(csmlab_serve):
+    """Its old session is still winding down (sending the close, its worker finishing) for a few ms:
+    a slot held until then refused 3 of 5 immediate calls back with "server full" (the soak's client
+    calls back at once, and failed on it under load)."""
+    async def calls(server):
+        for _ in range(5):
+            talk = await converse(url(server), tone(0.4), realtime=False)
+            assert talk.errors == [] and len(talk.audio) == talk.frames_sent * FRAME
+
+    server = csmlab_serve("--brain", "loopback", "--listen", "--max-sessions", "1")
+    asyncio.run(calls(server))
+    server.stop()
+
+
 def test_sessions_beyond_the_maximum_get_an_error_and_a_close_not_a_wait(server):
     async def crowd():
         async with aiohttp.ClientSession() as http:

@@ -203,7 +203,8 @@ class Server:
             return "shutdown", "the server is shutting down; reconnect to another replica"
         if not self.ready:
             return "loading", "the brain is still loading; retry when GET /healthz says ready"
-        if len(self.chats) + self.opening >= self.settings.max_sessions:
+        live = sum(not chat.ended for chat in self.chats)  # a session winding down holds no slot
+        if live + self.opening >= self.settings.max_sessions:
             return "full", (f"server full: all {self.settings.max_sessions} sessions are in use; "
                             "try again later or another replica")
         return None

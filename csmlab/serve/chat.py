@@ -116,6 +116,7 @@ class Chat:
         self.closing = False  # the reason and close frame are queued: nothing else goes out
         self.cut = False  # the connection was dropped for not reading
         self.outcome: str | None = None
+        self.ended = False  # the client is gone or told to go: its slot is free for the next one
         self.overload = OverloadWatch(metrics, wire)
         self.sender: asyncio.Task | None = None
 
@@ -126,6 +127,7 @@ class Chat:
             self._post(self.wire.handshake())
             await self._receive_loop()
         finally:
+            self.ended = True
             self.backlog.put_nowait(None)
             await worker
             self.overload.close()

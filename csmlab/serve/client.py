@@ -19,6 +19,8 @@ import aiohttp
 import numpy as np
 import sphn
 
+from csmlab.pipeline.overload import STATES as OVERLOAD_STATES
+
 RATE = 24_000
 FRAME = 1920
 QUIET_S = 10.0  # after the last frame is sent, the answer is over once the server is this long quiet
@@ -86,6 +88,7 @@ class Conversation:
     audio: np.ndarray  # [T] float32 at 24 kHz, everything the server sent
     texts: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # 0x05 notices of the session's state ("overloaded: ..."), not errors
     turnaround_ms: list[float] = field(default_factory=list)  # send of message n -> audio message n
     frames_sent: int = 0
     close_code: int | None = None
@@ -109,10 +112,15 @@ async def _collect(client: MoshiClient, sent_at: list[float], talk: Conversation
         elif kind == "text":
             talk.texts.append(payload)
         elif kind == "error":
-            talk.errors.append(payload)
+            (talk.notices if _is_notice(payload) else talk.errors).append(payload)
         if done.is_set() and len(talk.turnaround_ms) >= len(sent_at):
             break
     talk.audio = np.concatenate(pcm) if pcm else np.zeros(0, np.float32)
+
+
+def _is_notice(payload: str) -> bool:
+    """The server's overload notices share 0x05 with errors (moshi's web UI shows both): `state: words`."""
+    return payload.split(":", 1)[0] in OVERLOAD_STATES
 
 
 async def converse(url: str, audio: np.ndarray, token: str | None = None, realtime: bool = True) -> Conversation:
