@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from csmlab.audio import to_mimi
 from csmlab.codec.codes import integer_codes
-from csmlab.csm.cache import SegmentCodes
+from csmlab.csm.cache import PromptPrefix, SegmentCodes
 from csmlab.errors import AudioFormatError, CodesError, ComponentError, ConfigError, PromptTooLongError, TextError
 from csmlab.metrics import SAMPLE_RATE, frame_ms
 from csmlab.weights import WeightsSource, resolve
@@ -206,6 +206,7 @@ class CsmVoice:
         self.config = model.config
         self._codec_checked = False
         self.context_codes = SegmentCodes()  # each context turn's Mimi codes, encoded once (csmlab.csm.cache)
+        self.prompt_prefix = PromptPrefix()  # the last prompt's KV cache, for a prompt that starts alike
 
     # ---- the prompt ---------------------------------------------------------------------------
     def prompt(self, text: str, speaker: int = 0, context: Sequence[Segment] = ()):
@@ -352,22 +353,28 @@ class CsmVoice:
     @torch.inference_mode()
     def _loop(self, inputs, context: Sequence[Segment], frames: int, sampling: Sampling) -> Iterator[torch.Tensor]:
         """Our own generation loop: the three steps of the module docstring, with `generate()`'s inputs
-        (the context's codes from `context_codes`)."""
+        (the context's codes from `context_codes`; the prompt's shared beginning from `prompt_prefix`)."""
         mask = inputs["attention_mask"]  # [1, L]
         length, device = mask.shape[1], mask.device
-        out = self.model(inputs_embeds=self.embed_prompt(inputs, context), attention_mask=mask, use_cache=True,
+        embeds = self.embed_prompt(inputs, context)
+        start, past = self.prompt_prefix.take(embeds)
+        out = self.model(inputs_embeds=embeds[:, start:], attention_mask=mask, past_key_values=past, use_cache=True,
                          output_hidden_states=True, logits_to_keep=1,
-                         cache_position=torch.arange(length, device=device))  # prefill: the whole prompt
-        for t in range(frames):
-            hidden = out.hidden_states[-1][:, -1]  # [1, H] backbone state for the next frame
-            frame = self._depth(hidden, sampling.pick(out.logits[:, -1].float()), sampling)  # [1, 32]
-            if self._ends_audio(frame[0]):
-                return
-            yield frame[0]
-            mask = F.pad(mask, (0, 1), value=1)
-            out = self.model(input_ids=frame[:, None, :], attention_mask=mask, past_key_values=out.past_key_values,
-                             cache_position=torch.tensor([length + t], device=device), use_cache=True, output_hidden_states=True,
-                             logits_to_keep=1)
+                         cache_position=torch.arange(start, length, device=device))  # prefill: the prompt's new part
+        cache = out.past_key_values  # holds the whole prompt now; the frames below are appended to it
+        try:
+            for t in range(frames):
+                hidden = out.hidden_states[-1][:, -1]  # [1, H] backbone state for the next frame
+                frame = self._depth(hidden, sampling.pick(out.logits[:, -1].float()), sampling)  # [1, 32]
+                if self._ends_audio(frame[0]):
+                    return
+                yield frame[0]
+                mask = F.pad(mask, (0, 1), value=1)
+                out = self.model(input_ids=frame[:, None, :], attention_mask=mask, past_key_values=cache,
+                                 cache_position=torch.tensor([length + t], device=device), use_cache=True,
+                                 output_hidden_states=True, logits_to_keep=1)
+        finally:
+            self.prompt_prefix.give(embeds, cache)  # the next prompt crops it to what they share
 
     def _depth(self, hidden: torch.Tensor, first: torch.Tensor, sampling: Sampling) -> torch.Tensor:
         """The depth decoder: backbone state + codebook 0 -> codebooks 1..31. Returns `[1, 32]` codes."""
