@@ -5,7 +5,8 @@ A voice that speaks a conversation phrase by phrase (`csmlab.pipeline.moshi_csm`
 for every phrase, and most of it is the conversation it already had. transformers'
 `CsmForConditionalGeneration` encodes every context turn's audio with Mimi inside each `forward()`
 (`_merge_input_ids_with_input_values`, one `codec_model.encode()` per turn); on the small offline CSM
-that encode was ~90% of a phrase's first frame (`scripts/csm_phrase_start.py`).
+(whose Mimi is full size) that encode was most of a phrase's first frame (`scripts/csm_phrase_start.py`
+splits it).
 
 `SegmentCodes` keeps each turn's codes, keyed by the `Segment` object itself (identity: a Segment is
 frozen, and a conversation grows by new Segments). It is the same encode of the same samples, so the
@@ -15,10 +16,11 @@ same words) is encoded again; an audio array edited in place is not noticed: mak
 `PromptPrefix` keeps the backbone's KV cache of the last prompt. The next prompt is compared with it
 position by position (its input embeddings: text, and each audio frame's 32 codes); the positions up
 to the first difference are kept and only the rest is prefilled. Any change (a turn dropped at the
-front, a turn replaced) ends the shared prefix there. On the small offline CSM the prefill is ~1% of
-a phrase's start, at real size (CSM-1B, fp32, this CPU) most of it: 9.4 s for a 335-position prompt.
-Prefilling in two pieces sums in another order than in one, so the logits agree to float rounding
-(~1e-6), not bit for bit: a sample or an argmax on a near tie could differ.
+front, a turn replaced) ends the shared prefix there. On the small offline CSM the prefill is a small
+part of a phrase's start; at real size (CSM-1B) it is the largest (`scripts/csm_phrase_start.py
+--real-size` times it). Prefilling in two pieces sums in another order than in one, so the logits
+agree to float rounding (the test allows 1e-4), not bit for bit: a sample or an argmax on a near tie
+could differ. One voice keeps one prefix: sessions that take turns on a voice share little of it.
 """
 from __future__ import annotations
 

@@ -27,6 +27,13 @@ a turn is the speaker tag with no words, then the frames: CSM hears the voice, p
 and no text aligned with them. CSM was trained on transcribed turns; an audio-only turn is outside
 that, and what it does with one is for the real weights to show.
 
+A conversation spoken phrase by phrase repeats most of its prompt. `frames()` (our loop) keeps what
+repeats (`csmlab.csm.cache`): each context turn's Mimi codes, encoded once per `Segment` object
+(`context_codes`: bit-exact, the same encode of the same samples), and the backbone's KV cache of the
+last prompt, reused up to the first position where the next prompt differs (`prompt_prefix`: equal to
+a whole prefill to float rounding). `generate()` and `method="streamer"` are transformers' own path
+and encode everything every call: the tests compare the two.
+
 Context audio is encoded by the CSM's own Mimi (transformers' `MimiModel`). transformers 4.57.6's
 batch Mimi forgets its 250-step (10 s) attention window, and CSM contexts are often longer than 10 s:
 `load_csm` applies `csmlab.convert.fix_sliding_window()` so the codes match moshi's Mimi.
