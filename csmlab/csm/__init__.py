@@ -6,6 +6,7 @@
         ...
 
 - `voice`: loading (`csmlab.weights`), the prompt, whole-utterance and frame-by-frame generation;
+- `cache`: what one prompt shares with the next (each context turn's Mimi codes, the KV prefix);
 - `architecture`: the real 1B on `meta`, a random-weight twin for timings;
 - `mimi`: what Moshi's 8-codebook Mimi hears of CSM, and CSM's Mimi against moshi's.
 

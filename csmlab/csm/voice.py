@@ -27,6 +27,13 @@ a turn is the speaker tag with no words, then the frames: CSM hears the voice, p
 and no text aligned with them. CSM was trained on transcribed turns; an audio-only turn is outside
 that, and what it does with one is for the real weights to show.
 
+A conversation spoken phrase by phrase repeats most of its prompt. `frames()` (our loop) keeps what
+repeats (`csmlab.csm.cache`): each context turn's Mimi codes, encoded once per `Segment` object
+(`context_codes`: bit-exact, the same encode of the same samples), and the backbone's KV cache of the
+last prompt, reused up to the first position where the next prompt differs (`prompt_prefix`: equal to
+a whole prefill to float rounding). `generate()` and `method="streamer"` are transformers' own path
+and encode everything every call: the tests compare the two.
+
 Context audio is encoded by the CSM's own Mimi (transformers' `MimiModel`). transformers 4.57.6's
 batch Mimi forgets its 250-step (10 s) attention window, and CSM contexts are often longer than 10 s:
 `load_csm` applies `csmlab.convert.fix_sliding_window()` so the codes match moshi's Mimi.
@@ -46,6 +53,7 @@ import torch.nn.functional as F
 
 from csmlab.audio import to_mimi
 from csmlab.codec.codes import integer_codes
+from csmlab.csm.cache import PromptPrefix, SegmentCodes
 from csmlab.errors import AudioFormatError, CodesError, ComponentError, ConfigError, PromptTooLongError, TextError
 from csmlab.metrics import SAMPLE_RATE, frame_ms
 from csmlab.weights import WeightsSource, resolve
@@ -204,6 +212,8 @@ class CsmVoice:
         self.source, self.mimi_source = source, mimi_source
         self.config = model.config
         self._codec_checked = False
+        self.context_codes = SegmentCodes()  # each context turn's Mimi codes, encoded once (csmlab.csm.cache)
+        self.prompt_prefix = PromptPrefix()  # the last prompt's KV cache, for a prompt that starts alike
 
     # ---- the prompt ---------------------------------------------------------------------------
     def prompt(self, text: str, speaker: int = 0, context: Sequence[Segment] = ()):
@@ -313,31 +323,65 @@ class CsmVoice:
                method: str = "loop") -> Iterator[torch.Tensor]:
         """Yield each frame's `[32]` codes as soon as it exists; stops at end of audio or `max_audio_ms`."""
         _check_sampling(sampling)
+        context = _check_context(context)  # once: a generator given as context would be empty the second time
         if method == "loop":
             inputs = self.prompt(text, speaker, context)
-            return self._loop(inputs, self.frames_budget(inputs, max_audio_ms), sampling)
+            return self._loop(inputs, context, self.frames_budget(inputs, max_audio_ms), sampling)
         if method == "streamer":
             inputs = self.prompt(text, speaker, context)
             return self._threaded(inputs, self.frames_budget(inputs, max_audio_ms), sampling)
         raise ConfigError(f"method must be 'loop' or 'streamer', not {method!r}")
 
     @torch.inference_mode()
-    def _loop(self, inputs, frames: int, sampling: Sampling) -> Iterator[torch.Tensor]:
-        """Our own generation loop: the three steps of the module docstring, with `generate()`'s inputs."""
+    def embed_prompt(self, inputs, context: Sequence[Segment]) -> torch.Tensor:
+        """The backbone's input `[1, L, H]` for `prompt(..., context)`'s `inputs`, as transformers'
+        `_merge_input_ids_with_input_values` builds it (text embeddings; each audio position the sum of
+        its frame's 32 code embeddings; each end of audio the end-of-audio frame's), with every context
+        turn's Mimi codes from `context_codes`: a turn seen before is not encoded again."""
+        model, ids = self.model, inputs["input_ids"]
+        embeds = model.embed_text_tokens(ids)
+        if not context:
+            return embeds
+        cuts = F.pad(inputs["input_values_cutoffs"][0], (1, 0)).tolist()  # [0, end of turn 0, end of turn 1, ...]
+        audio = inputs["input_values"][0]  # [1, samples] every turn's audio, as the processor joined it
+        codes = [self.context_codes.codes(seg, audio[..., a:b], self._encode) for seg, a, b in zip(context, cuts, cuts[1:])]
+        embed = model.backbone_model.embed_tokens
+        embeds[ids == self.config.audio_token_id] = embed(torch.cat(codes)[None])[0]
+        eos = torch.full((1, 1, self.config.num_codebooks), self.config.codebook_eos_token_id, device=ids.device)
+        embeds[ids == self.config.audio_eos_token_id] = embed(eos)[0]
+        return embeds
+
+    def _encode(self, audio: torch.Tensor) -> torch.Tensor:
+        """One context turn's `[1, samples]` audio -> `[T, 32]` codes, as transformers encodes it in `forward()`."""
+        codec = self.model.codec_model
+        frames = int(codec.get_encoded_length(torch.tensor(audio.shape[-1])))  # what the processor counted
+        return codec.encode(audio[None]).audio_codes.transpose(1, -1)[0, :frames]
+
+    @torch.inference_mode()
+    def _loop(self, inputs, context: Sequence[Segment], frames: int, sampling: Sampling) -> Iterator[torch.Tensor]:
+        """Our own generation loop: the three steps of the module docstring, with `generate()`'s inputs
+        (the context's codes from `context_codes`; the prompt's shared beginning from `prompt_prefix`)."""
         mask = inputs["attention_mask"]  # [1, L]
         length, device = mask.shape[1], mask.device
-        out = self.model(**inputs, use_cache=True, output_hidden_states=True, logits_to_keep=1,
-                         cache_position=torch.arange(length, device=device))  # prefill: the whole prompt
-        for t in range(frames):
-            hidden = out.hidden_states[-1][:, -1]  # [1, H] backbone state for the next frame
-            frame = self._depth(hidden, sampling.pick(out.logits[:, -1].float()), sampling)  # [1, 32]
-            if self._ends_audio(frame[0]):
-                return
-            yield frame[0]
-            mask = F.pad(mask, (0, 1), value=1)
-            out = self.model(input_ids=frame[:, None, :], attention_mask=mask, past_key_values=out.past_key_values,
-                             cache_position=torch.tensor([length + t], device=device), use_cache=True, output_hidden_states=True,
-                             logits_to_keep=1)
+        embeds = self.embed_prompt(inputs, context)
+        start, past = self.prompt_prefix.take(embeds)
+        out = self.model(inputs_embeds=embeds[:, start:], attention_mask=mask, past_key_values=past, use_cache=True,
+                         output_hidden_states=True, logits_to_keep=1,
+                         cache_position=torch.arange(start, length, device=device))  # prefill: the prompt's new part
+        cache = out.past_key_values  # holds the whole prompt now; the frames below are appended to it
+        try:
+            for t in range(frames):
+                hidden = out.hidden_states[-1][:, -1]  # [1, H] backbone state for the next frame
+                frame = self._depth(hidden, sampling.pick(out.logits[:, -1].float()), sampling)  # [1, 32]
+                if self._ends_audio(frame[0]):
+                    return
+                yield frame[0]
+                mask = F.pad(mask, (0, 1), value=1)
+                out = self.model(input_ids=frame[:, None, :], attention_mask=mask, past_key_values=cache,
+                                 cache_position=torch.tensor([length + t], device=device), use_cache=True,
+                                 output_hidden_states=True, logits_to_keep=1)
+        finally:
+            self.prompt_prefix.give(embeds, cache)  # the next prompt crops it to what they share
 
     def _depth(self, hidden: torch.Tensor, first: torch.Tensor, sampling: Sampling) -> torch.Tensor:
         """The depth decoder: backbone state + codebook 0 -> codebooks 1..31. Returns `[1, 32]` codes."""

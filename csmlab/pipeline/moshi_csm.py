@@ -19,7 +19,9 @@
   CSM's context is the conversation (`conversation`): the system's earlier phrases (CSM's own audio
   with Moshi's words; consecutive phrases make one turn) and the user's turns (their audio, with
   their words where `transcript` gives them, else audio only: see `csmlab.csm.voice` for what CSM
-  does with those).
+  does with those). CSM's voice keeps each turn's Mimi codes and the prompt's KV prefix across phrases
+  (`csmlab.csm.cache`), so a phrase's first frame pays for what changed since the last: a new user
+  turn, and the system's current turn, which each phrase lengthens (a new Segment: encoded anew).
 - **Turn taking and barge-in come from Moshi**: when the user speaks (silero-vad) while Moshi's
   text has been padding for `yield_steps` steps (longer than the padding between the words of one
   utterance: a word every 3 to 5 steps in the call), Moshi has given the floor: the voice stops in that
