@@ -119,3 +119,14 @@ def test_each_notebook_ends_with_three_lines_rendered_from_its_cells(path):
     assert last["cell_type"] == "code" and "summary(" in "".join(last["source"]), f"{path.name} ends without its summary"
     shown = _text(last)
     assert shown.count("\n- ") == 3 and "{" not in shown, f"{path.name}: the summary was not rendered: {shown!r}"
+
+
+def test_a_cached_runs_stamp_says_when_and_where_that_run_was_measured():
+    """A stored result stamped with today's time read as measured now, on this machine (06 showed an
+    AMD EPYC run of 2026-11-30 "2026-12-03 08:59" on an Intel host)."""
+    from csmlab.bench import results, stamp
+
+    run = results.load("bench_codec")
+    shown = repr(stamp(run))
+    assert run["date"] in shown and run["machine"]["cpu_model"] in shown and "read from data/results" in shown
+    assert "measured now" in repr(stamp())

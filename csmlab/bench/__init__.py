@@ -58,10 +58,10 @@ class Stamp:
     figures travel in the output's metadata ("csmlab": {"timing_stamp": ...}), so that a test can
     refuse a committed notebook executed under load (`tests/test_notebooks.py`)."""
 
-    def __init__(self, measured: dict | None = None, source: str = "executed"):
+    def __init__(self, measured: dict | None = None, source: str = "executed", when: str | None = None):
         self.machine = measured or machine()
         self.source = source  # "executed": measured by this run; "cached": read from data/results
-        self.utc = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        self.utc = when or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())  # when it was measured
 
     @property
     def busy(self) -> bool:
@@ -80,6 +80,10 @@ class Stamp:
                                                                         **self.machine}}}
 
 
-def stamp(measured: dict | None = None) -> Stamp:
-    """Display under a timing: `display(stamp())` after measuring, `stamp(result["machine"])` for a cached run."""
-    return Stamp(measured, "cached" if measured else "executed")
+def stamp(result: dict | None = None) -> Stamp:
+    """Display under a timing: `display(stamp())` after measuring, `display(stamp(result))` for a run
+    read from data/results, which carries its own machine and date (a bare machine dict works too).
+    A cached run stamped with today's time read as if measured now on this machine."""
+    if result is None:
+        return Stamp()
+    return Stamp(result.get("machine", result), "cached", when=result.get("date"))
