@@ -44,6 +44,12 @@ LAG_TOLERANCE_MS = 25  # echo lag vs measured round trip: two render quanta of 1
 # Recorded: quiet fresh-clone runs here gave 0.67, 0.73 and 0.76 (0.37-0.46 with the machine loaded by
 # other work); the call's input against 12 s of its own unrelated speech gives 0.26, against noise 0.13.
 ENVELOPE_MS = 10
+# A second of input below -50 dBFS is the call's silence: the envelope of silence against the codec's
+# noise floor correlates by chance (0.01-0.33 in the windows where the 12 s recorded started in a
+# pause), and counting those windows made the median depend on where the recording began. Speech
+# windows only, two recordings of the adaptive buffer (one of them had failed at 0.39): 0.66 and 0.70;
+# the call's other speech in place of the echo 0.24 and 0.33, noise 0.13.
+SPEECH_RMS = 10 ** (-50 / 20)
 LIVE_CELL = 'DuplexWidget(brain=\\"moshi\\" if real_moshi else \\"cascade\\")'  # as the notebook's JSON spells it
 # The copy runs the loopback brain: its reply is the input's echo, which this test correlates (the
 # notebook's live cell starts with the brain that answers, whose replies are not an echo).
@@ -73,6 +79,7 @@ def _echo_alignment(recording: dict, max_lag_s: float = 2.0, envelope_ms: float 
     """Best lag and correlation of the page's speaker output against its mic input, per 1 s window;
     on the waveform, or on the log-energy envelope (`envelope_ms` hops) when a codec is in the loop."""
     x, y, rate = np.asarray(recording["input"]), np.asarray(recording["output"]), recording["rate"]
+    raw, hop = x, 1
     if envelope_ms:
         hop = round(rate * envelope_ms / 1000)
         x, y, rate = log_energy(x, hop), log_energy(y, hop), rate / hop
@@ -81,7 +88,8 @@ def _echo_alignment(recording: dict, max_lag_s: float = 2.0, envelope_ms: float 
     step = round(rate)
     for start in range(0, len(x) - step - max_lag, step):
         window = slice(start, start + step + max_lag)
-        if not envelope_ms and x[window].std() < 1e-3:  # silence in the recording: nothing to align
+        said = raw[start * hop:(start + step) * hop]  # the second of input this window aligns
+        if said.std() < (SPEECH_RMS if envelope_ms else 1e-3):  # silence in the recording: nothing to align
             continue
         lag, corr = best_lag(x[window], y[window], max_lag)
         lags.append(1000 * lag / rate)
