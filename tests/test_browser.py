@@ -8,8 +8,10 @@ Then notebook 05 in JupyterLab: its live widget runs the loopback brain; the tes
 count), that the echoed audio came back to the page and matches the input once the loopback delay is
 aligned, that the round-trip latency the page shows is finite (and consistent with that alignment),
 that a malformed frame from the page is shown and the session goes on, that stopping leaves no
-worker thread, and that the console has no JavaScript error. The latency
-figures go to `out/browser/latency.json` with the screenshot; `csmlab bench` is where latency is judged.
+worker thread, and that the console has no JavaScript error. In the same JupyterLab, a second widget
+then runs on the real-time clock (the widget's default): its echo is aligned too, and after a forced
+400 ms stall its round trip is back near its value before within 2 s. The latency
+figures go to `out/browser/latency_<clock>.json` and `stall_<clock>.json` with the screenshot; `csmlab bench` is where latency is judged.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ import numpy as np
 import pytest
 
 from browser_support import REPO, chromium_path, fake_mic_wav, jupyter_lab, launch_chromium, static_server
-from csmlab.bench.browser import open_notebook, run_cell
+from csmlab.bench.browser import open_notebook, printed_json, stall, start_widget
+from csmlab.bench.live import recovery
 from test_overload import SleepyBrain  # 2.5x over the 80 ms budget on any machine
 from csmlab.widget.frames import KIND_MIC, KIND_SYSTEM, pack_frame, unpack_frame
 from csmlab.widget.replay import best_lag, log_energy
@@ -60,6 +63,18 @@ STALL_WATCH_S = 5.0  # seconds watched after the cell ran: the stall, then 2 s, 
 # The notebook's own report cell prints `live.summary()` (words for the learner); this test reads the same
 # report as JSON from a cell of its own, added to its copy beside the live cell.
 REPORT_CELL = "import json\nlive.stop(wait=True)\nprint(json.dumps(live.report()))  # this test's copy only: the report as JSON"
+# The real-time run, in cells of its own after the simulated one, in the same kernel and JupyterLab:
+# the widget as a learner starts it (clock="realtime" is its default), stalled once, then its report.
+REALTIME_CELLS = {
+    "realtime-widget": 'live_rt = DuplexWidget(brain="loopback")  # the real-time clock (this test\'s copy only)\nlive_rt',
+    "realtime-stall": "live_rt.worker.pause(0.4)  # a forced 400 ms stall on the real-time clock (this test's copy only)",
+    "realtime-report": "import json\nlive_rt.stop(wait=True)\nprint(json.dumps(live_rt.report()))  # this test's copy only",
+}
+CLOCKS = ("simulated", "realtime")
+# "Back near its value before": within this, 2-3 s after the worst frame. Without shedding the stall's
+# excess stays (~1000 ms on the simulated clock); measured with it, at load 4.7: +77 ms (simulated) and
+# +137 ms (real time), whose worst frames came +527 and +887 ms above the round trip before.
+STALL_BACK_MS = 200
 
 
 
@@ -108,12 +123,14 @@ def browser_run(tmp_path_factory):
     # JupyterLab may save the notebook: run a copy, never the repository's. In the copy the live cell
     # keeps every step's audio (clock="simulated"): with the real-time clock a step that overruns its
     # deadline sends silence, and on a 2-core CI machine that also runs JupyterLab and Chromium that
-    # decides how much echo comes back. The real-time policy is tested without a browser (test_widget).
+    # decides how much echo comes back. The real-time clock runs after it, in cells of its own
+    # (REALTIME_CELLS), judged by the same loose assertions; its policy is also tested without a browser.
     source = NOTEBOOK.read_text()
     assert LIVE_CELL in source, f"notebook 05 no longer has the live cell {LIVE_CELL!r}"
     notebook = json.loads(source.replace(LIVE_CELL, LIVE_COPY))
     live = next(i for i, c in enumerate(notebook["cells"]) if "DuplexWidget(brain=" in "".join(c["source"]))
-    for at, (name, cell) in enumerate((("forced-stall", STALL_CELL), ("json-report", REPORT_CELL)), start=live + 1):
+    added = (("forced-stall", STALL_CELL), ("json-report", REPORT_CELL), *REALTIME_CELLS.items())
+    for at, (name, cell) in enumerate(added, start=live + 1):
         notebook["cells"].insert(at, {"cell_type": "code", "id": name, "metadata": {}, "execution_count": None,
                                       "outputs": [], "source": [cell]})
     (root / NOTEBOOK.name).write_text(json.dumps(notebook))
@@ -126,11 +143,7 @@ def browser_run(tmp_path_factory):
         page.on("pageerror", lambda e: errors.append(str(e)))
         try:
             open_notebook(page, url, token, NOTEBOOK.name)
-            cell = run_cell(page, "live = DuplexWidget(")
-            widget = cell.locator(".csmlab-duplex")
-            widget.wait_for(timeout=60_000)
-            widget.locator(".csmlab-start").click()
-            widget.locator(".csmlab-status[data-status='running']").wait_for(timeout=60_000)
+            widget = start_widget(page, "live = DuplexWidget(")
             time.sleep(LISTEN_S)
             result["page"] = widget.evaluate("el => el.duplex.stats()")
             result["shown"] = widget.locator(".csmlab-figures").inner_text()
@@ -142,29 +155,50 @@ def browser_run(tmp_path_factory):
             page.wait_for_function("([el, n]) => el.duplex.stats().counts.played > n", arg=[widget.element_handle(), result["page"]["counts"]["played"]], timeout=30_000)
             result["recording"] = _fetch_recording(widget)
             result["timeline"] = widget.evaluate("el => el.duplex.timeline")  # [started, round trip, ...] per frame
-            player = "el => el.duplex.stats().player"
-            result["stall"] = {"at": widget.evaluate("el => 1000 * el.duplex.ctx.currentTime"), "before": widget.evaluate(player)}
-            run_cell(page, STALL_CELL)
-            time.sleep(STALL_WATCH_S)
-            result["stall"].update(after=widget.evaluate(player), timeline=widget.evaluate("el => el.duplex.timeline"))
+            result["stall"] = _stall(page, widget, STALL_CELL)
             widget.screenshot(path=str(OUT / "widget.png"))
             widget.locator(".csmlab-start").click()  # Stop
             result["after_stop"] = {"counts": widget.locator(".csmlab-counts:not(.csmlab-player)").inner_text(),
                                     "player": widget.locator(".csmlab-player").inner_text(),
                                     "selector_locked": widget.locator(".csmlab-brain").is_disabled()}
-            report = run_cell(page, "print(json.dumps(live.report()))").locator(".jp-OutputArea-output").first
-            report.wait_for(timeout=30_000)
-            final = json.loads(report.inner_text())
+            final = printed_json(page, "print(json.dumps(live.report()))")
             result["kernel"], result["page_final"] = final["kernel"], final["page"]
             page.screenshot(path=str(OUT / "notebook.png"), full_page=True)
+            result["realtime"] = _realtime_run(page)
         except Exception:
             page.screenshot(path=str(OUT / "failure.png"))
             raise
         finally:
             browser.close()
     result["errors"] = errors
-    (OUT / "run.json").write_text(json.dumps({k: v for k, v in result.items() if k not in ("recording", "stall", "timeline")}, indent=1))
+    (OUT / "run.json").write_text(json.dumps({k: v for k, v in result.items() if k not in ("recording", "stall", "timeline", "realtime")}, indent=1))
     return result
+
+
+def _stall(page, widget, cell: str) -> dict:
+    """Stall the kernel's worker from `cell`, watch `STALL_WATCH_S`: the player's counts around it and the timeline."""
+    player = "el => el.duplex.stats().player"
+    before = widget.evaluate(player)
+    at = stall(page, widget, cell)
+    time.sleep(STALL_WATCH_S)
+    return {"at": at, "before": before, "after": widget.evaluate(player), "timeline": widget.evaluate("el => el.duplex.timeline")}
+
+
+def _realtime_run(page) -> dict:
+    """The widget on the real-time clock, as `csmlab bench live` runs it, shorter: talk, record, stall, stop."""
+    widget = start_widget(page, "live_rt = DuplexWidget(")
+    time.sleep(LISTEN_S)
+    run = {"page": widget.evaluate("el => el.duplex.stats()"), "shown": widget.locator(".csmlab-figures").inner_text(),
+           "recording": _fetch_recording(widget), "timeline": widget.evaluate("el => el.duplex.timeline")}
+    run["stall"] = _stall(page, widget, REALTIME_CELLS["realtime-stall"])
+    widget.locator(".csmlab-start").click()  # Stop
+    run["kernel"] = printed_json(page, "print(json.dumps(live_rt.report()))")["kernel"]
+    return run
+
+
+def _clock(browser_run, clock: str) -> dict:
+    """The run on `clock`: the simulated one is the fixture's main run, the real-time one its second."""
+    return browser_run if clock == "simulated" else browser_run["realtime"]
 
 
 def test_frames_reach_the_kernel(browser_run):
@@ -188,62 +222,61 @@ def test_the_brain_selector_is_locked_while_running_and_the_counts_stay_after_st
     assert "shed" in after["player"] and "underruns" in after["player"], after
 
 
-def test_stop_leaves_no_worker_thread(browser_run):
-    kernel = browser_run["kernel"]
+@pytest.mark.parametrize("clock", CLOCKS)
+def test_stop_leaves_no_worker_thread(browser_run, clock):
+    kernel = _clock(browser_run, clock)["kernel"]
     assert kernel["status"] == "stopped" and not kernel["alive"] and kernel["threads"] == [], kernel
 
 
-def test_echo_comes_back_and_matches_the_input(browser_run):
-    page = browser_run["page"]
-    echo = _echo_alignment(browser_run["recording"], envelope_ms=ENVELOPE_MS)
+@pytest.mark.parametrize("clock", CLOCKS)
+def test_echo_comes_back_and_matches_the_input(browser_run, clock):
+    run = _clock(browser_run, clock)
+    page, kernel = run["page"], run["kernel"]
+    echo = _echo_alignment(run["recording"], envelope_ms=ENVELOPE_MS)
     round_trip = page["latency"]["roundTrip"]["median"]
-    delay_ms = browser_run["kernel"]["session"]["latency_ms"]["algorithmic"]["loopback delay"]
-    kernel = browser_run["kernel"]
+    delay_ms = kernel["session"]["latency_ms"]["algorithmic"]["loopback delay"]
     figures = {  # the round trip is matched by seq, so it is the latency added on top of the loopback delay
-        "machine": {"cpus": os.cpu_count(), "load_1min": os.getloadavg()[0]},
+        "clock": clock, "machine": {"cpus": os.cpu_count(), "load_1min": os.getloadavg()[0]},
         "loopback_delay_ms": delay_ms, "round_trip_ms": round_trip, "echo": echo,
         "parts_ms": {k: v["median"] for k, v in page["latency"].items()},
         "kernel_compute_ms": kernel["session"]["compute_ms"], "device": page["device"], "player": page["player"],
         "page_counts": page["counts"], "kernel_counts": {k: kernel[k] for k in ("received", "dropped", "steps", "late", "concealed", "queue_max")},
     }
-    (OUT / "latency.json").write_text(json.dumps(figures, indent=1))
-    np.savez_compressed(OUT / "recording.npz", **browser_run["recording"])  # to study the echo offline
+    (OUT / f"latency_{clock}.json").write_text(json.dumps(figures, indent=1))
+    np.savez_compressed(OUT / f"recording_{clock}.npz", **run["recording"])  # to study the echo offline
     print(json.dumps(figures, indent=1))
-    output = browser_run["recording"]["output"]
+    output = run["recording"]["output"]
     assert page["counts"]["played"] > 0 and np.sqrt(np.mean(output ** 2)) > 1e-3, "no echo came back to the speaker"
     why = (f"{echo}; the kernel was late on {kernel['late']} of {kernel['steps']} steps (a step over 80 ms sends "
            f"silence) at load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     assert echo["windows"] >= 3 and echo["correlation"] > MIN_ENVELOPE_CORRELATION, why
-    shown = re.search(r"round trip\s+(\d+) ms", browser_run["shown"])  # what the widget displays
-    assert shown and np.isfinite(round_trip) and round_trip > 0, browser_run["shown"]
+    shown = re.search(r"round trip\s+(\d+) ms", run["shown"])  # what the widget displays
+    assert shown and np.isfinite(round_trip) and round_trip > 0, run["shown"]
     # The page's playback buffer absorbs bursts of late steps and sheds what it holds beyond its target,
     # so the echo's lag over the recorded seconds lies between the path's fixed part (one captured
     # frame plus the loopback delay) and the largest round trip measured meanwhile, plus that delay.
     fixed = page["latency"]["capture"]["median"] + delay_ms
-    started, trips = np.array(browser_run["timeline"])[:, :2].T
-    recorded = started > started[-1] - 1000 * len(browser_run["recording"]["output"]) / browser_run["recording"]["rate"]
+    started, trips = np.array(run["timeline"])[:, :2].T
+    recorded = started > started[-1] - 1000 * len(output) / run["recording"]["rate"]
     longest = trips[recorded].max() + delay_ms
     assert fixed - ENVELOPE_MS <= echo["lag_ms"] <= longest + LAG_TOLERANCE_MS + ENVELOPE_MS, (echo, fixed, longest)
 
 
-def test_after_a_forced_400_ms_stall_the_round_trip_is_back_within_2_s_and_the_shed_audio_counted(browser_run):
+@pytest.mark.parametrize("clock", CLOCKS)
+def test_after_a_forced_400_ms_stall_the_round_trip_is_back_within_2_s_and_the_shed_audio_counted(browser_run, clock):
     """The kernel's worker stops for 400 ms; the replies then come in a burst. The playback buffer
     sheds the excess: 2 s after the stall the round trip is back near its value before it (loosely:
-    the machine is loaded, and the transport through JupyterLab has its own bursts)."""
-    stall = browser_run["stall"]
-    started, rt = np.array(stall["timeline"])[:, :2].T
-    at = stall["at"]  # page clock when the cell was run; the stall reaches the speaker a transport later
-    before = np.median(rt[(started > at - 3000) & (started <= at)])
-    hit = np.flatnonzero((started > at) & (started < at + 2000))
-    worst = hit[np.argmax(rt[hit])]  # the frame that waited longest: the stall ended as it arrived
-    after = np.median(rt[(started > started[worst] + 2000) & (started < started[worst] + 3000)])
-    worst = rt[worst]
-    removed = {k: stall["after"][k] - stall["before"][k] for k in ("shedMs", "droppedMs", "underrunMs")}
-    figures = {"round_trip_before_ms": before, "worst_ms": worst, "after_2s_ms": after, **removed}
-    (OUT / "stall.json").write_text(json.dumps(figures, indent=1))
-    assert worst > before + 150, figures  # the stall reached the speaker
-    assert after < before + 150, figures  # ... and 2 s later no longer (without shedding: + the whole stall)
-    assert removed["shedMs"] + removed["droppedMs"] >= 150, figures  # by shedding audio, counted
+    the machine is loaded, and the transport through JupyterLab has its own bursts). On the real-time
+    clock the steps that the stall made late go out as silence, but they still go out, in the burst."""
+    watched = _clock(browser_run, clock)["stall"]
+    back = recovery(watched["timeline"], watched["at"], STALL_BACK_MS)  # as `csmlab bench live` measures it
+    removed = {k: watched["after"][k] - watched["before"][k] for k in ("shedMs", "droppedMs", "underrunMs")}
+    figures = {"clock": clock, "load_1min": os.getloadavg()[0], **back, **removed}
+    (OUT / f"stall_{clock}.json").write_text(json.dumps(figures, indent=1))
+    print(figures)
+    assert back["worst_ms"] > back["before_ms"] + STALL_BACK_MS, figures  # the stall reached the speaker
+    assert back["after_2s_ms"] < back["before_ms"] + STALL_BACK_MS, figures  # ... and 2 s later no longer
+    assert removed["shedMs"] + removed["droppedMs"] >= STALL_BACK_MS, figures  # by shedding audio, counted
 
 
 def test_no_javascript_errors(browser_run):

@@ -126,6 +126,29 @@ def run_cell(page, text: str):
     return cell
 
 
+def printed_json(page, text: str) -> dict:
+    """Run the cell whose source contains `text` and read the JSON it prints."""
+    output = run_cell(page, text).locator(".jp-OutputArea-output").first
+    output.wait_for(timeout=30_000)
+    return json.loads(output.inner_text())
+
+
+def start_widget(page, text: str):
+    """Run the cell that makes a `DuplexWidget`, press its Start and wait until it runs; returns the widget."""
+    widget = run_cell(page, text).locator(".csmlab-duplex")
+    widget.wait_for(timeout=60_000)
+    widget.locator(".csmlab-start").click()
+    widget.locator(".csmlab-status[data-status='running']").wait_for(timeout=60_000)
+    return widget
+
+
+def stall(page, widget, text: str) -> float:
+    """Run the cell that stalls the kernel's worker (`DuplexWorker.pause`); the page's clock (ms) when asked."""
+    at = widget.evaluate("el => 1000 * el.duplex.ctx.currentTime")
+    run_cell(page, text)
+    return at
+
+
 def open_notebook(page, url: str, token: str, name: str) -> None:
     """Open notebook `name` in JupyterLab and wait until its kernel is idle."""
     page.goto(f"{url}/lab/tree/{name}?token={token}")

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from csmlab.bench.browser import REPO, fake_mic_wav, jupyter_lab, launch_chromium, open_notebook, run_cell
+from csmlab.bench.browser import (REPO, fake_mic_wav, jupyter_lab, launch_chromium, open_notebook, printed_json,
+                                  stall, start_widget)
 from csmlab.metrics import latency_summary
 
 SPEECH = REPO / "data" / "real" / "sample.wav"
@@ -79,21 +80,15 @@ def jupyterlab(browser, args, root: Path) -> dict:
     with jupyter_lab(root) as (url, token):
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         open_notebook(page, url, token, "live.ipynb")
-        widget = run_cell(page, "live = DuplexWidget(").locator(".csmlab-duplex")
-        widget.wait_for(timeout=60_000)
-        widget.locator(".csmlab-start").click()
-        widget.locator(".csmlab-status[data-status='running']").wait_for(timeout=60_000)
+        widget = start_widget(page, "live = DuplexWidget(")
         start, stalls = time.monotonic(), []
         for k in range(args.stalls):
             time.sleep(max(0.0, start + (k + 1) * args.seconds / (args.stalls + 1) - time.monotonic()))
-            stalls.append(widget.evaluate("el => 1000 * el.duplex.ctx.currentTime"))
-            run_cell(page, "live.worker.pause(")
+            stalls.append(stall(page, widget, "live.worker.pause("))
         time.sleep(max(0.0, start + args.seconds - time.monotonic()))
         stats, timeline = widget.evaluate("el => el.duplex.stats()"), widget.evaluate("el => el.duplex.timeline")
         widget.locator(".csmlab-start").click()  # Stop
-        output = run_cell(page, "print(json.dumps(live.report()))").locator(".jp-OutputArea-output").first
-        output.wait_for(timeout=30_000)
-        kernel = json.loads(output.inner_text())["kernel"]
+        kernel = printed_json(page, "print(json.dumps(live.report()))")["kernel"]
     algorithmic = kernel["session"]["latency_ms"]["algorithmic"]
     delay = sum(v for k, v in algorithmic.items() if k != "frame")
     return {"brain_delay_ms": delay, "device_ms": _device_ms(stats), **frames(timeline, delay, _device_ms(stats)),
