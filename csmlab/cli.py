@@ -76,6 +76,8 @@ def _add_serve(sub) -> None:
     serve.add_argument("--threads", type=int, help="torch threads (one setting for the process)")
     serve.add_argument("--batch", action="store_true", default=None,
                        help="step all sessions together: one Moshi and one Mimi forward per 80 ms (moshi, loopback)")
+    serve.add_argument("--overload", help="when a brain cannot keep up: skip (concealed frames' compute; default), "
+                       "rate (run it at a declared lower rate) or none")
     serve.add_argument("--max-sessions", type=int, dest="max_sessions")
     serve.add_argument("--max-session-s", type=float, dest="max_session_s", help="session length limit, seconds")
     serve.add_argument("--max-message-bytes", type=int, dest="max_message_bytes")

@@ -1,16 +1,20 @@
-"""A brain that cannot keep up: the session sheds work and says so, in the worker and in `csmlab serve`.
+"""A brain that cannot keep up: the session sheds work and says so, in the worker and in `csmlab serve`,
+by either policy: skipping concealed frames, or running the brain at a declared lower rate.
 
 `SleepyBrain` sleeps `SLEEP_S` per step, several times the 80 ms budget on any machine, so nothing
 here depends on this machine's speed; it echoes what it heard and counts its calls.
 """
 import asyncio
 import logging
+import math
 import re
 import time
 
 import aiohttp
 import numpy as np
+import pytest
 
+from csmlab.errors import CsmlabError
 from csmlab.metrics import FRAME_SIZE
 from csmlab.pipeline import Brain, DuplexSession, Said
 from csmlab.pipeline.overload import Overload
@@ -63,6 +67,59 @@ def test_an_overloaded_session_skips_the_brain_for_concealed_frames_and_says_why
     assert report["faults"]["clock/overload_overloaded"] == 1
 
 
+def test_at_a_declared_lower_rate_the_brain_runs_on_one_frame_in_n_and_every_frame_is_accounted_for():
+    """On the real-time clock: once overloaded, the session declares a rate the brain can keep up
+    with, calls it on exactly one frame in `every`, and sends silence (a shed step) for the others."""
+    brain = SleepyBrain()
+    with DuplexSession(brain, clock="realtime", window=1, overload="rate") as session:
+        steps = [s for seq in range(WINDOW) for s in session.push(_frame(), 24000, seq=seq)]
+        overload = session.overload
+        assert overload.state == "overloaded" and overload.every == min(overload.max_every, math.ceil(overload.compute_ms / 80))
+        every, calls = overload.every, brain.calls
+        more = 3 * every
+        steps += [s for seq in range(WINDOW, WINDOW + more) for s in session.push(_frame(), 24000, seq=seq)]
+        report = session.report()
+    assert every >= 3  # 200 ms a step needs at least 3 frames' time
+    assert [s.index for s in steps] == list(range(WINDOW + more))  # one step per frame, none lost
+    assert [s.seq for s in steps] == list(range(WINDOW + more)) and not any(s.concealed for s in steps)
+    assert brain.calls - calls == more // every  # the brain ran at the declared rate
+    shed = [s for s in steps[WINDOW:] if s.shed]
+    assert len(shed) == more - more // every and all(np.all(s.pcm == 0) and "brain" not in s.compute_ms for s in shed)
+    said = report["overload"]
+    assert said["policy"] == "rate" and said["every"] == every and said["shed_steps"] == len(shed)
+    assert f"running it on 1 frame in {every} ({12.5 / every:.1f} steps/s instead of 12.5)" in said["message"], said
+    assert report["frames"]["received"] == report["frames"]["consumed"] == WINDOW + more
+
+
+def test_the_declared_rate_is_lowered_while_overloaded_and_the_full_rate_returns_once_ok():
+    overload = Overload("moshi", policy="rate")
+    for ms in [136] * WINDOW:
+        overload.observe(ms)
+    assert (overload.state, overload.every, overload.slack_ms) == ("overloaded", 2, 80)
+    assert all(overload.sheds(i, concealed=False) == (i % 2 == 1) for i in range(6))
+    for ms in [200] * WINDOW:  # slower still: one frame in 3
+        overload.observe(ms)
+    assert overload.every == 3 and "1 frame in 3" in overload.message()
+    for ms in [90] * WINDOW:  # faster, but still over budget: the declared rate holds
+        overload.observe(ms)
+    assert overload.every == 3
+    for ms in [40] * WINDOW:
+        overload.observe(ms)
+    assert (overload.state, overload.every, overload.slack_ms) == ("ok", 1, 0) and not overload.sheds(1, concealed=True)
+
+
+def test_the_skip_policy_sheds_only_concealed_frames_and_none_sheds_nothing():
+    skip, none = Overload("moshi"), Overload("moshi", policy="none")
+    for overload in (skip, none):
+        for ms in [136] * WINDOW:
+            overload.observe(ms)
+    assert skip.every == none.every == 1 and skip.slack_ms == 0
+    assert skip.sheds(5, concealed=True) and not skip.sheds(5, concealed=False)
+    assert not none.sheds(5, concealed=True)
+    with pytest.raises(CsmlabError, match="choose one of skip, rate, none"):
+        Overload("moshi", policy="half")
+
+
 def test_the_worker_tells_the_page_when_the_brain_cannot_keep_up():
     sent = []
     worker = DuplexWorker(SleepyBrain(), lambda content, buffers: sent.append(content), max_queue=4).start()
@@ -81,7 +138,8 @@ def test_the_worker_tells_the_page_when_the_brain_cannot_keep_up():
     assert report["dropped"] > 0  # the page sent faster than the brain could answer
 
 
-def test_the_server_logs_once_exports_and_notifies_an_overloaded_session(caplog):
+@pytest.mark.parametrize("policy", ["skip", "rate"])
+def test_the_server_logs_once_exports_and_notifies_an_overloaded_session(caplog, policy):
     caplog.set_level(logging.WARNING, logger="csmlab.serve")
 
     async def talk(port):
@@ -101,14 +159,17 @@ def test_the_server_logs_once_exports_and_notifies_an_overloaded_session(caplog)
                             notices.append(msg.json())
                     if notices:
                         break
-            async with http.get(f"http://127.0.0.1:{port}/metrics") as metrics:
-                text = await metrics.text()
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as metrics:  # while the session lives
+                    text = await metrics.text()
         return notices, text
 
-    with serve_in_thread(Settings(port=0), SleepyBrain) as server:
+    with serve_in_thread(Settings(port=0, overload=policy), SleepyBrain) as server:
         notices, text = asyncio.run(talk(server.port))
     assert notices and notices[0]["state"] == "overloaded" and "cannot keep up" in notices[0]["message"]
-    assert "csmlab_overload_events_total 1.0" in text
+    assert "csmlab_overload_events_total 1.0" in text and "csmlab_overloaded_sessions 1.0" in text
+    reduced = policy == "rate"
+    assert f"csmlab_reduced_rate_sessions {float(reduced)}" in text
+    assert ("running it on 1 frame in" in notices[0]["message"]) == reduced, notices[0]
     overloaded = [r for r in caplog.records if "overloaded" in r.getMessage()]
     assert len(overloaded) == 1 and "needs" in overloaded[0].getMessage()
 

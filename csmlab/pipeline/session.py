@@ -22,8 +22,12 @@ Policies, stated once:
 - **Overload** (`csmlab.pipeline.overload`, real-time clock only: a simulation measures compute and
   judges nothing): when the median compute of the last 12 computed steps runs above 80 ms (or close
   to it), the session says so (`session.overload`, `report()["overload"]`)
-  and sheds work: a concealed step (silence standing in for a frame that was lost or dropped)
-  skips encode, brain and decode and sends silence, instead of costing a full step.
+  and sheds work by its `overload` policy: `"skip"` (default): a concealed step (silence standing in
+  for a frame that was lost or dropped) skips encode, brain and decode and sends silence, instead of
+  costing a full step; `"rate"`: once overloaded, the brain runs at a declared lower rate (one frame
+  in 2, 3 or 4, said in words), the frames between go out silent without compute, and a computed
+  step has the skipped frames' time before it is late; `"none"`: every step computed. A shed step
+  says so (`Step.shed`).
 - **Disconnect**: `disconnect()` ends the current source (what it sent is flushed, nothing is
   lost); until the next `push`, `tick()` keeps the clock going with silent, concealed steps. The next
   `push` is a reconnect: any numbering and sample rate.
@@ -71,6 +75,7 @@ class Step:
     t_ms: float = 0.0  # when the step's input frame was complete, on the session clock
     concealed: bool = False  # the user's frame was (all) silence standing in for lost audio
     fault: str | None = None  # what went wrong in this step, if anything ("brain_error", ...)
+    shed: bool = False  # the overload policy shed its encode, brain and decode: silence went out
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,7 @@ class DuplexSession:
 
     def __init__(self, brain: Brain, clock="simulated", *, codec=None, window: int = 3, max_gap: int = 50,
                  deadline_ms: float = FRAME_MS, stall_ms: float | None = None, events: int = 2000,
-                 history: int = 20_000):
+                 history: int = 20_000, overload: str = "skip"):
         self.brain, self.clock = brain, make_clock(clock)
         if stall_ms is None:  # a live session cannot wait long; a simulation measures compute and never drops work
             stall_ms = STALL_MS if self.clock.kind == "realtime" else math.inf
@@ -149,7 +154,7 @@ class DuplexSession:
         self._disconnected_at: float | None = None
         self._compute: dict[str, deque] = {k: deque(maxlen=history) for k in (*LAYERS, "total")}
         self._late = self._faulted = 0
-        self.overload = Overload(brain.name)
+        self.overload = Overload(brain.name, policy=overload)
         brain.attach(lambda kind, detail="": self._log("brain", kind, detail))
 
     # ---- input --------------------------------------------------------------------------------
@@ -243,14 +248,14 @@ class DuplexSession:
 
     # ---- one step -----------------------------------------------------------------------------
     def _step(self, frame: np.ndarray, seq, concealed: bool, at: float, ms: dict) -> Step:
-        if concealed and self.overload.shedding:
-            return self._shed(seq, at, ms)
+        if self.overload.sheds(self._index, concealed):
+            return self._shed(seq, at, ms, concealed)
         codes, fault = self._encode(frame, ms)
         said, brain_fault = self._think(Heard(self._index, frame, codes, concealed), ms)
         pcm, decode_fault = self._speak(said, ms)
         fault = fault or brain_fault or decode_fault
         ms["total"] = sum(ms.values())
-        late = 1000 * (self.clock.now() - at) > self.deadline_ms
+        late = 1000 * (self.clock.now() - at) > self.deadline_ms + self.overload.slack_ms
         if late:
             self._late += 1
             self._log("clock", "late", f"done {1000 * (self.clock.now() - at):.0f} ms after its frame: silence sent")
@@ -264,11 +269,12 @@ class DuplexSession:
         self._index += 1
         return step
 
-    def _shed(self, seq, at: float, ms: dict) -> Step:
-        """Overloaded: a concealed frame (silence) costs no encode, brain or decode; silence goes out."""
+    def _shed(self, seq, at: float, ms: dict, concealed: bool) -> Step:
+        """Overloaded: the policy's frame (concealed, or between two at a declared rate) costs no encode,
+        brain or decode; silence goes out."""
         self.overload.shed_steps += 1
         ms["total"] = sum(ms.values())
-        step = Step(self._index, np.zeros(FRAME_SIZE, np.float32), "", seq, False, ms, 1000 * at, True, None)
+        step = Step(self._index, np.zeros(FRAME_SIZE, np.float32), "", seq, False, ms, 1000 * at, concealed, shed=True)
         self._index += 1
         return step
 

@@ -186,7 +186,7 @@ class Server:
         log.info("brain %s ready", self.settings.brain)
 
     def _open_session(self) -> DuplexSession:
-        return DuplexSession(self.new_brain(), clock="realtime")
+        return DuplexSession(self.new_brain(), clock="realtime", overload=self.settings.overload)
 
     async def stop(self, reason: str = "server shutting down") -> None:
         """Graceful: stop accepting, close sessions with `reason`, let worker threads finish."""

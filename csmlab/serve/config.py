@@ -17,11 +17,12 @@ from pathlib import Path
 
 from csmlab.errors import ConfigError
 from csmlab.pipeline.brain import BRAINS
+from csmlab.pipeline.overload import POLICIES
 
 TOKEN_ENV = "CSMLAB_TOKEN"
 SECTIONS = {
     "server": ("host", "port", "token", "insecure", "allowed_origins", "allowed_hosts"),
-    "brain": ("brain", "weights", "listen", "device", "threads", "batch"),
+    "brain": ("brain", "weights", "listen", "device", "threads", "batch", "overload"),
     "limits": ("max_sessions", "max_session_s", "max_message_bytes", "idle_timeout_s", "header_timeout_s",
                "max_connections_per_client"),
 }
@@ -45,6 +46,7 @@ class Settings:
     device: str = "cpu"
     threads: int = 1  # torch threads, one setting for the whole process
     batch: bool = False  # step all sessions' Moshi and Mimi in one forward per step (csmlab.pipeline.batching)
+    overload: str = "skip"  # what a session sheds when its brain cannot keep up (csmlab.pipeline.overload)
     max_sessions: int = 2
     max_session_s: float = 600.0
     max_message_bytes: int = 64 * 1024  # a 80 ms Opus page is ~300 bytes
@@ -106,6 +108,8 @@ def _typed(name: str, value, kind: type):
 def _check(settings: Settings) -> Settings:
     if settings.brain not in BRAINS:
         raise ConfigError(f"brain {settings.brain!r} is unknown; choose one of {', '.join(BRAINS)}")
+    if settings.overload not in POLICIES:
+        raise ConfigError(f"overload policy {settings.overload!r} is unknown; choose one of {', '.join(POLICIES)}")
     if not 0 <= settings.port < 65536:
         raise ConfigError(f"port {settings.port} is out of range 0..65535 (0 picks a free port)")
     for name in ("threads", "max_sessions", "max_session_s", "max_message_bytes", "idle_timeout_s",

@@ -30,12 +30,18 @@ class ServerMetrics:
         self.overloaded = Gauge("csmlab_overloaded_sessions", "Sessions whose brain cannot keep up now "
                                 "(median compute per step above 80 ms)", registry=r)
         self.overload_events = Counter("csmlab_overload_events", "Times a session became overloaded", registry=r)
+        self.reduced_rate = Gauge("csmlab_reduced_rate_sessions", "Sessions whose brain runs at a declared lower "
+                                  "rate now (overload policy 'rate'; the notice says which)", registry=r)
+        self.shed = Counter("csmlab_shed_steps", "Steps whose encode, brain and decode the overload policy shed "
+                            "(silence went out)", registry=r)
         self.ready = Gauge("csmlab_ready", "1 once the brain is loaded and sessions are accepted", registry=r)
 
     def observe_step(self, step) -> None:
         self.steps.inc()
         if step.late:
             self.late.inc()
+        if step.shed:
+            self.shed.inc()
         if step.fault:  # the pipeline survived it (silence went out) and says which layer failed
             self.errors.labels(step.fault).inc()
         for layer, ms in step.compute_ms.items():

@@ -2,9 +2,11 @@
 
 The pipeline decides (`csmlab.pipeline.overload`: median compute per step against the 80 ms budget);
 the server reports each change of a session's state: a log line the first time the session is
-overloaded, the `csmlab_overloaded_sessions` gauge and `csmlab_overload_events` counter in
-`/metrics`, and a notice to the client (Moshi's protocol: an 0x05 message; the page's frames: a JSON
-`{"type": "overload", "state", "message"}` that the page shows in amber or red).
+overloaded, the `csmlab_overloaded_sessions` and `csmlab_reduced_rate_sessions` gauges and the
+`csmlab_overload_events` counter in `/metrics` (`csmlab_shed_steps` is counted per step), and a
+notice to the client (Moshi's protocol: an 0x05 message; the page's frames: a JSON
+`{"type": "overload", "state", "message"}` that the page shows in amber or red; the message says a
+declared lower rate in words).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ class OverloadWatch:
 
     def __init__(self, metrics, wire):
         self.metrics, self.wire = metrics, wire
-        self.changes, self.state, self.logged = 0, "ok", False
+        self.changes, self.state, self.every, self.logged = 0, "ok", 1, False
 
     def check(self, duplex) -> list:
         overload = duplex.overload
@@ -26,9 +28,10 @@ class OverloadWatch:
             return []
         self.changes = overload.changes
         was, self.state = self.state, overload.state
-        if (was == "overloaded") != (self.state == "overloaded"):
-            self.metrics.overloaded.inc() if self.state == "overloaded" else self.metrics.overloaded.dec()
-        if self.state == "overloaded":
+        reduced, self.every = self.every > 1, overload.every
+        _follow(self.metrics.overloaded, was == "overloaded", self.state == "overloaded")
+        _follow(self.metrics.reduced_rate, reduced, self.every > 1)
+        if self.state == "overloaded" and was != "overloaded":
             self.metrics.overload_events.inc()
             if not self.logged:
                 self.logged = True
@@ -36,5 +39,11 @@ class OverloadWatch:
         return [self.wire.notice(overload.state, overload.message())]
 
     def close(self) -> None:
-        if self.state == "overloaded":
-            self.metrics.overloaded.dec()
+        _follow(self.metrics.overloaded, self.state == "overloaded", False)
+        _follow(self.metrics.reduced_rate, self.every > 1, False)
+
+
+def _follow(gauge, was: bool, now: bool) -> None:
+    """A gauge of sessions in some condition: +1 as one enters it, -1 as it leaves."""
+    if now != was:
+        gauge.inc() if now else gauge.dec()

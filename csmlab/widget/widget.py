@@ -53,14 +53,17 @@ class DuplexWidget(anywidget.AnyWidget):
     jitter_ms = traitlets.Float(60.0).tag(sync=True)
     max_queue = traitlets.Int(4).tag(sync=True)
 
-    def __init__(self, brain: str = "loopback", brain_kwargs: dict | None = None, clock: str = "realtime", **kwargs):
+    def __init__(self, brain: str = "loopback", brain_kwargs: dict | None = None, clock: str = "realtime",
+                 overload: str = "skip", **kwargs):
         """`brain_kwargs` go to `make_brain` (e.g. `{"delay_ms": 240}`); `kwargs` set traits (`jitter_ms`).
+        `overload` is what the session sheds when the brain cannot keep up: `"skip"` its concealed
+        frames, `"rate"` runs it at a declared lower rate, `"none"` (see `csmlab.pipeline.overload`).
 
         `clock="realtime"` (live): a step that overruns its deadline sends silence and counts as late.
         The deadline is 80 ms plus the page's jitter margin: a reply that comes that late still
         finds its slot in the playback buffer. `"simulated"` sends every step's audio however long
         it took (compute is still measured)."""
-        self.brain_kwargs, self.clock = brain_kwargs, clock
+        self.brain_kwargs, self.clock, self.overload_policy = brain_kwargs, clock, overload
         super().__init__(brain=brain, **kwargs)
         self.worker: DuplexWorker | None = None
         self.on_msg(self._on_page_message)
@@ -86,7 +89,7 @@ class DuplexWidget(anywidget.AnyWidget):
         self.error, self.text, self.status, self.stats, self.overload = "", "", "starting", {}, {}
         kwargs = self.brain_kwargs if self.brain_kwargs is not None else BRAIN_DEFAULTS.get(self.brain, {})
         worker = DuplexWorker(self.brain, lambda c, b: self._from_worker(worker, c, b), max_queue=self.max_queue, clock=self.clock,
-                              deadline_ms=FRAME_MS + self.jitter_ms,
+                              deadline_ms=FRAME_MS + self.jitter_ms, overload=self.overload_policy,
                               on_stats=lambda report: self._on_stats(worker, report), **kwargs)
         self.worker = worker  # before it starts: its first message must find it current
         worker.start()
@@ -125,7 +128,8 @@ class DuplexWidget(anywidget.AnyWidget):
             lines.append(f"compute per 80 ms step: p50 {total['p50']:.1f} ms, p95 {total['p95']:.1f} ms")
         overload = session.get("overload", {})
         if overload.get("state", "ok") != "ok":
-            lines.append(f"{overload['state'].upper()}: {overload['message']} ({overload['shed_steps']} concealed steps shed)")
+            lines.append(f"{overload['state'].upper()}: {overload['message']} ({overload['shed_steps']} steps shed, "
+                         f"policy {overload['policy']!r})")
         if page.get("latency"):
             lat, player = page["latency"], page["player"]
             median = {key: lat[key]["median"] for key in lat}

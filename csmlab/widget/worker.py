@@ -46,13 +46,16 @@ def _set_torch_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def open_session(brain, clock: str = "realtime", deadline_ms: float | None = None, **brain_kwargs):
-    """A `DuplexSession` on `brain`: a name for `make_brain` ("loopback", "moshi", ...) or a brain."""
+def open_session(brain, clock: str = "realtime", deadline_ms: float | None = None, overload: str = "skip",
+                 **brain_kwargs):
+    """A `DuplexSession` on `brain`: a name for `make_brain` ("loopback", "moshi", ...) or a brain;
+    `overload` is its policy when the brain cannot keep up (`csmlab.pipeline.overload.POLICIES`)."""
     from csmlab.pipeline import DuplexSession, make_brain
     from csmlab.pipeline.brain import FRAME_MS
 
     brain = make_brain(brain, **brain_kwargs) if isinstance(brain, str) else brain
-    return DuplexSession(brain, clock=clock, deadline_ms=FRAME_MS if deadline_ms is None else deadline_ms)
+    return DuplexSession(brain, clock=clock, deadline_ms=FRAME_MS if deadline_ms is None else deadline_ms,
+                         overload=overload)
 
 
 class DuplexWorker:
@@ -60,10 +63,11 @@ class DuplexWorker:
 
     def __init__(self, brain, send: Send, *, max_queue: int = 4, idle_timeout_s: float = 5.0,
                  clock: str = "realtime", deadline_ms: float | None = None, threads: int | None = 1,
-                 on_stats: Callable[[dict], None] | None = None, **brain_kwargs):
+                 on_stats: Callable[[dict], None] | None = None, overload: str = "skip", **brain_kwargs):
         self.brain, self.send, self.max_queue, self.idle_timeout_s = brain, send, max_queue, idle_timeout_s
         self.deadline_ms = deadline_ms  # None: the session's (80 ms)
         self.clock, self.threads, self.on_stats, self.brain_kwargs = clock, threads, on_stats, brain_kwargs
+        self.overload = overload  # the session's overload policy
         self.counts = {"received": 0, "dropped": 0, "malformed": 0, "steps": 0, "late": 0, "concealed": 0, "errors": 0}
         self.queue_max = 0
         self.warmup_ms: float | None = None
@@ -147,7 +151,7 @@ class DuplexWorker:
     def _run(self) -> None:
         _set_torch_threads(self.threads)
         try:
-            self.session = open_session(self.brain, self.clock, self.deadline_ms, **self.brain_kwargs)
+            self.session = open_session(self.brain, self.clock, self.deadline_ms, self.overload, **self.brain_kwargs)
             self._warm_up()
             self._set_status("running")
             while (item := self._next()) is not None:
@@ -216,7 +220,7 @@ class DuplexWorker:
                     del self._arrivals[seq]
             kernel_ms = 1000 * (time.perf_counter() - arrived) if arrived is not None else 0.0
         buffer = pack_system_frame(step, kernel_ms)
-        content = {"type": "step", "index": step.index, "text": step.text, "late": bool(step.late), "concealed": step.seq is None,
+        content = {"type": "step", "index": step.index, "text": step.text, "late": bool(step.late), "concealed": step.seq is None, "shed": step.shed,
                    "compute_ms": {k: round(v, 3) for k, v in step.compute_ms.items()}, "queue": len(self._frames)}
         self.send(content, [buffer])
 
