@@ -136,7 +136,7 @@ def printed_json(page, text: str) -> dict:
 def start_widget(page, text: str):
     """Run the cell that makes a `DuplexWidget`, press its Start and wait until it runs; returns the widget."""
     widget = run_cell(page, text).locator(".csmlab-duplex")
-    widget.wait_for(timeout=60_000)
+    widget.wait_for(timeout=120_000)  # a first cell imports torch and loads Mimi: over 60 s seen at load 5-6
     widget.locator(".csmlab-start").click()
     widget.locator(".csmlab-status[data-status='running']").wait_for(timeout=60_000)
     return widget
