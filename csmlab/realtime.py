@@ -8,7 +8,7 @@
 A live session has 80 ms for each 80 ms step (encode, brain, decode). The same brain keeps up on one
 machine and falls behind on the next, so `csmlab doctor` measures it here: each model is built as the
 live widget builds it (`csmlab.widget.worker.open_session`, the widget's defaults, weights as
-`csmlab.weights` finds them, on the CPU), fed 2 s of the real call (speech, then the silence that ends
+`csmlab.weights` finds them, on the device the notebooks use: CUDA when present), fed 2 s of the real call (speech, then the silence that ends
 a turn, so the cascade answers), and timed step by step after two warm-up steps. The codec alone
 (full-size Mimi: encode + decode of one frame) is the floor under every brain that speaks codes.
 
@@ -227,6 +227,15 @@ def _released_frame(bench: str) -> str:
     name = {"bench_moshi": "Moshi-7B", "bench_csm": "CSM-1B"}[bench]
     return (f"the released {name} took {ms[dtype]:.0f} ms per frame ({dtype}, real size, "
             f"{r['machine']['cpu_model']}, {ms[dtype] / FRAME_MS:.0f}x the budget)")
+
+
+def stamp(record: dict):
+    """The timing stamp to show under the figures: measured now, or read from the cache with its own date."""
+    from csmlab.bench import Stamp
+
+    if record["cached"]:
+        return Stamp(record["machine"], "cached", when=record["date"], where="the doctor's cache")
+    return Stamp(record["machine"], when=record["date"])
 
 
 def released(model: str) -> str:

@@ -84,7 +84,7 @@ def test_every_cell_that_draws_has_its_figure(path):
         assert "image/png" in kinds, f"{path.name} cell {i} draws a figure but its outputs hold no image"
 
 
-TIMES = re.compile(r"perf_counter|first_audio_s|measure_depths|\.measure\(|kernel_ms|compute_ms|real_time_factor|step_ms\[|train\.train\(")
+TIMES = re.compile(r"perf_counter|realtime\.measured\(|first_audio_s|measure_depths|\.measure\(|kernel_ms|compute_ms|real_time_factor|step_ms\[|train\.train\(")
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)

@@ -141,3 +141,13 @@ def test_doctor_prints_a_verdict_per_model(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(realtime, "measured", lambda threads: pytest.fail("--no-bench measured"))
     assert cli.main(["doctor", "--no-bench"]) == 0
     assert "real time here" not in capsys.readouterr().out
+
+
+def test_the_stamp_says_whether_the_figures_were_measured_now_or_read_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(realtime, "_load", lambda: 0.1)
+    weights = {"codec": "a"}
+    now = realtime.measured(("codec",), folder=tmp_path, measure=_fake_measure([]), weights=weights)
+    assert "measured now" in repr(realtime.stamp(now))
+    cached = realtime.measured(("codec",), folder=tmp_path, measure=_fake_measure([]), weights=weights)
+    shown = repr(realtime.stamp(cached))
+    assert "read from the doctor's cache" in shown and cached["date"] in shown
