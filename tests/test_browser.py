@@ -50,10 +50,13 @@ ENVELOPE_MS = 10
 # windows only, two recordings of the adaptive buffer (one of them had failed at 0.39): 0.66 and 0.70;
 # the call's other speech in place of the echo 0.24 and 0.33, noise 0.13.
 SPEECH_RMS = 10 ** (-50 / 20)
-LIVE_CELL = 'DuplexWidget(brain=\\"moshi\\" if real_moshi else \\"cascade\\")'  # as the notebook's JSON spells it
+LIVE_CELL = "DuplexWidget(brain=brain)"  # the brain the cell before it picked for this machine
 # The copy runs the loopback brain: its reply is the input's echo, which this test correlates (the
 # notebook's live cell starts with the brain that answers, whose replies are not an echo).
-LIVE_COPY = 'DuplexWidget(brain=\\"loopback\\", clock=\\"simulated\\")'
+# Its loopback waits 240 ms, not the default: notebook 05 shows this run's screenshot above the exercise
+# whose answer is the default delay (the echo's lag is judged against the delay the kernel reports).
+LIVE_COPY = ('DuplexWidget(brain=\\"loopback\\", clock=\\"simulated\\", '
+             'brain_kwargs={\\"delay_ms\\": 240, \\"listen\\": True})')
 MIN_ENVELOPE_CORRELATION = 0.5
 STALL_CELL = "live.worker.pause(0.4)  # a forced 400 ms stall of the kernel's worker (this test's copy only)"
 STALL_WATCH_S = 5.0  # seconds watched after the cell ran: the stall, then 2 s, then 1 s to measure
@@ -135,6 +138,7 @@ def browser_run(tmp_path_factory):
             result["page"] = widget.evaluate("el => el.duplex.stats()")
             result["shown"] = widget.locator(".csmlab-figures").inner_text()
             result["selector_locked"] = widget.locator(".csmlab-brain").is_disabled()
+            widget.screenshot(path=str(OUT / "widget_running.png"))  # before the faults below: notebook 05 shows it
             widget.evaluate("el => el.duplex.send(new ArrayBuffer(10))")  # a malformed frame, as a broken page would
             page.wait_for_function("el => el.textContent.includes('16-byte header')",
                                    arg=widget.locator(".csmlab-error").element_handle(), timeout=30_000)
