@@ -151,3 +151,18 @@ def test_the_stamp_says_whether_the_figures_were_measured_now_or_read_from_the_c
     cached = realtime.measured(("codec",), folder=tmp_path, measure=_fake_measure([]), weights=weights)
     shown = repr(realtime.stamp(cached))
     assert "read from the doctor's cache" in shown and cached["date"] in shown
+
+
+def test_the_widgets_brains_load_their_models_where_the_notebooks_put_them(monkeypatch):
+    """The verdict measures the widget's brains; on a GPU box they must load on CUDA, not the CPU."""
+    from csmlab import csm, moshi, weights
+    from csmlab.pipeline.moshi_brain import MoshiBrain
+    from csmlab.pipeline.voices import CsmSpeaker
+
+    asked = []
+    monkeypatch.setattr(weights, "default_device", lambda: "cuda")
+    monkeypatch.setattr(moshi, "load", lambda path=None, device="cpu", dtype=None: asked.append(("moshi", device)))
+    monkeypatch.setattr(moshi, "MoshiStream", lambda model, **kwargs: None)
+    monkeypatch.setattr(csm, "load_csm", lambda path=None, device="cpu", **kwargs: asked.append(("csm", device)))
+    MoshiBrain(), CsmSpeaker()
+    assert asked == [("moshi", "cuda"), ("csm", "cuda")]
