@@ -120,6 +120,8 @@ def browser_run(tmp_path_factory):
         notebook["cells"].insert(at, {"cell_type": "code", "id": name, "metadata": {}, "execution_count": None,
                                       "outputs": [], "source": [cell]})
     (root / NOTEBOOK.name).write_text(json.dumps(notebook))
+    for picture in NOTEBOOK.parent.glob(f"{NOTEBOOK.name[:2]}_*.png"):  # the pictures its Markdown shows (else a 404)
+        shutil.copy(picture, root / picture.name)
     OUT.mkdir(parents=True, exist_ok=True)
     errors, result = [], {}
     with jupyter_lab(root) as (url, token), sync_playwright() as p:
