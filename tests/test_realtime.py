@@ -166,3 +166,13 @@ def test_the_widgets_brains_load_their_models_where_the_notebooks_put_them(monke
     monkeypatch.setattr(csm, "load_csm", lambda path=None, device="cpu", **kwargs: asked.append(("csm", device)))
     MoshiBrain(), CsmSpeaker()
     assert asked == [("moshi", "cuda"), ("csm", "cuda")]
+
+
+def test_doctor_says_why_when_the_bench_cannot_run(monkeypatch, capsys):
+    from csmlab.errors import CsmlabError
+
+    def missing(threads):
+        raise CsmlabError("data/real/sample.wav is missing: run `python data/fetch.py`")
+    monkeypatch.setattr(realtime, "measured", missing)
+    assert cli.main(["doctor"]) == 0
+    assert "real time here: not measured (data/real/sample.wav is missing" in capsys.readouterr().out
