@@ -143,9 +143,9 @@ def measure(model: str, timer=time.perf_counter) -> Figures:
                                            "(the first run that loads it downloads it)")
     frames = speech_frames()
     if model == "codec":
-        from csmlab.codec import load_codec
-
         import torch
+
+        from csmlab.codec import load_codec
 
         with load_codec(8).stream(threads=torch.get_num_threads()) as session:
             ms = time_steps(lambda f: session.decode(session.encode(f, SAMPLE_RATE)), frames, timer)
