@@ -2,7 +2,7 @@
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install lab test mutation
+.PHONY: install lab test mutation widget-screenshot
 
 install:
 	bash scripts/install.sh
@@ -23,3 +23,8 @@ test: install
 mutation: install
 	$(VENV)/bin/pip install -q $$($(VENV)/bin/python scripts/pins.py mutation)
 	$(VENV)/bin/python scripts/mutation.py
+
+# Notebook 05's picture of the widget in use (about a minute: JupyterLab and headless Chromium with a
+# recording as the microphone, tests/test_browser.py's run): notebooks/05_widget_in_use.png.
+widget-screenshot: install
+	CSMLAB_OFFLINE=$${CSMLAB_OFFLINE:-1} $(VENV)/bin/python scripts/widget_screenshot.py

@@ -40,7 +40,15 @@ def _bench(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from csmlab.doctor import report
 
-    print(report())
+    print(report(), flush=True)
+    if args.bench:
+        from csmlab import realtime
+        from csmlab.errors import CsmlabError
+
+        try:
+            print("\n".join(realtime.report_lines(realtime.measured(threads=args.threads))))
+        except CsmlabError as err:  # e.g. the real call not fetched yet: the rest of the report still stands
+            print(f"real time here: not measured ({err})")
     return 0
 
 
@@ -98,7 +106,11 @@ def _add_serve(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="csmlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    doctor = sub.add_parser("doctor", help="platform, hardware, versions and which weights each model will use")
+    doctor = sub.add_parser("doctor", help="platform, hardware, versions, which weights each model will use, "
+                                           "and which brains keep real time here (a short bench, cached)")
+    doctor.add_argument("--no-bench", dest="bench", action="store_false",
+                        help="skip the real-time bench (it takes seconds the first time on a host, then is cached)")
+    doctor.add_argument("--threads", type=int, default=1, help="torch threads for the bench (default 1, as the notebooks)")
     doctor.set_defaults(func=_doctor, rest=[])
     bench = sub.add_parser("bench", help="measure latency and throughput (csmlab bench WHAT --help)")
     bench.add_argument("what", choices=BENCHES)

@@ -5,6 +5,10 @@ fast to run first on any machine. It also gives the real compatibility check: th
 versions against the ones csmlab pins (and its tests run on). pip's own check cannot: moshi is
 installed without its dependencies on purpose (it declares torch<2.10), so pip reports moshi's
 pins as conflicts after every install, and those lines are expected.
+
+`csmlab doctor` then adds which brains keep real time on this machine (`csmlab.realtime`: a short
+bench, cached per host; `--no-bench` skips it). That bench loads the models, building the offline
+stand-ins once if they are missing; it downloads nothing.
 """
 from __future__ import annotations
 

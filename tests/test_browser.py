@@ -61,10 +61,13 @@ SPEECH_RMS = 10 ** (-50 / 20)
 # speech in place of the echo 0.03-0.35, the echo reversed 0.04-0.24, noise 0.15. At load 8.3 the
 # real-time run gave 0.79 and the simulated one 0.41: its bursts moved the lag 350-1540 ms.
 LAG_TRACK_MS = 100
-LIVE_CELL = 'DuplexWidget(brain=\\"moshi\\" if real_moshi else \\"cascade\\")'  # as the notebook's JSON spells it
+LIVE_CELL = "DuplexWidget(brain=brain)"  # the brain the cell before it picked for this machine
 # The copy runs the loopback brain: its reply is the input's echo, which this test correlates (the
 # notebook's live cell starts with the brain that answers, whose replies are not an echo).
-LIVE_COPY = 'DuplexWidget(brain=\\"loopback\\", clock=\\"simulated\\")'
+# Its loopback waits 240 ms, not the default: notebook 05 shows this run's screenshot above the exercise
+# whose answer is the default delay (the echo's lag is judged against the delay the kernel reports).
+LIVE_COPY = ('DuplexWidget(brain=\\"loopback\\", clock=\\"simulated\\", '
+             'brain_kwargs={\\"delay_ms\\": 240, \\"listen\\": True})')
 MIN_ENVELOPE_CORRELATION = 0.5
 STALL_CELL = "live.worker.pause(0.4)  # a forced 400 ms stall of the kernel's worker (this test's copy only)"
 STALL_WATCH_S = 5.0  # seconds watched after the cell ran: the stall, then 2 s, then 1 s to measure
@@ -153,6 +156,8 @@ def browser_run(tmp_path_factory):
         notebook["cells"].insert(at, {"cell_type": "code", "id": name, "metadata": {}, "execution_count": None,
                                       "outputs": [], "source": [cell]})
     (root / NOTEBOOK.name).write_text(json.dumps(notebook))
+    for picture in NOTEBOOK.parent.glob(f"{NOTEBOOK.name[:2]}_*.png"):  # the pictures its Markdown shows (else a 404)
+        shutil.copy(picture, root / picture.name)
     OUT.mkdir(parents=True, exist_ok=True)
     errors, result = [], {}
     with jupyter_lab(root) as (url, token), sync_playwright() as p:
@@ -167,6 +172,7 @@ def browser_run(tmp_path_factory):
             result["page"] = widget.evaluate("el => el.duplex.stats()")
             result["shown"] = widget.locator(".csmlab-figures").inner_text()
             result["selector_locked"] = widget.locator(".csmlab-brain").is_disabled()
+            widget.screenshot(path=str(OUT / "widget_running.png"))  # before the faults below: notebook 05 shows it
             widget.evaluate("el => el.duplex.send(new ArrayBuffer(10))")  # a malformed frame, as a broken page would
             page.wait_for_function("el => el.textContent.includes('16-byte header')",
                                    arg=widget.locator(".csmlab-error").element_handle(), timeout=30_000)

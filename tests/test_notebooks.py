@@ -62,6 +62,18 @@ def test_no_output_above_an_exercise_prints_its_answer(path):
             assert not leaked, f"{path.name}: cell {j} prints {leaked}, the answer of the exercise solved in cell {i}"
 
 
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_no_prose_anywhere_states_an_exercises_answer(path):
+    """The Markdown, above or below: 05's exercise 4 stated the loopback's 160 ms, exercise 3's answer."""
+    cells = _cells(path)
+    prose = [(j, "".join(c["source"])) for j, c in enumerate(cells) if c["cell_type"] == "markdown"]
+    for i, cell in _solutions(path):
+        answers = {d for digests in _meta(cell, "answer_sha256") for d in digests}
+        for j, text in prose:
+            leaked = [f for f in ex.answer_forms(text) if " " in f and ex.digest(f) in answers]  # "160 ms", not a bare "2.5"
+            assert not leaked, f"{path.name}: Markdown cell {j} states {leaked}, the answer of the exercise solved in cell {i}"
+
+
 DRAWS = re.compile(r"\bplt\.(show|subplots|figure|semilogy|imshow)\(|\b(plot|draw)_\w+\(|\w+_(diagram|overview|figure|strip)\(")
 
 
@@ -84,7 +96,7 @@ def test_every_cell_that_draws_has_its_figure(path):
         assert "image/png" in kinds, f"{path.name} cell {i} draws a figure but its outputs hold no image"
 
 
-TIMES = re.compile(r"perf_counter|first_audio_s|measure_depths|\.measure\(|kernel_ms|compute_ms|real_time_factor|step_ms\[|train\.train\(")
+TIMES = re.compile(r"perf_counter|realtime\.measured\(|first_audio_s|measure_depths|\.measure\(|kernel_ms|compute_ms|real_time_factor|step_ms\[|train\.train\(")
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)

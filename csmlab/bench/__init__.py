@@ -58,9 +58,11 @@ class Stamp:
     figures travel in the output's metadata ("csmlab": {"timing_stamp": ...}), so that a test can
     refuse a committed notebook executed under load (`tests/test_notebooks.py`)."""
 
-    def __init__(self, measured: dict | None = None, source: str = "executed", when: str | None = None):
+    def __init__(self, measured: dict | None = None, source: str = "executed", when: str | None = None,
+                 where: str = "data/results"):
         self.machine = measured or machine()
-        self.source = source  # "executed": measured by this run; "cached": read from data/results
+        self.source = source  # "executed": measured by this run; "cached": read from `where`
+        self.where = where
         self.utc = when or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())  # when it was measured
 
     @property
@@ -71,7 +73,7 @@ class Stamp:
         m = self.machine
         load = m.get("load_average_1min")
         state = "busy: wall-clock times inflated" if self.busy else "quiet"
-        when = "measured now" if self.source == "executed" else "read from data/results"
+        when = "measured now" if self.source == "executed" else f"read from {self.where}"
         return (f"[timing {when}: {m.get('cpu_model') or m.get('processor')}, {m['cpu_cores']} cores, "
                 f"{m.get('gpu') or 'no GPU'}, {m.get('torch_threads')} torch thread(s), load {load} ({state}); {self.utc}]")
 

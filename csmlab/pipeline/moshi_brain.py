@@ -59,9 +59,10 @@ class MoshiBrain(MoshiSteps):
 
     def __init__(self, model=None, seed: int = 0, history: int = 10_000, **sampling):
         from csmlab import moshi
+        from csmlab.weights import default_device
 
         super().__init__()
-        self.model = model if model is not None else moshi.load()
+        self.model = model if model is not None else moshi.load(device=default_device())
         self.stream = moshi.MoshiStream(self.model, seed=seed, **sampling)
         self.tokens: deque[int | None] = deque(maxlen=history)  # text token per step (None while warming up)
 

@@ -139,9 +139,10 @@ class MoshiCsmBrain(Brain):
 
         if stream is None:
             from csmlab import moshi
+            from csmlab.weights import default_device
             from csmlab.pipeline.moshi_brain import moshi_codec
 
-            model = moshi.load()
+            model = moshi.load(device=default_device())
             stream, codec = moshi.MoshiStream(model), codec or moshi_codec(model)
         if codec is None:
             raise ConfigError("MoshiCsmBrain needs the codec that encodes the user's audio for its stream (Moshi's Mimi)")

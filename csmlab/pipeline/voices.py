@@ -39,8 +39,9 @@ class CsmSpeaker:
 
     def __init__(self, voice=None, speaker: int = 1, sampling=None, max_audio_ms: int = 10_000, context_s: float = 30.0):
         from csmlab.csm import Sampling, load_csm
+        from csmlab.weights import default_device
 
-        self.voice = voice if voice is not None else load_csm()
+        self.voice = voice if voice is not None else load_csm(device=default_device())
         self.speaker, self.max_audio_ms, self.context_s = speaker, max_audio_ms, context_s
         self.sampling = sampling or Sampling()
 
