@@ -39,6 +39,7 @@ EQUIVALENT = [
     ('host.partition(":")', 'host.rpartition(":")', "only used when the host has exactly one ':'"),
     ('headers.get("Authorization", "")', 'headers.get("Authorization", "XXXX")',
      "any default that is not a 'Bearer ' header falls through to the query, as the empty one does"),
+    ("self._flushed = False", "self._flushed = None", "CodecSession reads _flushed only for its truth"),
 ]
 
 
