@@ -5,6 +5,7 @@ real sockets that never read) is tested in test_serve*.py; these tests are the o
 mutation` runs against chat.py."""
 import asyncio
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -44,7 +45,7 @@ class FakeDuplex:
     """Each push: one step per whole frame of what it got; `fail` decides a push's fate by its size."""
 
     def __init__(self, fail=None):
-        self.pushed, self.fail, self.index = [], fail or {}, 0
+        self.pushed, self.fail, self.index, self.threads = [], fail or {}, 0, set()
         self.overload = Overload("fake")
 
     def push(self, pcm, rate, seq):
@@ -52,6 +53,7 @@ class FakeDuplex:
         if pcm.size in self.fail:
             raise self.fail[pcm.size]
         self.pushed.append((pcm.size, seq))
+        self.threads.add(threading.current_thread().name)
         steps = []
         for _ in range(pcm.size // FRAME_SIZE):
             steps.append(Step(self.index, np.zeros(FRAME_SIZE, np.float32), "", seq, self.index == 1,
@@ -68,7 +70,7 @@ def counter(metric, *labels):
 async def session(client_does, *, idle=5.0, length=60.0, duplex=None, max_msg=0):
     """Serve one Chat; run `client_does(ws, state)` as its client; return the state (chat, outcome)."""
     state = SimpleNamespace(duplex=duplex or FakeDuplex(), metrics=ServerMetrics(), outcome=None, chat=None)
-    executor = ThreadPoolExecutor(1)
+    executor = ThreadPoolExecutor(1, thread_name_prefix="chat-test")
 
     async def handler(request):
         ws = web.WebSocketResponse(max_msg_size=max_msg, timeout=chat_module.CLOSE_TIMEOUT_S)  # as the server
@@ -115,8 +117,11 @@ def test_audio_becomes_steps_and_their_messages_in_order():
         await ws.send_str(f"{2 * FRAME_SIZE}:7")
         await ws.send_str(f"{FRAME_SIZE + 5}:")
         assert await replies(ws, 3) == ["step:0", "step:1", "step:2"]
+        assert state.chat.ended is False  # a live session holds its slot
 
     state = run(session(client))
+    assert state.duplex.threads == {"chat-test_0"}  # computed in the server's pool, off the event loop
+    assert state.chat.ended is True and state.chat.backlog.qsize() == 0
     assert state.duplex.pushed == [(2 * FRAME_SIZE, 7), (FRAME_SIZE + 5, None)]
     assert state.outcome == "completed"
     m = state.metrics
@@ -178,8 +183,10 @@ def test_a_failing_pipeline_ends_the_session_with_its_reason(err, logged, caplog
         state = run(session(client, duplex=duplex))
     assert state.outcome == "error" and state.duplex.pushed == []
     assert counter(state.metrics.errors, type(err).__name__) == 1
-    assert ("unexpected failure in a session's pipeline" in caplog.text) == logged
-    assert "closing session: the pipeline failed: broken" in caplog.text
+    messages = [r.getMessage() for r in caplog.records]
+    assert ("unexpected failure in a session's pipeline" in messages) == logged
+    assert "closing session: the pipeline failed: broken" in messages
+    assert state.chat.backlog.qsize() == 0  # the work loop drained the rest without computing it
 
 
 def test_an_overloaded_pipeline_is_told_to_the_client():
@@ -214,6 +221,8 @@ def test_a_session_ends_at_its_length_limit_even_while_busy():
             if state.chat.closing:
                 break
         assert "error:session reached its 0.3 s limit" in await replies(ws, 1)
+        msg = await ws.receive(timeout=5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == aiohttp.WSCloseCode.POLICY_VIOLATION
 
     state = run(session(client, idle=5.0, length=0.3))
     assert state.outcome == "length"
@@ -266,7 +275,8 @@ class StuckWs:
         self.sent.append(message)
         await asyncio.sleep(3600)
 
-    send_bytes = send_str
+    async def send_bytes(self, message):
+        await self.send_str(("bytes", message))
 
     async def close(self, code, message):
         self.close_calls.append((code, message))
@@ -296,11 +306,13 @@ def test_a_full_outbox_cuts_the_client_off_once(caplog):
         chat._post("and another")
     assert chat.transport.aborted == 1 and chat.cut and chat.closing and chat.outcome == "slow_consumer"
     assert chat.outbox.qsize() == OUTBOX_LIMIT and counter(chat.metrics.errors, "slow_consumer") == 1
-    assert caplog.text.count(f"dropping a client that does not read: {OUTBOX_LIMIT} messages waiting") == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        f"dropping a client that does not read: {OUTBOX_LIMIT} messages waiting"]
 
 
-def test_a_send_that_does_not_finish_cuts_the_client_off(monkeypatch):
+def test_a_send_that_does_not_finish_cuts_the_client_off(monkeypatch, caplog):
     monkeypatch.setattr(chat_module, "SEND_TIMEOUT_S", 0.05)
+    caplog.set_level(logging.WARNING, "csmlab.serve")
 
     async def go():
         chat = bare_chat(StuckWs())
@@ -309,7 +321,9 @@ def test_a_send_that_does_not_finish_cuts_the_client_off(monkeypatch):
         return chat
 
     chat = run(go())
-    assert chat.ws.sent == [b"audio"] and chat.cut and chat.outcome == "slow_consumer" and chat.transport.aborted == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "dropping a client that does not read: one message took over 0.05 s to send"]
+    assert chat.ws.sent == [("bytes", b"audio")] and chat.cut and chat.outcome == "slow_consumer" and chat.transport.aborted == 1
 
 
 def test_a_client_that_left_mid_send_is_disconnected():
@@ -323,7 +337,8 @@ def test_a_client_that_left_mid_send_is_disconnected():
     assert chat.outcome == "disconnected" and not chat.cut
 
 
-def test_closing_a_client_that_does_not_read_returns_in_bounded_time(monkeypatch):
+def test_closing_a_client_that_does_not_read_returns_in_bounded_time(monkeypatch, caplog):
+    caplog.set_level(logging.INFO, "csmlab.serve")
     monkeypatch.setattr(chat_module, "CLOSE_TIMEOUT_S", 0.05)
     monkeypatch.setattr(chat_module, "SEND_TIMEOUT_S", 10)
 
@@ -334,12 +349,15 @@ def test_closing_a_client_that_does_not_read_returns_in_bounded_time(monkeypatch
         await asyncio.sleep(0)
         chat._post("queued audio")
         await asyncio.wait_for(chat.close("shutdown", "bye", 1001), 5)
+        assert chat.sender.done()  # cut off and awaited, not left running
         return chat
 
     chat = run(go())
     assert chat.outcome == "shutdown" and chat.cut and chat.transport.aborted == 1
     assert chat.sender.cancelled() and chat.outbox.qsize() == 2  # queued audio dropped: the reason, then the close
     assert chat.ws.sent == ["audio nobody hears"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "closing session: bye", "dropping a client that does not read: the client did not take the closing messages"]
 
 
 def test_finish_without_a_send_loop_returns_and_closes_politely():
@@ -412,6 +430,10 @@ def test_the_backlog_drops_the_oldest_audio_beyond_two_seconds():
     assert [chat.backlog.get_nowait()[1] for _ in range(chat.backlog.qsize())] == [1, 2]
     assert chat.backlog_samples == second + FRAME_SIZE
     assert counter(chat.metrics.dropped) == second / FRAME_SIZE
+    two = bare_chat(StuckWs())
+    two._queue(np.zeros(second), 0)
+    two._queue(np.zeros(3 * second // 2), 1)  # two messages, 2.5 s: the older goes
+    assert [two.backlog.get_nowait()[1] for _ in range(two.backlog.qsize())] == [1]
     big = bare_chat(StuckWs())
     big._queue(np.zeros(3 * second), 0)  # one message alone is kept, however long
     assert big.backlog.qsize() == 1 and counter(big.metrics.dropped) == 0
@@ -422,12 +444,13 @@ def test_the_work_loop_skips_audio_once_the_session_is_closing():
         chat = bare_chat(SimpleNamespace(closed=False))
         chat.closing = True
         chat._queue(np.zeros(FRAME_SIZE), 0)
+        chat._queue(np.zeros(FRAME_SIZE), 1)
         chat.backlog.put_nowait(None)
         await chat._work_loop()
         return chat
 
     chat = run(go())
-    assert chat.duplex.pushed == [] and chat.backlog_samples == 0
+    assert chat.duplex.pushed == [] and chat.backlog_samples == 0 and chat.backlog.qsize() == 0
 
 
 class Clock:
@@ -458,3 +481,71 @@ def test_the_receive_timeout_is_the_idle_limit_until_the_length_limit_is_nearer(
     assert chat._timeout(1060.0) == (5, False)
     assert chat._timeout(1004.0) == (4.0, True)
     assert chat._timeout(1005.0) == (5, False)
+
+
+def test_a_close_frame_the_client_does_not_take_cuts_it_off(monkeypatch):
+    monkeypatch.setattr(chat_module, "CLOSE_TIMEOUT_S", 0.05)
+
+    async def go():
+        chat = bare_chat(StuckWs())
+        chat.outbox.put_nowait(chat_module._Close(1000, ""))
+        await asyncio.wait_for(chat._send_loop(), 5)
+        return chat
+
+    chat = run(go())
+    assert chat.cut and chat.transport.aborted == 1 and chat.ws.close_calls == [(1000, b"")]
+
+
+def test_past_its_length_limit_a_session_reads_nothing_more():
+    async def client(ws, state):
+        await ws.send_str(f"{FRAME_SIZE}:0")
+        got = [await ws.receive(timeout=5) for _ in range(2)]
+        assert got[0].data == "error:session reached its 0 s limit" and got[1].type == aiohttp.WSMsgType.CLOSE
+
+    state = run(session(client, length=0))
+    assert state.outcome == "length" and state.duplex.pushed == []
+
+
+def test_bad_websocket_framing_ends_the_session_counted_as_websocket():
+    """Invalid UTF-8 in a text frame, written by hand (aiohttp's client cannot send one)."""
+    async def client(ws, state):
+        pass
+
+    async def go():
+        state = SimpleNamespace(duplex=FakeDuplex(), metrics=ServerMetrics(), outcome=None, chat=None)
+        executor = ThreadPoolExecutor(1)
+
+        async def handler(request):
+            ws = web.WebSocketResponse(timeout=chat_module.CLOSE_TIMEOUT_S)
+            await ws.prepare(request)
+            state.chat = Chat(ws, request.transport, state.duplex, executor,
+                              SimpleNamespace(idle_timeout_s=5, max_session_s=60), state.metrics, TextWire())
+            state.outcome = await state.chat.run()
+            return ws
+
+        app = web.Application()
+        app.router.add_get("/", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+            assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+            mask, payload = b"\x01\x02\x03\x04", b"\xff\xfe"
+            writer.write(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+            await writer.drain()
+            for _ in range(500):
+                if state.outcome is not None:
+                    break
+                await asyncio.sleep(0.01)
+            writer.close()
+        finally:
+            await runner.cleanup()
+            executor.shutdown()
+        return state
+
+    state = run(go())
+    assert state.outcome == "protocol_error" and counter(state.metrics.errors, "websocket") == 1

@@ -67,6 +67,26 @@ class EchoBrain(Brain):
         return "fake"
 
 
+class TalkingBrain(EchoBrain):
+    """Writes to the session's event log through the hook every brain is given."""
+
+    def step(self, heard):
+        self.log("thinking", f"step {heard.index}")
+        self.log("plain")
+        return super().step(heard)
+
+
+class FakeTime:
+    """`time.perf_counter` for the session module: 1 ms passes at each call, so that compute is exact."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def perf_counter(self):
+        self.t += 0.001
+        return self.t
+
+
 class PcmBrain(Brain):
     """Hears PCM, says PCM: no codec at all."""
 
@@ -168,6 +188,8 @@ def test_malformed_audio_is_refused_counted_and_changes_nothing():
             with pytest.raises(AudioFormatError):
                 s.push(*bad)
         assert s.events.count("malformed", "input") == 4
+        assert s.events.of("malformed")[-1].detail == ("seq must be an int (the sender's frame counter) or None "
+                                                       "(no numbering), not '1'")
         assert s.report()["faults"]["input/malformed"] == 4
         assert s.report()["frames"]["received"] == 1
         assert len(s.push(np.zeros(3000, np.float32), 16_000, seq=1)) == 2  # 4000 at 16 kHz: 2 frames, a tail waits
@@ -296,7 +318,7 @@ def test_a_stalled_brain_is_waited_for_once_then_skipped_until_it_answers():
         s._busy.result(5)
         step, = s.push(frames(0.5), RATE)
         assert step.fault is None and step.text == "t2" and s._busy is None
-        assert s.events.of("recovered")[0].detail == "the stalled call returned; its answer was dropped"
+        assert s.events.of("recovered", "brain")[0].detail == "the stalled call returned; its answer was dropped"
         assert s.report()["faults"] == {"brain/brain_busy": 1, "brain/brain_stall": 1}
 
 
@@ -388,7 +410,7 @@ def test_disconnect_flushes_then_ticks_silence_until_the_source_is_back():
         flushed = s.disconnect()
         assert len(flushed) == 1 and flushed[0].seq == 0
         assert s.events.of("disconnect")[0].detail == "source gone: silent steps until it reconnects"
-        assert s.tick(0.079) == []
+        assert s.tick(0.07995) == []  # not yet due (float-safe, not early)
         silent = s.tick(0.24)  # float-safe: 3 steps of 80 ms
         assert len(silent) == 3 and all(st.concealed and st.seq is None for st in silent)
         assert [st.t_ms for st in silent] == pytest.approx([80.0, 160.0, 240.0])
@@ -449,6 +471,7 @@ def test_the_report_counts_what_happened():
     s.push(frames(0.5), RATE, seq=0)  # duplicate
     s.push(frames(0.5, 0.5), RATE, seq=2)
     s.log("widget", "note", "hello")
+    s.log("widget", "plain")
     r = s.report()
     assert r["brain"] == "echo" and r["weights"] == "fake" and r["codec_weights"] == "fake"
     assert r["steps"] == 4 and r["audio_s"] == 0.32  # the lost frame 1 is concealed as long as frame 0
@@ -462,7 +485,8 @@ def test_the_report_counts_what_happened():
     assert len(total) == 4 and r["real_time_factor"] == round(float(np.mean(total)) / 80, 4)
     assert r["latency_ms"] == {"algorithmic": {"frame": 80, "echo": 0.0}}
     assert r["overload"]["state"] == "ok"
-    assert s.events.of("note")[0].step == 4
+    assert s.events.of("note")[0].step == 4 and s.events.of("note")[0].detail == "hello"
+    assert s.events.of("plain", "widget")[0].detail == ""
     s.close()
 
 
@@ -493,3 +517,114 @@ def test_the_brains_worker_thread_uses_the_callers_torch_threads():
 def test_step_is_a_frozen_record():
     step = Step(0, np.zeros(FRAME_SIZE, np.float32), "", None, False, {})
     assert step.t_ms == 0.0 and step.concealed is False and step.fault is None
+
+
+# ---- exact figures (a fake perf_counter and a manual clock) -----------------------------------
+def test_compute_is_timed_per_layer_and_the_overload_watch_sees_all_but_input(monkeypatch):
+    from csmlab.pipeline import session as session_module
+    monkeypatch.setattr(session_module, "time", FakeTime())
+    clock = ManualClock()
+    with DuplexSession(EchoBrain(), clock=clock) as s:
+        steps = s.push(frames(0.5, 0.5), RATE)
+        assert steps[0].compute_ms == pytest.approx({"input": 1.0, "encode": 1.0, "brain": 1.0, "decode": 1.0, "total": 4.0})
+        assert steps[1].compute_ms == pytest.approx({"input": 0.0, "encode": 1.0, "brain": 1.0, "decode": 1.0, "total": 3.0})
+        assert list(s.overload.recent) == pytest.approx([3.0, 3.0])  # compute without the input's share
+        s.disconnect()
+        clock.t = 0.08
+        silent = s.tick()
+        assert [st.compute_ms["input"] for st in silent] == [0.0]
+
+
+def test_late_steps_are_counted_each_and_say_by_how_much():
+    clock = ManualClock()
+    with DuplexSession(EchoBrain(clock=clock, cost_s=1.0), clock=clock) as s:
+        steps = s.push(frames(0.5, 0.5), RATE)
+        assert [st.late for st in steps] == [True, True] and s.report()["steps_late"] == 2
+        assert [e.detail for e in s.events.of("late", "clock")] == [
+            "done 1000 ms after its frame: silence sent", "done 2000 ms after its frame: silence sent"]
+        assert [e.t_ms for e in s.events.of("late")] == [1000.0, 2000.0]
+
+
+def test_feed_times_each_packet_when_it_was_due_not_when_compute_got_to_it():
+    clock = ManualClock()
+    with DuplexSession(EchoBrain(clock=clock, cost_s=0.05), clock=clock, deadline_ms=1e9) as s:
+        steps = list(s.feed([Packet(0.08, frames(0.5), RATE, 0), Packet(0.1, frames(0.5), RATE, 1)]))
+        assert [st.t_ms for st in steps] == pytest.approx([80.0, 100.0])
+
+
+def test_feed_waits_for_each_silent_step_while_disconnected():
+    waits = []
+    clock = ManualClock(kind="simulated")
+    wait = clock.wait_until
+    clock.wait_until = lambda t: (waits.append(round(t, 3)), wait(t))
+    with DuplexSession(EchoBrain(), clock=clock) as s:
+        list(s.feed([Packet(0.08, frames(0.5), RATE, 0), Packet(0.1, kind="disconnect"),
+                     Packet(0.5, frames(0.5), RATE, 0)]))
+    assert waits == [0.08, 0.1, 0.18, 0.26, 0.34, 0.42, 0.5, 0.5]  # the step due at 0.5 goes out before the packet
+    assert clock.t == 0.5
+
+
+def test_the_last_frame_of_a_source_is_float32_silence_after_the_resamplers_tail():
+    brain = EchoBrain()
+    with DuplexSession(brain) as s:
+        first = s.push(np.full(1281, 0.5, np.float32), 16_000)  # 1921.5 samples at 24 kHz, some in the filter
+        steps = first + s.end()
+        assert len(steps) == 2 and [st.compute_ms["input"] for st in steps[len(first):]] == [0.0] * (2 - len(first))
+        assert all(h.pcm.dtype == np.float32 for h in brain.heard)
+        s.disconnect()
+        s.tick(0.08)
+        assert brain.heard[-1].pcm.dtype == np.float32 and brain.heard[-1].concealed
+
+
+def test_silence_that_goes_out_is_float32():
+    with DuplexSession(PcmBrain(np.zeros(5))) as s:
+        step, = s.push(frames(0.5), RATE)
+        assert step.pcm.dtype == np.float32 and step.pcm.shape == (FRAME_SIZE,)
+    with DuplexSession(EchoBrain(actions={0: lambda h: SILENT})) as s:
+        step, = s.push(frames(0.5), RATE)
+        assert step.pcm.dtype == np.float32 and step.pcm.shape == (FRAME_SIZE,) and not np.any(step.pcm)
+
+
+def test_shed_steps_are_counted_each_and_are_float32_silence_on_time(monkeypatch):
+    from csmlab.pipeline import session as session_module
+    monkeypatch.setattr(session_module, "time", FakeTime())
+    clock = ManualClock()
+    with DuplexSession(EchoBrain(), clock=clock, window=1) as s:
+        s.overload.state = "overloaded"
+        steps = s.push(frames(0.5), RATE, seq=0) + s.push(frames(0.5), RATE, seq=3)
+        shed = [st for st in steps if st.concealed]
+        assert len(shed) == 2 and s.overload.shed_steps == 2
+        assert shed[0].compute_ms == pytest.approx({"input": 1.0, "total": 1.0})
+        assert shed[1].compute_ms == {"input": 0.0, "total": 0.0}
+        for st in shed:
+            assert st.pcm.dtype == np.float32 and st.pcm.shape == (FRAME_SIZE,) and not np.any(st.pcm)
+            assert st.late is False
+
+
+def test_the_overload_message_names_what_to_try_for_this_brain():
+    brain = EchoBrain()
+    brain.name = "moshi"
+    with DuplexSession(brain) as s:
+        assert s.overload.brain == "moshi"
+
+
+def test_a_brain_writes_to_the_sessions_event_log():
+    with DuplexSession(TalkingBrain()) as s:
+        s.push(frames(0.5, 0.5), RATE)
+        assert [(e.layer, e.kind, e.detail) for e in s.events.of("thinking")] == [
+            ("brain", "thinking", "step 0"), ("brain", "thinking", "step 1")]
+        assert s.events.of("plain", "brain")[0].detail == ""
+
+
+def test_default_limits():
+    with DuplexSession(EchoBrain()) as s:
+        assert (s._jitter.window, s._jitter.max_gap) == (3, 50) and s.deadline_ms == 80
+        assert s.events._events.maxlen == 2000 and s._compute["total"].maxlen == 20_000
+    with DuplexSession(EchoBrain(), window=2, max_gap=60) as s:
+        assert (s._jitter.window, s._jitter.max_gap) == (2, 60)
+
+
+def test_audio_seconds_in_the_report():
+    with DuplexSession(EchoBrain()) as s:
+        s.push(frames(*[0.5] * 13), RATE)
+        assert s.report()["audio_s"] == 1.04
