@@ -59,6 +59,9 @@ EQUIVALENT = [
     ("initializer=torch.set_num_threads, initargs", "initargs=(threads,))",
      "on this torch build the intra-op thread count is process-wide (a fresh thread reads the caller's "
      "setting, checked): the initializer only matters where it is per thread"),
+    ("yield from self.tick(due)", "yield from self.tick(None)",
+     "tick(None) reads the clock just after wait_until(due), which returns at due (simulated, or a test's "
+     "clock) or within a frame of it (real time): the same steps are due"),
     ("self.closing = False", "self.closing = None", "Chat reads closing only for its truth"),
     ("self.cut = False", "self.cut = None", "Chat reads cut only for its truth"),
     ("self.ended = False", "self.ended = None", "ended is read only for its truth (the server's slot count)"),
