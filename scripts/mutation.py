@@ -62,6 +62,15 @@ EQUIVALENT = [
     ("yield from self.tick(due)", "yield from self.tick(None)",
      "tick(None) reads the clock just after wait_until(due), which returns at due (simulated, or a test's "
      "clock) or within a frame of it (real time): the same steps are due"),
+    ("steps = self.tick(at) if self._disconnected_at is not None else []",
+     "steps = self.tick(at) if (self._disconnected_at is not None) or True else []",
+     "tick() returns [] while connected"),
+    ('ms.get("input", 0.0))', 'ms.get("input", ', "every step's compute has an input share (the push's or tick's): "
+                                                   "get's default is never used"),
+    ('ms.get("input", 0.0))', 'ms.get("input", None))', "every step's compute has an input share: get's default is never used"),
+    ('ms.get("input", 0.0))', 'ms.get("input", 1.0))', "every step's compute has an input share: get's default is never used"),
+    ('def _log(self, layer: str, kind: str, detail: str = "")', 'def _log(self, layer: str, kind: str, detail: str = "XXXX")',
+     "every call of _log passes its detail"),
     ("self.closing = False", "self.closing = None", "Chat reads closing only for its truth"),
     ("self.cut = False", "self.cut = None", "Chat reads cut only for its truth"),
     ("self.ended = False", "self.ended = None", "ended is read only for its truth (the server's slot count)"),

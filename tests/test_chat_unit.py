@@ -549,3 +549,20 @@ def test_bad_websocket_framing_ends_the_session_counted_as_websocket():
 
     state = run(go())
     assert state.outcome == "protocol_error" and counter(state.metrics.errors, "websocket") == 1
+
+
+def test_a_websocket_error_without_a_close_code_ends_the_session_counted():
+    """aiohttp hands any exception from its reader as an ERROR message (a reset, not only a WebSocketError)."""
+    class Ws:
+        closed = False
+
+        async def receive(self):
+            return aiohttp.WSMessage(aiohttp.WSMsgType.ERROR, ConnectionResetError("reset"), None)
+
+    async def go():
+        chat = bare_chat(Ws())
+        await asyncio.wait_for(chat._receive_loop(), 5)
+        return chat
+
+    chat = run(go())
+    assert chat.outcome == "protocol_error" and counter(chat.metrics.errors, "websocket") == 1

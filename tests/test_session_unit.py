@@ -628,3 +628,36 @@ def test_audio_seconds_in_the_report():
     with DuplexSession(EchoBrain()) as s:
         s.push(frames(*[0.5] * 13), RATE)
         assert s.report()["audio_s"] == 1.04
+
+
+def test_the_input_layers_events_keep_their_detail():
+    with DuplexSession(EchoBrain(), window=1) as s:
+        s.push(frames(0.5), RATE, seq=0)
+        s.push(frames(0.5), RATE, seq=2)
+        s.push(frames(0.5), RATE, seq=2)
+        assert [e.detail for e in s.events.of("concealed", "input")] == [f"seq 1 lost: {FRAME_SIZE} samples of silence in its place"]
+        assert [e.detail for e in s.events.of("duplicate", "input")] == ["seq 2 arrived twice: dropped"]
+
+
+def test_a_late_step_sends_float32_silence_and_says_how_late_from_its_own_frame():
+    clock = ManualClock()
+    with DuplexSession(EchoBrain(clock=clock, cost_s=1.0), clock=clock) as s:
+        clock.t = 1.0
+        step, = s.push(frames(0.5), RATE)
+        assert step.late and step.pcm.dtype == np.float32 and step.pcm.shape == (FRAME_SIZE,) and not np.any(step.pcm)
+        assert s.events.of("late", "clock")[0].detail == "done 1000 ms after its frame: silence sent"
+
+
+def test_a_packet_after_slow_silent_steps_is_not_preceded_by_steps_due_after_it():
+    class SlowOnSilence(EchoBrain):
+        def step(self, heard):
+            if heard.concealed:
+                clock.t += 0.2
+            return super().step(heard)
+
+    clock = ManualClock()
+    with DuplexSession(SlowOnSilence(), clock=clock, deadline_ms=1e9) as s:
+        source = [Packet(0.08, frames(0.5), RATE, 0), Packet(0.1, kind="disconnect"), Packet(0.2, frames(0.5), RATE, 1)]
+        steps = list(s.feed(source))
+        # the silent step due at 0.18 is computed (0.2 s on this clock), then the packet of 0.2, then the end
+        assert [(round(st.t_ms), st.concealed) for st in steps][:3] == [(80, False), (180, True), (200, False)]
