@@ -39,6 +39,43 @@ EQUIVALENT = [
     ('host.partition(":")', 'host.rpartition(":")', "only used when the host has exactly one ':'"),
     ('headers.get("Authorization", "")', 'headers.get("Authorization", "XXXX")',
      "any default that is not a 'Bearer ' header falls through to the query, as the empty one does"),
+    ("self._flushed = False", "self._flushed = None", "CodecSession reads _flushed only for its truth"),
+    ("return self._shed(seq, at, ms)", "return self._shed(None, at, ms)",
+     "only a concealed frame is shed, and a frame that is all concealment has no sender seq: seq is None already"),
+    ('"", seq, False, ms, 1000 * at, True, None)', '"", None, False, ms, 1000 * at, True, None)',
+     "_shed's seq is always None (a frame that is all concealment has no sender seq)"),
+    ("1000 * at, True, None)", "1000 * at, True, )", "Step's fault defaults to None"),
+    ("self.ms.get(self.layer, 0.0)", "self.ms.get(None, 0.0)",
+     "each layer is timed once per step, so the get always returns its default"),
+    ("shutdown(wait=self._busy is None)", "shutdown(wait=None)",
+     "wait=None is wait=False; without a stalled call the worker has no work left to wait for"),
+    ("ThreadPoolExecutor(1, thread_name_prefix", "ThreadPoolExecutor(None, thread_name_prefix",
+     "one brain call at most is ever in flight (_think submits nothing while a stalled call runs): "
+     "a larger pool never starts a second thread"),
+    ("ThreadPoolExecutor(1, thread_name_prefix", "ThreadPoolExecutor(2, thread_name_prefix",
+     "one brain call at most is ever in flight: a larger pool never starts a second thread"),
+    ("ThreadPoolExecutor(1, thread_name_prefix", "ThreadPoolExecutor(thread_name_prefix",
+     "one brain call at most is ever in flight: a larger pool never starts a second thread"),
+    ("initializer=torch.set_num_threads, initargs", "initargs=(threads,))",
+     "on this torch build the intra-op thread count is process-wide (a fresh thread reads the caller's "
+     "setting, checked): the initializer only matters where it is per thread"),
+    ("yield from self.tick(due)", "yield from self.tick(None)",
+     "tick(None) reads the clock just after wait_until(due), which returns at due (simulated, or a test's "
+     "clock) or within a frame of it (real time): the same steps are due"),
+    ("steps = self.tick(at) if self._disconnected_at is not None else []",
+     "steps = self.tick(at) if (self._disconnected_at is not None) or True else []",
+     "tick() returns [] while connected"),
+    ('ms.get("input", 0.0))', 'ms.get("input", ', "every step's compute has an input share (the push's or tick's): "
+                                                   "get's default is never used"),
+    ('ms.get("input", 0.0))', 'ms.get("input", None))', "every step's compute has an input share: get's default is never used"),
+    ('ms.get("input", 0.0))', 'ms.get("input", 1.0))', "every step's compute has an input share: get's default is never used"),
+    ('def _log(self, layer: str, kind: str, detail: str = "")', 'def _log(self, layer: str, kind: str, detail: str = "XXXX")',
+     "every call of _log passes its detail"),
+    ("self.closing = False", "self.closing = None", "Chat reads closing only for its truth"),
+    ("self.cut = False", "self.cut = None", "Chat reads cut only for its truth"),
+    ("self.ended = False", "self.ended = None", "ended is read only for its truth (the server's slot count)"),
+    ('"audio_s": round(n * FRAME_MS / 1000, 3)', '"audio_s": round(n * FRAME_MS / 1000, 4)',
+     "n * 80 / 1000 has at most two decimals"),
 ]
 
 

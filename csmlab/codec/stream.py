@@ -20,7 +20,6 @@ only the caller can say in what order its chunks belong.
 """
 from __future__ import annotations
 
-import functools
 import threading
 
 import numpy as np
@@ -28,17 +27,6 @@ import numpy as np
 from csmlab.audio import Resampler, channels_axis, check_sample_rate, to_mono
 from csmlab.errors import AudioFormatError, ComponentError, StreamClosedError
 from csmlab.metrics import FRAME_SIZE
-
-
-def _serialized(method):
-    """Run `method` holding the session's lock: one call at a time on one session."""
-
-    @functools.wraps(method)
-    def call(self, *args, **kwargs):
-        with self._lock:
-            return method(self, *args, **kwargs)
-
-    return call
 
 
 class CodecSession:
@@ -60,25 +48,25 @@ class CodecSession:
         self._failure: str | None = None  # set when a backend call failed: reset() before going on
 
     # -- encode -----------------------------------------------------------------------------------
-    @_serialized
     def encode(self, chunk, sample_rate, layout: str | None = None) -> np.ndarray:
         """Push a chunk of any length; returns codes `[K, n]` (int64, n >= 0) of the frames now complete."""
-        self._check_usable()
-        if self._flushed:
-            raise StreamClosedError("this stream was flushed (it has ended); call reset() to start a new one")
-        rate = check_sample_rate(sample_rate)
-        if self._rate is not None and rate != self._rate:
-            raise AudioFormatError(
-                f"sample rate changed mid-stream from {self._rate} to {rate} Hz; keep one rate per stream, "
-                "or flush() and reset() before switching"
-            )
-        layout = self._resolve_layout(chunk, layout)
-        mono = to_mono(chunk, layout)  # raises before anything below changes
-        if self._resampler is None:
-            self._rate, self._resampler = rate, Resampler(rate)
-        if layout != "auto":
-            self._layout = layout
-        return self._push(self._resampler.push(mono))
+        with self._lock:  # one call at a time on one session
+            self._check_usable()
+            if self._flushed:
+                raise StreamClosedError("this stream was flushed (it has ended); call reset() to start a new one")
+            rate = check_sample_rate(sample_rate)
+            if self._rate is not None and rate != self._rate:
+                raise AudioFormatError(
+                    f"sample rate changed mid-stream from {self._rate} to {rate} Hz; keep one rate per stream, "
+                    "or flush() and reset() before switching"
+                )
+            layout = self._resolve_layout(chunk, layout)
+            mono = to_mono(chunk, layout)  # raises before anything below changes
+            if self._resampler is None:
+                self._rate, self._resampler = rate, Resampler(rate)
+            if layout != "auto":
+                self._layout = layout
+            return self._push(self._resampler.push(mono))
 
     def _resolve_layout(self, chunk, layout: str | None) -> str:
         """The caller's layout, else the shape's own, else (ambiguous chunk) the one this stream showed."""
@@ -116,19 +104,19 @@ class CodecSession:
                 "audio = session.unencoded; session.reset(); session.encode(audio, 24000)"
             ) from err
 
-    @_serialized
     def flush(self) -> np.ndarray:
         """End the stream: drain the resampler, zero-pad the last partial frame, return its codes."""
-        self._check_usable()
-        if self._flushed or self._resampler is None:
-            self._flushed = True
-            return np.zeros((self.codec.num_codebooks, 0), dtype=np.int64)
-        tail = self._resampler.push(np.zeros(0, dtype=np.float32), last=True)
-        buffer = np.concatenate([self._buffer, tail])
-        padded = np.zeros(-(-len(buffer) // FRAME_SIZE) * FRAME_SIZE, dtype=np.float32)
-        padded[: len(buffer)] = buffer
-        self._buffer, self._flushed = np.zeros(0, dtype=np.float32), True
-        return self._push(padded)
+        with self._lock:  # one call at a time on one session
+            self._check_usable()
+            if self._flushed or self._resampler is None:
+                self._flushed = True
+                return np.zeros((self.codec.num_codebooks, 0), dtype=np.int64)
+            tail = self._resampler.push(np.zeros(0, dtype=np.float32), last=True)
+            buffer = np.concatenate([self._buffer, tail])
+            padded = np.zeros(-(-len(buffer) // FRAME_SIZE) * FRAME_SIZE, dtype=np.float32)
+            padded[: len(buffer)] = buffer
+            self._buffer, self._flushed = np.zeros(0, dtype=np.float32), True
+            return self._push(padded)
 
     @property
     def unencoded(self) -> np.ndarray:
@@ -137,29 +125,29 @@ class CodecSession:
         return self._buffer.copy()
 
     # -- decode -----------------------------------------------------------------------------------
-    @_serialized
     def decode(self, codes) -> np.ndarray:
         """Decode the next `[K, n]` codes; returns `n * 1920` float32 samples at 24 kHz."""
-        self._check_usable()
-        codes = self.codec.check_codes(codes)
-        if codes.shape[1] == 0:
-            return np.zeros(0, dtype=np.float32)
-        return self._backend(self._stream.decode, codes)
+        with self._lock:  # one call at a time on one session
+            self._check_usable()
+            codes = self.codec.check_codes(codes)
+            if codes.shape[1] == 0:
+                return np.zeros(0, dtype=np.float32)
+            return self._backend(self._stream.decode, codes)
 
     # -- lifecycle --------------------------------------------------------------------------------
-    @_serialized
     def reset(self) -> None:
         """Forget everything: start a new stream (a new rate is allowed) on the same session."""
-        self._check_open()
-        self._stream.reset()
-        self._clear()
+        with self._lock:  # one call at a time on one session
+            self._check_open()
+            self._stream.reset()
+            self._clear()
 
-    @_serialized
     def close(self) -> None:
         """Release the backend's streaming state; any later call raises `StreamClosedError`."""
-        if not self._closed:
-            self._stream.close()
-            self._closed = True
+        with self._lock:  # one call at a time on one session
+            if not self._closed:
+                self._stream.close()
+                self._closed = True
 
     @property
     def closed(self) -> bool:

@@ -144,6 +144,7 @@ class Server:
         self.stopping = False
         self.started = time.monotonic()
         self.runner: web.AppRunner | None = None
+        self.listener: asyncio.Server | None = None
         self.port: int | None = None
 
     def app(self) -> web.Application:
@@ -164,9 +165,11 @@ class Server:
         self.runner = web.AppRunner(self.app(), handle_signals=False, shutdown_timeout=2 * CLOSE_TIMEOUT_S,
                                     access_log_class=RedactingAccessLogger)
         await self.runner.setup()
-        site = _GuardedSite(self.runner, self.gate, self.settings.host, self.settings.port)
-        await site.start()
-        self.port = site.port
+        # aiohttp's public hook: the runner's server is an asyncio protocol factory (the docs' "low level
+        # server"); the listening socket is ours, each connection's protocol wrapped by the gate
+        self.listener = await asyncio.get_running_loop().create_server(
+            self.gate.wrap(self.runner.server), self.settings.host, self.settings.port)
+        self.port = self.listener.sockets[0].getsockname()[1]
         log.info("listening on http://%s:%d (websocket /api/chat)", self.settings.host, self.port)
         if not self.settings.loopback and not self.settings.token:
             log.warning("INSECURE: %s accepts anyone without a token (--insecure)", self.settings.host)
@@ -192,6 +195,8 @@ class Server:
         """Graceful: stop accepting, close sessions with `reason`, let worker threads finish."""
         self.stopping, self.ready = True, False
         self.metrics.ready.set(0)
+        if self.listener is not None:
+            self.listener.close()  # no new connections; open ones are closed by the runner's cleanup
         await asyncio.gather(*(c.close("shutdown", reason, WSCloseCode.GOING_AWAY) for c in list(self.chats)))
         if self.runner:
             await self.runner.cleanup()
@@ -266,20 +271,6 @@ class Server:
         if denied:
             raise web.HTTPUnauthorized(text=denied)
         return web.Response(body=self.metrics.text(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-class _GuardedSite(web.TCPSite):
-    """aiohttp's TCP site, each connection's protocol wrapped by the gate (aiohttp has no hook for it)."""
-
-    def __init__(self, runner: web.AppRunner, gate: ConnectionGate, host: str, port: int):
-        super().__init__(runner, host, port)
-        self.gate = gate
-
-    async def start(self) -> None:
-        self._runner._reg_site(self)
-        self._server = await asyncio.get_running_loop().create_server(
-            self.gate.wrap(self._runner.server), self._host, self._port, backlog=self._backlog)
-        self._bound_port = self._server.sockets[0].getsockname()[1]
 
 
 async def _serve_until_signal(settings: Settings) -> int:

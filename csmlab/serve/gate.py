@@ -8,7 +8,10 @@ aiohttp waits for a request's headers as long as a client cares to send them, on
 - a connection with no request in progress (its headers still coming, or idle between requests)
   is dropped after `idle_s`; a request being served (a websocket session included) stops the clock.
 
-Both are counted in `csmlab_refused_total` ("connections", "header_timeout"). Behind a reverse
+Both are counted in `csmlab_refused_total` ("connections", "header_timeout"). It hooks in through
+aiohttp's public API only (checked on aiohttp 3.14.5): `AppRunner.server` is the documented low-level
+server, an asyncio protocol factory, and `Server.start` listens with
+`loop.create_server(gate.wrap(runner.server), host, port)` instead of a `TCPSite`. Behind a reverse
 proxy every client has the proxy's address: raise the cap, and let the proxy limit per client.
 """
 from __future__ import annotations
