@@ -380,7 +380,7 @@ def test_an_overloaded_session_sheds_concealed_steps_and_says_so():
         assert s.overload.state == "ok"
         for seq in range(11, 12):
             s.push(frames(0.5), RATE, seq=seq)
-        assert s.overload.state == "overloaded" and s.overload.shedding
+        assert s.overload.state == "overloaded" and s.overload.sheds(12, concealed=True)
         assert s.events.of("overload_overloaded", "clock")[0].detail == s.overload.message()
         heard = len(brain.heard)
         steps = s.push(frames(0.5), RATE, seq=13)  # 12 is lost: concealed, shed
