@@ -100,27 +100,36 @@ def _folder() -> Path:
 
 
 def _cached_or_measured(key: str, threads: int, trial, folder: Path, timer) -> str:
-    path = folder / f"mimi-stream-{key}.json"
+    return cached_choice("mimi-stream", "kernels", key, KERNELS, trial, folder, timer, {"threads": threads}, ENV)[0]
+
+
+def cached_choice(what: str, field: str, key: str, options: tuple[str, ...], trial, folder: Path, timer,
+                  extra: dict, env: str) -> tuple[str, dict]:
+    """The option (one of `options`) recorded for `key` in `folder/<what>-<key>.json`, else the one that
+    `choose` finds fastest with `trial(option)` now, written there unless the machine is busy (the
+    load average above the cores: others' work decided it, so it holds for this process only).
+    Shared by the Mimi stream's kernels and the duplex step's threads (`csmlab.pipeline.threads`).
+    Returns (the option, its record, with "how": "cached", "measured" or "measured busy, not cached")."""
+    path = folder / f"{what}-{key}.json"
     try:
         record = json.loads(path.read_text())
-        if record.get("kernels") in KERNELS:
-            log.info("Mimi stream kernels %r (measured earlier on %s, %d thread(s): %s)", record["kernels"],
-                     record["cpu_model"], threads, path)
-            return record["kernels"]
+        if record.get(field) in options:
+            log.info("%s %s %r (measured earlier on %s: %s)", what, field, record[field], record["cpu_model"], path)
+            return record[field], {**record, "how": "cached", "path": str(path)}
     except (OSError, ValueError):
         pass  # not measured yet on this host, or an unreadable record: measure
-    best, medians = choose({kernels: trial(kernels) for kernels in KERNELS}, timer=timer)
-    record = {"kernels": best, "median_ms_per_frame": medians, "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
-              "torch": torch.__version__, "threads": threads, "load_average_1min": round(_load(), 2),
+    best, medians = choose({option: trial(option) for option in options}, timer=timer)
+    record = {field: best, "median_ms_per_frame": medians, "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
+              "torch": torch.__version__, **extra, "load_average_1min": round(_load(), 2),
               "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if record["load_average_1min"] > (os.cpu_count() or 1):  # others' work decided it: this process only
-        log.warning("Mimi stream kernels measured on a busy machine (load %.1f): not cached", record["load_average_1min"])
-        return best
+        log.warning("%s %s measured on a busy machine (load %.1f): not cached", what, field, record["load_average_1min"])
+        return best, {**record, "how": "measured busy, not cached"}
     try:
         folder.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1))
     except OSError as err:  # a read-only cache: the choice still holds for this process
-        log.warning("could not cache the Mimi stream kernels in %s: %s", path, err)
-    log.info("Mimi stream kernels %r, measured now on %s, %d thread(s): %s ms per frame (override: %s=...)", best,
-             record["cpu_model"], threads, {k: round(v, 1) for k, v in medians.items()}, ENV)
-    return best
+        log.warning("could not cache the %s %s in %s: %s", what, field, path, err)
+    log.info("%s %s %r, measured now on %s: %s ms per frame (override: %s=...)", what, field, best,
+             record["cpu_model"], {k: round(v, 1) for k, v in medians.items()}, env)
+    return best, {**record, "how": "measured", "path": str(path)}

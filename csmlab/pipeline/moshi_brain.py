@@ -68,6 +68,39 @@ class MoshiBrain(MoshiSteps):
     def codec(self):
         return moshi_codec(self.model)
 
+    def measures_threads(self, codec) -> bool:
+        """On the CPU, with a plain moshi-backend Mimi (whose streams take a thread count): yes."""
+        return (self.model.lm.device.type == "cpu" and codec.name == "moshi" and codec.precision == "fp32"
+                and codec.backend.device.type == "cpu")
+
+    def tuned_models(self, codec) -> list:
+        return [codec.backend.model, self.model.lm]
+
+    def threads_trial(self, codec, threads: int):
+        """One step of noise through fresh user and system codec sessions and a fresh `MoshiStream`, all
+        on `threads` threads; the decode takes a fixed frame of codes (Moshi's own are silent while its
+        acoustic codebooks warm up). Warmed up by one untimed step."""
+        import numpy as np
+        import torch
+
+        from csmlab import moshi
+        from csmlab.codec.backends import stream_threads
+        from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
+
+        enc, dec = codec.stream(threads=threads), codec.stream(threads=threads)
+        lm = moshi.MoshiStream(self.model, seed=0)
+        noise = np.random.default_rng(0).normal(0, 0.1, FRAME_SIZE).astype(np.float32)
+        spoken = np.zeros((codec.num_codebooks, 1), np.int64)
+
+        def step():
+            codes = enc.encode(noise, SAMPLE_RATE)
+            with stream_threads(threads):
+                lm.step(torch.from_numpy(codes[:, 0]))
+            dec.decode(spoken)
+
+        step()
+        return step
+
     def _advance(self, codes):
         out = self.stream.step(codes)
         self.tokens.append(out.text_token)

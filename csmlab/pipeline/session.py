@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
-import torch
 
 from csmlab.audio import Resampler, check_sample_rate, to_mono
+from csmlab.codec.backends import stream_threads
 from csmlab.codec.codes import integer_codes
 from csmlab.errors import AudioFormatError, CodesError, ComponentError, CsmlabError, StreamClosedError
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE, latency_summary
@@ -50,6 +50,7 @@ from csmlab.pipeline.clock import make_clock
 from csmlab.pipeline.events import EventLog
 from csmlab.pipeline.jitter import JitterBuffer, check_seq
 from csmlab.pipeline.overload import Overload
+from csmlab.pipeline.threads import step_threads
 
 LAYERS = ("input", "encode", "brain", "decode")
 STALL_MS = 1000.0  # a brain silent this long on the real-time clock is stalled
@@ -125,7 +126,7 @@ class DuplexSession:
 
     def __init__(self, brain: Brain, clock="simulated", *, codec=None, window: int = 3, max_gap: int = 50,
                  deadline_ms: float = FRAME_MS, stall_ms: float | None = None, events: int = 2000,
-                 history: int = 20_000):
+                 history: int = 20_000, threads: int | None = None):
         self.brain, self.clock = brain, make_clock(clock)
         if stall_ms is None:  # a live session cannot wait long; a simulation measures compute and never drops work
             stall_ms = STALL_MS if self.clock.kind == "realtime" else math.inf
@@ -139,11 +140,11 @@ class DuplexSession:
         if (brain.hears_codes or brain.speaks_codes) and codec is None:
             raise CsmlabError(f"brain {brain.name!r} works on Mimi codes but gives no codec: pass codec=load_codec(8)")
         self.codec = codec
-        self._user = codec.stream() if brain.hears_codes else None  # the user's audio -> codes
-        self._system = codec.stream() if brain.speaks_codes else None  # the brain's codes -> audio
-        threads = torch.get_num_threads()
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"brain-{brain.name}",
-                                          initializer=torch.set_num_threads, initargs=(threads,))
+        self.threads = step_threads(brain, codec, threads)  # measured at start for Moshi's brain, cached per host
+        per_stream = self.threads.count if codec is not None and codec.name == "moshi" and self.threads.how != "torch" else None
+        self._user = codec.stream(per_stream) if brain.hears_codes else None  # the user's audio -> codes
+        self._system = codec.stream(per_stream) if brain.speaks_codes else None  # the brain's codes -> audio
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"brain-{brain.name}")
         self._busy = None  # the future of a stalled brain call
         self._index, self._closed = 0, False
         self._disconnected_at: float | None = None
@@ -292,7 +293,7 @@ class DuplexSession:
                     return SILENT, "brain_busy"
                 self._busy = None
                 self._log("brain", "recovered", "the stalled call returned; its answer was dropped")
-            future = self._worker.submit(self.brain.step, heard)
+            future = self._worker.submit(self._brain_step, heard)
             try:
                 return future.result(timeout=None if math.isinf(self.stall_ms) else self.stall_ms / 1000), None
             except FutureTimeout:
@@ -304,6 +305,11 @@ class DuplexSession:
                                        "silence sent, it is called again next step")
                 self._log("brain", "brain_error", str(error))
                 return SILENT, "brain_error"
+
+    def _brain_step(self, heard: Heard) -> Said:
+        """On the worker thread: the brain's step on the session's threads (torch's count is per thread)."""
+        with stream_threads(self.threads.count):
+            return self.brain.step(heard)
 
     def _speak(self, said: Said, ms: dict) -> tuple[np.ndarray, str | None]:
         silence = np.zeros(FRAME_SIZE, np.float32)
@@ -380,6 +386,7 @@ class DuplexSession:
                        "held": self._jitter.held, "restarts": counts.restarts,
                        "skipped": counts.skipped},
             "steps_late": self._late,
+            "threads": self.threads.report(),
             "late_pct": round(100 * self._late / n, 3) if n else 0.0,
             "steps_faulted": self._faulted,
             "faults": {f"{layer}/{kind}": c for (layer, kind), c in sorted(self.events.counts.items()) if kind in FAULTS},
