@@ -8,6 +8,9 @@ semantic one by `max(delays)` steps: 80 ms for the released model), 160 ms in al
 Several sessions may share one loaded model (`MoshiBrain(model=shared)`): each brain has its own
 stream (caches, step counter, RNG state); steps on one model take turns under its lock.
 
+Threads: on the CPU a session measures Moshi's whole step (encode, LM, decode) on one thread and on
+all cores when it starts, and runs the faster (`csmlab.pipeline.threads`, cached per host).
+
 Recovery: a step that raises leaves Moshi's caches half-updated (`MoshiStream` then refuses them),
 so the session sends silence and, on the next step, the brain starts a fresh conversation
 (`reset()`, logged as `moshi_reset`) rather than failing for ever.
@@ -78,8 +81,13 @@ class MoshiBrain(MoshiSteps):
 
     def threads_trial(self, codec, threads: int):
         """One step of noise through fresh user and system codec sessions and a fresh `MoshiStream`, all
-        on `threads` threads; the decode takes a fixed frame of codes (Moshi's own are silent while its
-        acoustic codebooks warm up). Warmed up by one untimed step."""
+        on `threads` threads, laid out as a session runs them: the codecs on the calling thread, the LM
+        on a worker thread of its own (each thread then has its own OpenMP team). The decode takes a
+        fixed frame of codes (Moshi's own are silent while its acoustic codebooks warm up). Warmed up
+        by one untimed step."""
+        import weakref
+        from concurrent.futures import ThreadPoolExecutor
+
         import numpy as np
         import torch
 
@@ -92,13 +100,18 @@ class MoshiBrain(MoshiSteps):
         noise = np.random.default_rng(0).normal(0, 0.1, FRAME_SIZE).astype(np.float32)
         spoken = np.zeros((codec.num_codebooks, 1), np.int64)
 
-        def step():
-            codes = enc.encode(noise, SAMPLE_RATE)
+        worker = ThreadPoolExecutor(1, thread_name_prefix="moshi-trial")
+
+        def think(codes):
             with stream_threads(threads):
                 lm.step(torch.from_numpy(codes[:, 0]))
+
+        def step():
+            worker.submit(think, enc.encode(noise, SAMPLE_RATE)).result()
             dec.decode(spoken)
 
         step()
+        weakref.finalize(step, worker.shutdown, wait=False)  # its thread ends with the trial
         return step
 
     def _advance(self, codes):

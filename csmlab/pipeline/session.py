@@ -11,6 +11,12 @@ Policies, stated once:
   A step that finishes later sends silence instead of its audio (its text is kept) and counts as late.
   Compute never skips a frame, so the codec's and the brain's states follow the audio; after an
   overrun the next steps run back to back until the session is on time again.
+  A step runs its layers one after the other, so its compute is the frame's input-to-output time,
+  and that is what the deadline judges. The second core shortens it as intra-op threads
+  (`threads`: measured at start for Moshi's brain, cached per host, `csmlab.pipeline.threads`).
+  Overlapping layers instead (encoding frame t+1 while the brain and the decode run frame t) would
+  raise throughput, not shorten a frame's way through: each output would come one frame later
+  (due 160 ms after its frame is complete) and the conversation's latency would grow by 80 ms.
 - **Brain faults**: the brain runs on its own worker thread. If it raises, silence goes out, a
   `ComponentError` is logged, and the next step calls it again. If it does not answer within
   `stall_ms` (default: 1 s on the real-time clock, no limit on the simulated one), silence goes out
