@@ -98,7 +98,7 @@ def test_moshi_brain_on_two_threads_gives_moshi_streams_tokens_and_audio(call, m
     clip = audio[2 * rate: 2 * rate + rate // 2]  # 0.5 s of the call: 7 steps (the last one zero-padded)
     brain = Counting(model=moshi, seed=7)
     brain.seen = []
-    with DuplexSession(brain, clock=clock, threads=2) as session:
+    with DuplexSession(brain, clock=clock, threads=2, stall_ms=60_000) as session:  # no stall policy at any load
         assert session._user._stream.threads == session._system._stream.threads == 2
         steps = list(session.run(clip, rate))
         report = session.report()
