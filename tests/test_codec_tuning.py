@@ -58,7 +58,7 @@ def measured(monkeypatch, tmp_path):
 
 def test_the_choice_is_measured_once_cached_per_host_and_read_back(measured, monkeypatch):
     model = load_codec(listen=True).backend.model
-    clock = FakeClock({"fast": 50, "fast-flinear": 40, "moshi": 45})
+    clock = FakeClock({"fast": 50, "fast-flinear": 40, "flinear-all": 42, "moshi": 45})
     trials = []
 
     def trial(kernels):
@@ -77,7 +77,7 @@ def test_the_choice_is_measured_once_cached_per_host_and_read_back(measured, mon
 def test_a_choice_measured_on_a_busy_machine_holds_for_the_process_but_is_not_cached(measured, monkeypatch):
     model = load_codec(listen=True).backend.model
     monkeypatch.setattr(tuning, "_load", lambda: 7.5)
-    clock = FakeClock({"fast": 50, "fast-flinear": 60, "moshi": 45})
+    clock = FakeClock({"fast": 50, "fast-flinear": 60, "flinear-all": 55, "moshi": 45})
     trial = lambda kernels: clock.candidates([kernels])[kernels]  # noqa: E731
     assert tuning.kernels_for(model, 2, trial, measured, clock) == "moshi"
     assert not list(measured.iterdir())

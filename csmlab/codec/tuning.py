@@ -7,6 +7,7 @@ CPU session's kernels are chosen by timing them in situ, on the model itself, on
 
     "fast"          csmlab's fast path, transformers' linears as `W @ x.T`  (the choice before issue 23)
     "fast-flinear"  csmlab's fast path, transformers' linears as `F.linear` (torch's own layout)
+    "flinear-all"   the same, and the short convs' products as `F.linear` too (`convs.conv1d_linear`)
     "moshi"         moshi's own modules and kernels (`MimiStream`)
 
 Each candidate streams a few frames of noise on a fresh stream, the candidates taking turns; the one
@@ -41,7 +42,7 @@ from csmlab.host import cpu_flags, cpu_model
 
 log = logging.getLogger(__name__)
 
-KERNELS = ("fast", "fast-flinear", "moshi")
+KERNELS = ("fast", "fast-flinear", "flinear-all", "moshi")
 ENV = "CSMLAB_CODEC_KERNELS"
 ROUNDS = 5  # timed frames per candidate, after one warm-up frame each
 BUDGET_S = 3.0  # no new round past this: 2 threads on a busy 2-core machine took 1.7 s per frame (issue 23)
@@ -73,7 +74,7 @@ def _load() -> float:
 def host_key(model: torch.nn.Module, threads: int) -> str:
     """What a measured choice holds for: this processor, torch, thread count and model shape."""
     shapes = [tuple(p.shape) for p in model.parameters()]
-    text = json.dumps([cpu_model(), cpu_flags(), torch.__version__, threads, shapes])
+    text = json.dumps([cpu_model(), cpu_flags(), torch.__version__, threads, shapes, KERNELS])  # new candidates: measure again
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
