@@ -210,8 +210,7 @@ def run(args) -> dict:
 
     from csmlab.bench import machine
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or 1)  # brains that measure nothing keep this (1: fastest on a busy machine)
     side = user_side(real_recording(), USER)
     print(f"the real call, {USER} as the user; {args.minutes:g} min per brain, {args.clock} clock, "
           f"threads {args.threads or 'measured at session start'}; {machine()['cpu_model']}, load average "
