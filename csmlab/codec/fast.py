@@ -29,7 +29,8 @@ The arithmetic is the same up to float summation order: codes equal the batch pa
 float near-ties (measured in tests/test_codec_equivalence.py).
 
 Those figures are the AMD EPYC's (AVX2). On an Intel Xeon with AVX-512 and AMX, `F.linear` beat
-`W @ x.T` in situ and moshi's own path came close to this one (issue 23), so which of these kernels a
+`W @ x.T` in situ, for the short convs' products too (`convs.conv1d_linear`, the `flinear-all`
+candidate), and moshi's own path came close to this one (issue 23), so which of these kernels a
 CPU session runs is measured on the host, once (`csmlab.codec.tuning`, `cpu_stream`).
 
 Threads: a stream runs on the intra-op threads its session was given (`codec.stream(threads=...)`,
