@@ -53,6 +53,7 @@ def measured(monkeypatch, tmp_path):
     monkeypatch.delenv(tuning.ENV, raising=False)
     monkeypatch.setattr(tuning, "_chosen", {})
     monkeypatch.setattr(tuning, "_load", lambda: 0.5)
+    monkeypatch.setattr(tuning, "_cpu_seconds", lambda: (0.0, 0.0))  # nobody else ran during the trials
     return tmp_path
 
 
@@ -101,3 +102,15 @@ def test_each_choice_streams_the_batch_paths_codes(kernels, call):
     stream = fast.stream_of(kernels, codec.backend.model, threads=1)
     streamed = np.concatenate([stream.encode(audio[i: i + 1920]) for i in range(0, len(audio), 1920)], axis=1)
     assert np.array_equal(streamed, codec.encode(audio, 24000))
+
+
+def test_a_choice_measured_while_another_process_ran_is_not_cached(measured, monkeypatch):
+    """A quiet load average lags: what others ran during the trial itself decides (here 1.5 CPU
+    seconds beside ours over the fake clock's 0.76 s: 2 cores' worth)."""
+    model = load_codec(listen=True).backend.model
+    clock = FakeClock({"fast": 50, "fast-flinear": 60, "flinear-all": 55, "moshi": 45})
+    readings = iter([(10.0, 1.0), (12.0, 1.5)])  # all processes' CPU seconds, ours
+    monkeypatch.setattr(tuning, "_cpu_seconds", lambda: next(readings))
+    trial = lambda kernels: clock.candidates([kernels])[kernels]  # noqa: E731
+    assert tuning.kernels_for(model, 1, trial, measured, clock) == "moshi"
+    assert not list(measured.iterdir())

@@ -48,6 +48,7 @@ def measured(monkeypatch, tmp_path):
     monkeypatch.setattr(threads, "_chosen", {})
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
     monkeypatch.setattr(tuning, "_load", lambda: 0.5)
+    monkeypatch.setattr(tuning, "_cpu_seconds", lambda: (0.0, 0.0))
     return tmp_path
 
 

@@ -16,8 +16,9 @@ to `<csmlab cache>/tuning/` under a key of the CPU model, its vector flags, torc
 thread count and the model's shapes, and logged (logger `csmlab.codec.tuning`). `CSMLAB_CODEC_KERNELS`
 set to one of `KERNELS` overrides it (no timing). Whole frames, not one hot matrix: hot-cache
 microbenchmarks picked the wrong layout before (DEVELOPERS.md, "BLAS layout"). It costs a second or
-so per host, model and thread count, once; measured on a busy machine (load average above the cores:
-on 2 threads, others' work then decides the ranking) it holds for that process only and is not cached.
+so per host, model and thread count, once; measured on a busy machine (load average above the cores,
+or other processes running more than `OTHERS_MAX_CORES` of CPU during the trial itself: on 2 threads,
+others' work then decides the ranking) it holds for that process only and is not cached.
 Delete the folder to measure again.
 
 Every candidate runs the same arithmetic up to float summation order: codes equal the batch path's
@@ -71,6 +72,21 @@ def _load() -> float:
     return os.getloadavg()[0]
 
 
+OTHERS_MAX_CORES = 0.5  # other processes' CPU during a trial above this: measured busy, not cached
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds all processes have run, this process's own), or None off Linux. Their difference
+    over a trial is what others ran meanwhile: the load average lags a minute behind and missed a
+    neighbour starting during a trial (issue 23: a 2-thread trial at load 0.9 ran beside one)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+
 def host_key(model: torch.nn.Module, threads: int) -> str:
     """What a measured choice holds for: this processor, torch, thread count and model shape."""
     shapes = [tuple(p.shape) for p in model.parameters()]
@@ -119,12 +135,18 @@ def cached_choice(what: str, field: str, key: str, options: tuple[str, ...], tri
             return record[field], {**record, "how": "cached", "path": str(path)}
     except (OSError, ValueError):
         pass  # not measured yet on this host, or an unreadable record: measure
-    best, medians = choose({option: trial(option) for option in options}, timer=timer)
+    trials = {option: trial(option) for option in options}
+    cpu, began = _cpu_seconds(), timer()
+    best, medians = choose(trials, timer=timer)
+    after, wall = _cpu_seconds(), max(timer() - began, 1e-9)
+    others = None if cpu is None or after is None else ((after[0] - cpu[0]) - (after[1] - cpu[1])) / wall
     record = {field: best, "median_ms_per_frame": medians, "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
               "torch": torch.__version__, **extra, "load_average_1min": round(_load(), 2),
+              "others_cores": None if others is None else round(others, 2),
               "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if record["load_average_1min"] > (os.cpu_count() or 1):  # others' work decided it: this process only
-        log.warning("%s %s measured on a busy machine (load %.1f): not cached", what, field, record["load_average_1min"])
+    if record["load_average_1min"] > (os.cpu_count() or 1) or (others or 0) > OTHERS_MAX_CORES:
+        log.warning("%s %s measured on a busy machine (load %.1f, others ran %s cores during the trial): not cached",
+                    what, field, record["load_average_1min"], record["others_cores"])
         return best, {**record, "how": "measured busy, not cached"}
     try:
         folder.mkdir(parents=True, exist_ok=True)
