@@ -151,6 +151,9 @@ class DuplexSession:
         self._user = codec.stream(per_stream) if brain.hears_codes else None  # the user's audio -> codes
         self._system = codec.stream(per_stream) if brain.speaks_codes else None  # the brain's codes -> audio
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"brain-{brain.name}")
+        # Moshi's brain on the CPU: its codec calls run on the brain's worker thread too, so that one
+        # thread (one OpenMP team) runs the whole step, as `threads_trial` measured it.
+        self._codecs_on_worker = self.threads.how != "torch" and brain.measures_threads(codec)
         self._busy = None  # the future of a stalled brain call
         self._index, self._closed = 0, False
         self._disconnected_at: float | None = None
@@ -284,7 +287,7 @@ class DuplexSession:
             return None, None
         with _timed(ms, "encode"):
             try:
-                codes = self._user.encode(frame, SAMPLE_RATE)  # [K, 1]
+                codes = self._codec_call(self._user.encode, frame, SAMPLE_RATE)  # [K, 1]
                 return codes[:, 0], None
             except CsmlabError as err:
                 self._log("encode", "error", f"{err}; user codec reset")
@@ -312,6 +315,13 @@ class DuplexSession:
                 self._log("brain", "brain_error", str(error))
                 return SILENT, "brain_error"
 
+    def _codec_call(self, call, *args):
+        """A codec session's call, on the brain's worker thread when the whole step runs there (and the
+        brain is not stalled in it), else here."""
+        if self._codecs_on_worker and self._busy is None:
+            return self._worker.submit(call, *args).result()
+        return call(*args)
+
     def _brain_step(self, heard: Heard) -> Said:
         """On the worker thread: the brain's step on the session's threads (torch's count is per thread)."""
         with stream_threads(self.threads.count):
@@ -325,7 +335,7 @@ class DuplexSession:
                     codes = integer_codes(said.codes)  # CodesError for bf16, floats, text
                     if codes.ndim != 1:
                         raise CodesError(f"a brain says one frame of codes, [K], not shape {codes.shape}")
-                    return self._system.decode(codes[:, None]), None  # [K, 1] -> [1920]
+                    return self._codec_call(self._system.decode, codes[:, None]), None  # [K, 1] -> [1920]
                 except CsmlabError as err:
                     self._log("decode", "error", f"{err}; system codec reset")
                     self._system.reset()
