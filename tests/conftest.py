@@ -32,6 +32,9 @@ settings.load_profile(os.environ.get("CSMLAB_HYPOTHESIS_PROFILE", "ci"))
 # Mimi's CPU stream kernels are chosen by timing them once per host (csmlab.codec.tuning): tests run
 # the fast path without timing anything; tests/test_codec_tuning.py tests the choice itself.
 os.environ.setdefault("CSMLAB_CODEC_KERNELS", "fast")
+# A duplex session with Moshi's brain measures its step on 1 and on 2 threads at start
+# (csmlab.pipeline.threads): tests run one thread without timing; tests/test_step_threads.py tests the choice.
+os.environ.setdefault("CSMLAB_STEP_THREADS", "1")
 
 
 @contextmanager

@@ -15,8 +15,9 @@ from csmlab.errors import ConfigError
 def test_conv1d_gemm_equals_conv1d(c_in, c_out, k, stride, dilation, steps, bias):
     torch.manual_seed(0)
     conv = nn.Conv1d(c_in, c_out, k, stride, dilation=dilation, bias=bias)
-    x = torch.randn(1, c_in, steps)
+    x = torch.randn(2, c_in, steps)  # two streams' rows in one product (csmlab.codec.batch)
     assert torch.allclose(convs.conv1d_gemm(conv, x), conv(x), atol=1e-5)
+    assert torch.allclose(convs.conv1d_linear(conv, x), conv(x), atol=1e-5)  # torch's own layout, measured per host
 
 
 @pytest.mark.parametrize("c_in, c_out, stride, m, steps", [(16, 8, 8, 2, 2), (8, 4, 5, 2, 3), (6, 6, 2, 3, 1), (4, 4, 1, 1, 7)])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 def plain_conv(module: nn.Module) -> bool:
@@ -58,6 +59,17 @@ def conv1d_gemm(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     else:
         out = torch.addmm(conv.bias[:, None], weight, rows.T)  # [C_out, B * L']
     return out.view(c_out, batch, -1).transpose(0, 1)  # [B, C_out, L']
+
+
+def conv1d_linear(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """`conv1d_gemm` in torch's own layout, `F.linear(rows, W, bias)`: the same product and result.
+    On the AMD EPYC `W @ rows.T` read the weights faster; on the Intel Xeon (AVX-512, AMX) this one did
+    (whole frames taking turns, issue 23), so which a host runs is measured (`csmlab.codec.tuning`)."""
+    (k,), (s,), (d,) = conv.kernel_size, conv.stride, conv.dilation
+    c_out, batch = conv.weight.shape[0], x.shape[0]
+    rows = conv_columns(x, k, s, d)  # [B * L', C_in * k]
+    out = F.linear(rows, conv.weight.view(c_out, -1), conv.bias)  # [B * L', C_out]
+    return out.T.reshape(c_out, batch, -1).transpose(0, 1)  # [B, C_out, L']
 
 
 def conv_transpose1d_gemm(convtr: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:

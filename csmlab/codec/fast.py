@@ -29,7 +29,8 @@ The arithmetic is the same up to float summation order: codes equal the batch pa
 float near-ties (measured in tests/test_codec_equivalence.py).
 
 Those figures are the AMD EPYC's (AVX2). On an Intel Xeon with AVX-512 and AMX, `F.linear` beat
-`W @ x.T` in situ and moshi's own path came close to this one (issue 23), so which of these kernels a
+`W @ x.T` in situ, for the short convs' products too (`convs.conv1d_linear`, the `flinear-all`
+candidate), and moshi's own path came close to this one (issue 23), so which of these kernels a
 CPU session runs is measured on the host, once (`csmlab.codec.tuning`, `cpu_stream`).
 
 Threads: a stream runs on the intra-op threads its session was given (`codec.stream(threads=...)`,
@@ -50,7 +51,7 @@ from moshi.quantization.core_vq import EuclideanCodebook
 
 from csmlab.codec import lean, tuning
 from csmlab.codec.backends import MimiStream, check_threads
-from csmlab.codec.convs import conv1d_gemm, conv_transpose1d_gemm, plain_conv, plain_conv_transpose
+from csmlab.codec.convs import conv1d_gemm, conv1d_linear, conv_transpose1d_gemm, plain_conv, plain_conv_transpose
 from csmlab.metrics import FRAME_SIZE
 
 GEMM_MAX_STEPS = 64  # longer inputs (the first encoder / last decoder layers: small weights) keep oneDNN
@@ -110,15 +111,16 @@ def _short_input(gemm, stock, module: nn.Module):
     return lambda x: gemm(module, x) if x.shape[-1] // stride <= GEMM_MAX_STEPS else stock(module, x)
 
 
-def _fast_forward(module: nn.Module, linears: bool = True):
+def _fast_forward(module: nn.Module, linears: bool = True, conv_linear: bool = False):
     """The fast forward for `module`, or None where the stock kernel is already the right one
-    (`linears=False`: every Linear keeps `F.linear`)."""
+    (`linears=False`: every Linear keeps `F.linear`; `conv_linear`: the short convs' products as
+    `F.linear`, `conv1d_linear`, instead of `W @ rows.T`)."""
     if isinstance(module, StreamingTransformer) and lean.supports(module):
         return lambda x: lean.lean_forward(module, x)
     if type(module) is nn.Linear and linears:
         return lambda x: linear_gemm(module, x) if x[..., 0].numel() <= LINEAR_MAX_ROWS else nn.Linear.forward(module, x)
     if plain_conv(module):
-        return _short_input(conv1d_gemm, nn.Conv1d.forward, module)
+        return _short_input(conv1d_linear if conv_linear else conv1d_gemm, nn.Conv1d.forward, module)
     if plain_conv_transpose(module):
         return _short_input(conv_transpose1d_gemm, nn.ConvTranspose1d.forward, module)
     return None
@@ -127,10 +129,12 @@ def _fast_forward(module: nn.Module, linears: bool = True):
 class FastMimiStream(MimiStream):
     """`MimiStream` whose convolutions and few-token linears run as matrix products during its calls."""
 
-    def __init__(self, model, batch_size: int = 1, threads: int | None = None, linears: bool = True):
+    def __init__(self, model, batch_size: int = 1, threads: int | None = None, linears: bool = True,
+                 conv_linear: bool = False):
         super().__init__(model, batch_size, threads)
         # (module, method name, replacement): built once, installed for each call
-        self._fast = [(m, "forward", f) for m in model.modules() if (f := _fast_forward(m, linears)) is not None]
+        self._fast = [(m, "forward", f) for m in model.modules()
+                      if (f := _fast_forward(m, linears, conv_linear)) is not None]
         self._fast += [(m, "_quantize", functools.partial(nearest_codes, m))
                        for m in model.modules() if isinstance(m, EuclideanCodebook)]
 
@@ -168,7 +172,7 @@ def stream_of(kernels: str, model, threads: int, batch_size: int = 1) -> MimiStr
     """A stream running `kernels`, one of `tuning.KERNELS`."""
     if kernels == "moshi":
         return MimiStream(model, batch_size, threads)
-    return FastMimiStream(model, batch_size, threads, linears=kernels == "fast")
+    return FastMimiStream(model, batch_size, threads, linears=kernels == "fast", conv_linear=kernels == "flinear-all")
 
 
 def _trial(model, threads: int, kernels: str):

@@ -7,6 +7,7 @@ CPU session's kernels are chosen by timing them in situ, on the model itself, on
 
     "fast"          csmlab's fast path, transformers' linears as `W @ x.T`  (the choice before issue 23)
     "fast-flinear"  csmlab's fast path, transformers' linears as `F.linear` (torch's own layout)
+    "flinear-all"   the same, and the short convs' products as `F.linear` too (`convs.conv1d_linear`)
     "moshi"         moshi's own modules and kernels (`MimiStream`)
 
 Each candidate streams a few frames of noise on a fresh stream, the candidates taking turns; the one
@@ -15,8 +16,9 @@ to `<csmlab cache>/tuning/` under a key of the CPU model, its vector flags, torc
 thread count and the model's shapes, and logged (logger `csmlab.codec.tuning`). `CSMLAB_CODEC_KERNELS`
 set to one of `KERNELS` overrides it (no timing). Whole frames, not one hot matrix: hot-cache
 microbenchmarks picked the wrong layout before (DEVELOPERS.md, "BLAS layout"). It costs a second or
-so per host, model and thread count, once; measured on a busy machine (load average above the cores:
-on 2 threads, others' work then decides the ranking) it holds for that process only and is not cached.
+so per host, model and thread count, once; measured on a busy machine (load average above the cores,
+or other processes running more than `OTHERS_MAX_CORES` of CPU during the trial itself: on 2 threads,
+others' work then decides the ranking) it holds for that process only and is not cached.
 Delete the folder to measure again.
 
 Every candidate runs the same arithmetic up to float summation order: codes equal the batch path's
@@ -41,7 +43,7 @@ from csmlab.host import cpu_flags, cpu_model
 
 log = logging.getLogger(__name__)
 
-KERNELS = ("fast", "fast-flinear", "moshi")
+KERNELS = ("fast", "fast-flinear", "flinear-all", "moshi")
 ENV = "CSMLAB_CODEC_KERNELS"
 ROUNDS = 5  # timed frames per candidate, after one warm-up frame each
 BUDGET_S = 3.0  # no new round past this: 2 threads on a busy 2-core machine took 1.7 s per frame (issue 23)
@@ -70,10 +72,25 @@ def _load() -> float:
     return os.getloadavg()[0]
 
 
+OTHERS_MAX_CORES = 0.5  # other processes' CPU during a trial above this: measured busy, not cached
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds all processes have run, this process's own), or None off Linux. Their difference
+    over a trial is what others ran meanwhile: the load average lags a minute behind and missed a
+    neighbour starting during a trial (issue 23: a 2-thread trial at load 0.9 ran beside one)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+
 def host_key(model: torch.nn.Module, threads: int) -> str:
     """What a measured choice holds for: this processor, torch, thread count and model shape."""
     shapes = [tuple(p.shape) for p in model.parameters()]
-    text = json.dumps([cpu_model(), cpu_flags(), torch.__version__, threads, shapes])
+    text = json.dumps([cpu_model(), cpu_flags(), torch.__version__, threads, shapes, KERNELS])  # new candidates: measure again
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -100,27 +117,42 @@ def _folder() -> Path:
 
 
 def _cached_or_measured(key: str, threads: int, trial, folder: Path, timer) -> str:
-    path = folder / f"mimi-stream-{key}.json"
+    return cached_choice("mimi-stream", "kernels", key, KERNELS, trial, folder, timer, {"threads": threads}, ENV)[0]
+
+
+def cached_choice(what: str, field: str, key: str, options: tuple[str, ...], trial, folder: Path, timer,
+                  extra: dict, env: str) -> tuple[str, dict]:
+    """The option (one of `options`) recorded for `key` in `folder/<what>-<key>.json`, else the one that
+    `choose` finds fastest with `trial(option)` now, written there unless the machine is busy (the
+    load average above the cores: others' work decided it, so it holds for this process only).
+    Shared by the Mimi stream's kernels and the duplex step's threads (`csmlab.pipeline.threads`).
+    Returns (the option, its record, with "how": "cached", "measured" or "measured busy, not cached")."""
+    path = folder / f"{what}-{key}.json"
     try:
         record = json.loads(path.read_text())
-        if record.get("kernels") in KERNELS:
-            log.info("Mimi stream kernels %r (measured earlier on %s, %d thread(s): %s)", record["kernels"],
-                     record["cpu_model"], threads, path)
-            return record["kernels"]
+        if record.get(field) in options:
+            log.info("%s %s %r (measured earlier on %s: %s)", what, field, record[field], record["cpu_model"], path)
+            return record[field], {**record, "how": "cached", "path": str(path)}
     except (OSError, ValueError):
         pass  # not measured yet on this host, or an unreadable record: measure
-    best, medians = choose({kernels: trial(kernels) for kernels in KERNELS}, timer=timer)
-    record = {"kernels": best, "median_ms_per_frame": medians, "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
-              "torch": torch.__version__, "threads": threads, "load_average_1min": round(_load(), 2),
+    trials = {option: trial(option) for option in options}
+    cpu, began = _cpu_seconds(), timer()
+    best, medians = choose(trials, timer=timer)
+    after, wall = _cpu_seconds(), max(timer() - began, 1e-9)
+    others = None if cpu is None or after is None else ((after[0] - cpu[0]) - (after[1] - cpu[1])) / wall
+    record = {field: best, "median_ms_per_frame": medians, "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
+              "torch": torch.__version__, **extra, "load_average_1min": round(_load(), 2),
+              "others_cores": None if others is None else round(others, 2),
               "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if record["load_average_1min"] > (os.cpu_count() or 1):  # others' work decided it: this process only
-        log.warning("Mimi stream kernels measured on a busy machine (load %.1f): not cached", record["load_average_1min"])
-        return best
+    if record["load_average_1min"] > (os.cpu_count() or 1) or (others or 0) > OTHERS_MAX_CORES:
+        log.warning("%s %s measured on a busy machine (load %.1f, others ran %s cores during the trial): not cached",
+                    what, field, record["load_average_1min"], record["others_cores"])
+        return best, {**record, "how": "measured busy, not cached"}
     try:
         folder.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1))
     except OSError as err:  # a read-only cache: the choice still holds for this process
-        log.warning("could not cache the Mimi stream kernels in %s: %s", path, err)
-    log.info("Mimi stream kernels %r, measured now on %s, %d thread(s): %s ms per frame (override: %s=...)", best,
-             record["cpu_model"], threads, {k: round(v, 1) for k, v in medians.items()}, ENV)
-    return best
+        log.warning("could not cache the %s %s in %s: %s", what, field, path, err)
+    log.info("%s %s %r, measured now on %s: %s ms per frame (override: %s=...)", what, field, best,
+             record["cpu_model"], {k: round(v, 1) for k, v in medians.items()}, env)
+    return best, {**record, "how": "measured", "path": str(path)}

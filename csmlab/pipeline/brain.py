@@ -66,6 +66,20 @@ class Brain:
         """The Mimi that the session's codec sessions use (None: the brain needs no codec)."""
         return None
 
+    def measures_threads(self, codec) -> bool:
+        """Whether a session measures this brain's step on 1 and on all cores at start
+        (`csmlab.pipeline.threads`); if not, it keeps torch's thread count."""
+        return False
+
+    def tuned_models(self, codec) -> list:
+        """The modules whose shapes key a cached thread choice."""
+        return []
+
+    def threads_trial(self, codec, threads: int):
+        """A callable that runs one whole step (encode, brain, decode) on fresh state at `threads`
+        intra-op threads, warmed up: what `csmlab.pipeline.threads` times."""
+        raise NotImplementedError
+
     def step(self, heard: Heard) -> Said:
         raise NotImplementedError
 

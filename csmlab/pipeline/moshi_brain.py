@@ -8,6 +8,9 @@ semantic one by `max(delays)` steps: 80 ms for the released model), 160 ms in al
 Several sessions may share one loaded model (`MoshiBrain(model=shared)`): each brain has its own
 stream (caches, step counter, RNG state); steps on one model take turns under its lock.
 
+Threads: on the CPU a session measures Moshi's whole step (encode, LM, decode) on one thread and on
+all cores when it starts, and runs the faster (`csmlab.pipeline.threads`, cached per host).
+
 Recovery: a step that raises leaves Moshi's caches half-updated (`MoshiStream` then refuses them),
 so the session sends silence and, on the next step, the brain starts a fresh conversation
 (`reset()`, logged as `moshi_reset`) rather than failing for ever.
@@ -68,6 +71,51 @@ class MoshiBrain(MoshiSteps):
 
     def codec(self):
         return moshi_codec(self.model)
+
+    def measures_threads(self, codec) -> bool:
+        """On the CPU, with a plain moshi-backend Mimi (whose streams take a thread count): yes."""
+        return (self.model.lm.device.type == "cpu" and codec.name == "moshi" and codec.precision == "fp32"
+                and codec.backend.device.type == "cpu")
+
+    def tuned_models(self, codec) -> list:
+        return [codec.backend.model, self.model.lm]
+
+    def threads_trial(self, codec, threads: int):
+        """One step of noise through fresh user and system codec sessions and a fresh `MoshiStream`, all
+        on `threads` threads, laid out as a session runs them: the whole step on a worker thread of its
+        own (one thread, one OpenMP team: with the codecs on the caller and the LM on a worker, two
+        teams took turns on two cores: 94.0 and 97.5 vs 78.9 and 90.1 ms per step at load 3). The decode takes a
+        fixed frame of codes (Moshi's own are silent while its acoustic codebooks warm up). Warmed up
+        by one untimed step."""
+        import weakref
+        from concurrent.futures import ThreadPoolExecutor
+
+        import numpy as np
+        import torch
+
+        from csmlab import moshi
+        from csmlab.codec.backends import stream_threads
+        from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
+
+        enc, dec = codec.stream(threads=threads), codec.stream(threads=threads)
+        lm = moshi.MoshiStream(self.model, seed=0)
+        noise = np.random.default_rng(0).normal(0, 0.1, FRAME_SIZE).astype(np.float32)
+        spoken = np.zeros((codec.num_codebooks, 1), np.int64)
+
+        worker = ThreadPoolExecutor(1, thread_name_prefix="moshi-trial")
+
+        def whole():
+            codes = enc.encode(noise, SAMPLE_RATE)
+            with stream_threads(threads):
+                lm.step(torch.from_numpy(codes[:, 0]))
+            dec.decode(spoken)
+
+        def step():
+            worker.submit(whole).result()
+
+        step()
+        weakref.finalize(step, worker.shutdown, wait=False)  # its thread ends with the trial
+        return step
 
     def _advance(self, codes):
         out = self.stream.step(codes)

@@ -11,6 +11,12 @@ Policies, stated once:
   A step that finishes later sends silence instead of its audio (its text is kept) and counts as late.
   Compute never skips a frame, so the codec's and the brain's states follow the audio; after an
   overrun the next steps run back to back until the session is on time again.
+  A step runs its layers one after the other, so its compute is the frame's input-to-output time,
+  and that is what the deadline judges. The second core shortens it as intra-op threads
+  (`threads`: measured at start for Moshi's brain, cached per host, `csmlab.pipeline.threads`).
+  Overlapping layers instead (encoding frame t+1 while the brain and the decode run frame t) would
+  raise throughput, not shorten a frame's way through: each output would come one frame later
+  (due 160 ms after its frame is complete) and the conversation's latency would grow by 80 ms.
 - **Brain faults**: the brain runs on its own worker thread. If it raises, silence goes out, a
   `ComponentError` is logged, and the next step calls it again. If it does not answer within
   `stall_ms` (default: 1 s on the real-time clock, no limit on the simulated one), silence goes out
@@ -43,9 +49,9 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
-import torch
 
 from csmlab.audio import Resampler, check_sample_rate, to_mono
+from csmlab.codec.backends import stream_threads
 from csmlab.codec.codes import integer_codes
 from csmlab.errors import AudioFormatError, CodesError, ComponentError, CsmlabError, StreamClosedError
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE, latency_summary
@@ -54,6 +60,7 @@ from csmlab.pipeline.clock import make_clock
 from csmlab.pipeline.events import EventLog
 from csmlab.pipeline.jitter import JitterBuffer, check_seq
 from csmlab.pipeline.overload import Overload
+from csmlab.pipeline.threads import step_threads
 
 LAYERS = ("input", "encode", "brain", "decode")
 STALL_MS = 1000.0  # a brain silent this long on the real-time clock is stalled
@@ -130,7 +137,7 @@ class DuplexSession:
 
     def __init__(self, brain: Brain, clock="simulated", *, codec=None, window: int = 3, max_gap: int = 50,
                  deadline_ms: float = FRAME_MS, stall_ms: float | None = None, events: int = 2000,
-                 history: int = 20_000, overload: str = "skip"):
+                 history: int = 20_000, overload: str = "skip", threads: int | None = None):
         self.brain, self.clock = brain, make_clock(clock)
         if stall_ms is None:  # a live session cannot wait long; a simulation measures compute and never drops work
             stall_ms = STALL_MS if self.clock.kind == "realtime" else math.inf
@@ -144,11 +151,14 @@ class DuplexSession:
         if (brain.hears_codes or brain.speaks_codes) and codec is None:
             raise CsmlabError(f"brain {brain.name!r} works on Mimi codes but gives no codec: pass codec=load_codec(8)")
         self.codec = codec
-        self._user = codec.stream() if brain.hears_codes else None  # the user's audio -> codes
-        self._system = codec.stream() if brain.speaks_codes else None  # the brain's codes -> audio
-        threads = torch.get_num_threads()
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"brain-{brain.name}",
-                                          initializer=torch.set_num_threads, initargs=(threads,))
+        self.threads = step_threads(brain, codec, threads)  # measured at start for Moshi's brain, cached per host
+        per_stream = self.threads.count if codec is not None and codec.name == "moshi" and self.threads.how != "torch" else None
+        self._user = codec.stream(per_stream) if brain.hears_codes else None  # the user's audio -> codes
+        self._system = codec.stream(per_stream) if brain.speaks_codes else None  # the brain's codes -> audio
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"brain-{brain.name}")
+        # Moshi's brain on the CPU: its codec calls run on the brain's worker thread too, so that one
+        # thread (one OpenMP team) runs the whole step, as `threads_trial` measured it.
+        self._codecs_on_worker = self.threads.how != "torch" and brain.measures_threads(codec)
         self._busy = None  # the future of a stalled brain call
         self._index, self._closed = 0, False
         self._disconnected_at: float | None = None
@@ -283,7 +293,7 @@ class DuplexSession:
             return None, None
         with _timed(ms, "encode"):
             try:
-                codes = self._user.encode(frame, SAMPLE_RATE)  # [K, 1]
+                codes = self._codec_call(self._user.encode, frame, SAMPLE_RATE)  # [K, 1]
                 return codes[:, 0], None
             except CsmlabError as err:
                 self._log("encode", "error", f"{err}; user codec reset")
@@ -298,7 +308,7 @@ class DuplexSession:
                     return SILENT, "brain_busy"
                 self._busy = None
                 self._log("brain", "recovered", "the stalled call returned; its answer was dropped")
-            future = self._worker.submit(self.brain.step, heard)
+            future = self._worker.submit(self._brain_step, heard)
             try:
                 return future.result(timeout=None if math.isinf(self.stall_ms) else self.stall_ms / 1000), None
             except FutureTimeout:
@@ -311,6 +321,18 @@ class DuplexSession:
                 self._log("brain", "brain_error", str(error))
                 return SILENT, "brain_error"
 
+    def _codec_call(self, call, *args):
+        """A codec session's call, on the brain's worker thread when the whole step runs there (and the
+        brain is not stalled in it), else here."""
+        if self._codecs_on_worker and self._busy is None:
+            return self._worker.submit(call, *args).result()
+        return call(*args)
+
+    def _brain_step(self, heard: Heard) -> Said:
+        """On the worker thread: the brain's step on the session's threads (torch's count is per thread)."""
+        with stream_threads(self.threads.count):
+            return self.brain.step(heard)
+
     def _speak(self, said: Said, ms: dict) -> tuple[np.ndarray, str | None]:
         silence = np.zeros(FRAME_SIZE, np.float32)
         with _timed(ms, "decode"):
@@ -319,7 +341,7 @@ class DuplexSession:
                     codes = integer_codes(said.codes)  # CodesError for bf16, floats, text
                     if codes.ndim != 1:
                         raise CodesError(f"a brain says one frame of codes, [K], not shape {codes.shape}")
-                    return self._system.decode(codes[:, None]), None  # [K, 1] -> [1920]
+                    return self._codec_call(self._system.decode, codes[:, None]), None  # [K, 1] -> [1920]
                 except CsmlabError as err:
                     self._log("decode", "error", f"{err}; system codec reset")
                     self._system.reset()
@@ -386,6 +408,7 @@ class DuplexSession:
                        "held": self._jitter.held, "restarts": counts.restarts,
                        "skipped": counts.skipped},
             "steps_late": self._late,
+            "threads": self.threads.report(),
             "late_pct": round(100 * self._late / n, 3) if n else 0.0,
             "steps_faulted": self._faulted,
             "faults": {f"{layer}/{kind}": c for (layer, kind), c in sorted(self.events.counts.items()) if kind in FAULTS},
