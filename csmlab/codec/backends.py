@@ -19,7 +19,7 @@ import torch
 from csmlab.errors import CodesError, ConfigError, StreamClosedError
 from csmlab.locks import exclusive
 from csmlab.metrics import CODEBOOK_SIZE, FRAME_SIZE
-from csmlab.slots import without_cuda_graphs
+from csmlab.batching.slots import without_cuda_graphs
 
 
 def _codes(tensor: torch.Tensor) -> np.ndarray:
@@ -293,14 +293,14 @@ class RustyMimiStream:
 
 
 class TransformersBackend:
-    """Hugging Face's `MimiModel`, converted from the same checkpoint (`csmlab.convert`)."""
+    """Hugging Face's `MimiModel`, converted from the same checkpoint (`csmlab.weights.convert`)."""
 
     name = "transformers"
 
     codebook_size = CODEBOOK_SIZE
 
     def __init__(self, path: Path, num_codebooks: int, config: dict | None = None):
-        from csmlab.convert import to_transformers_mimi
+        from csmlab.weights.convert import to_transformers_mimi
 
         _full_size_only(self.name, config)
 

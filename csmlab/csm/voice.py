@@ -36,7 +36,7 @@ and encode everything every call: the tests compare the two.
 
 Context audio is encoded by the CSM's own Mimi (transformers' `MimiModel`). transformers 4.57.6's
 batch Mimi forgets its 250-step (10 s) attention window, and CSM contexts are often longer than 10 s:
-`load_csm` applies `csmlab.convert.fix_sliding_window()` so the codes match moshi's Mimi.
+`load_csm` applies `csmlab.weights.convert.fix_sliding_window()` so the codes match moshi's Mimi.
 """
 from __future__ import annotations
 
@@ -466,7 +466,7 @@ def load_csm(path=None, mimi_path=None, device: str = "cpu", dtype: torch.dtype 
     """CSM from `csmlab.weights` (real sesame/csm-1b, a local folder, or the offline stand-in)."""
     from transformers import AutoProcessor, CsmForConditionalGeneration
 
-    from csmlab.convert import fix_sliding_window
+    from csmlab.weights.convert import fix_sliding_window
 
     source = resolve("csm", path)
     fix_sliding_window()  # context audio > 10 s must be encoded with Mimi's 250-step window

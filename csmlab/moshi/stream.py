@@ -25,7 +25,7 @@ from csmlab.codec.codes import check_range, integer_codes
 from csmlab.errors import CodesError, ComponentError, ConfigError, StreamClosedError
 from csmlab.locks import exclusive
 from csmlab.metrics import FRAME_SIZE
-from csmlab.slots import without_cuda_graphs
+from csmlab.batching.slots import without_cuda_graphs
 from csmlab.weights import WeightsSource, resolve
 
 log = logging.getLogger(__name__)
