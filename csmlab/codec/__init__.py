@@ -83,9 +83,9 @@ class Codec:
     def stream(self, threads: int | None = None) -> CodecSession:
         """A new streaming session; several can run side by side on one codec.
 
-        `threads`: torch intra-op threads for its calls (moshi backend; None: `backends.STREAM_THREADS`,
+        `threads`: torch intra-op threads for its calls (moshi backend; None: `mimi_stream.STREAM_THREADS`,
         1, the safe choice on a busy machine). torch's count is one per process: overlapping calls of
-        sessions asking for different counts share one (`backends._StreamThreads`)."""
+        sessions asking for different counts share one (`mimi_stream._StreamThreads`)."""
         return CodecSession(self, threads)
 
     def check_codes(self, codes) -> np.ndarray:

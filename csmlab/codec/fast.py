@@ -33,7 +33,7 @@ Those figures are the AMD EPYC's (AVX2). On an Intel Xeon with AVX-512 and AMX, 
 CPU session runs is measured on the host, once (`csmlab.codec.tuning`, `cpu_stream`).
 
 Threads: a stream runs on the intra-op threads its session was given (`codec.stream(threads=...)`,
-`csmlab.codec.backends.STREAM_THREADS` when none) and restores the process's setting afterwards.
+`csmlab.codec.mimi_stream.STREAM_THREADS` when none) and restores the process's setting afterwards.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ from moshi.modules.transformer import StreamingTransformer
 from moshi.quantization.core_vq import EuclideanCodebook
 
 from csmlab.codec import lean, tuning
-from csmlab.codec.backends import MimiStream, check_threads
+from csmlab.codec.mimi_stream import MimiStream, check_threads
 from csmlab.codec.convs import conv1d_gemm, conv_transpose1d_gemm, plain_conv, plain_conv_transpose
 from csmlab.metrics import FRAME_SIZE
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from csmlab.errors import ConfigError
-from csmlab.pipeline.brain import BRAINS
+from csmlab.pipeline.registry import BRAINS
 
 TOKEN_ENV = "CSMLAB_TOKEN"
 SECTIONS = {
