@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from csmlab.batching.slots import without_cuda_graphs
-from csmlab.errors import ConfigError, StreamClosedError
+from csmlab.errors import ConfigError, StreamClosedError, is_number
 from csmlab.locks import exclusive
 from csmlab.metrics import FRAME_SIZE
 
@@ -112,7 +112,7 @@ def check_threads(threads: int | None) -> int:
     """A stream's thread count: `threads`, or `STREAM_THREADS` for None; a `ConfigError` if not >= 1."""
     if threads is None:
         return STREAM_THREADS
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+    if not is_number(threads, int) or threads < 1:
         raise ConfigError(f"threads is a whole number >= 1 (or None for {STREAM_THREADS}), not {threads!r}")
     return threads
 
