@@ -28,7 +28,7 @@ import numbers
 import numpy as np
 import soxr
 
-from csmlab.errors import AudioFormatError
+from csmlab.errors import AudioFormatError, is_number
 from csmlab.metrics import SAMPLE_RATE
 
 MIMI_RATE = SAMPLE_RATE  # Mimi takes 24 kHz audio
@@ -124,7 +124,7 @@ def check_peak(audio: np.ndarray) -> None:
 def check_sample_rate(sample_rate) -> int:
     """The sample rate as an int, or an `AudioFormatError` for non-numbers, NaN/inf, fractions and
     rates outside `MIN_RATE..MAX_RATE`."""
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real):
+    if not is_number(sample_rate, numbers.Real):
         raise AudioFormatError(f"sample_rate must be a positive integer in Hz, not {sample_rate!r}")
     if not math.isfinite(sample_rate) or sample_rate != int(sample_rate) or not MIN_RATE <= sample_rate <= MAX_RATE:
         raise AudioFormatError(

@@ -53,7 +53,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _train_codec(args: argparse.Namespace) -> int:
-    from csmlab.train import train_codec_cli
+    from csmlab.course.train import train_codec_cli
 
     return train_codec_cli(args.rest)
 

@@ -1,8 +1,15 @@
 """The one exception hierarchy of csmlab.
 
 Every error a learner can trigger is a `CsmlabError`, and its message says what went wrong
-*and what to do about it*. Catch `CsmlabError` to handle them all.
+*and what to do about it*. Catch `CsmlabError` to handle them all. `is_number` is the check most of
+them start from.
 """
+
+
+def is_number(value, kind: type) -> bool:
+    """`value` is a `kind` (`int`, `numbers.Integral`, `numbers.Real`, ...) and not a bool: Python
+    counts True as 1, and a flag passed where a count, a rate or a seed belongs is a mistake to refuse."""
+    return isinstance(value, kind) and not isinstance(value, bool)
 
 
 class CsmlabError(Exception):

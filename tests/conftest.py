@@ -9,11 +9,6 @@ sees what another did to its arrays. Models are imported inside their fixtures: 
 none (the server's config, the audio rules) does not pay for importing transformers.
 """
 import os
-import re
-import signal
-import subprocess
-import sys
-import threading
 from contextlib import contextmanager
 
 import pytest
@@ -101,41 +96,19 @@ def voice():
     return load_csm()
 
 
-class Served:
-    """A `csmlab serve` process: its port, and its log lines so far (read in a thread, so that
-    the process never blocks on a full pipe)."""
-
-    def __init__(self, process: subprocess.Popen, port: int):
-        self.process, self.port, self.log = process, port, []
-        self._reader = threading.Thread(target=lambda: self.log.extend(process.stderr), daemon=True)
-        self._reader.start()
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, the graceful path; the exit status."""
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=timeout)
-        self._reader.join(timeout=5)
-        return code
-
-
 @pytest.fixture(scope="module")
 def csmlab_serve():
     """`start(*flags)` runs `csmlab serve --port 0 *flags` offline in its own process and returns a
-    `Served` once the brain is ready; every process still running when the module ends is killed."""
+    `Served` once the brain is ready (`csmlab.bench.soak.start_server`); every process still running
+    when the module ends is killed."""
+    from csmlab.bench.soak import start_server
+
     processes = []
 
-    def start(*flags: str) -> Served:
-        process = subprocess.Popen([sys.executable, "-m", "csmlab.cli", "serve", "--port", "0", *flags],
-                                   env={**os.environ, "CSMLAB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True)
-        processes.append(process)
-        port, seen = None, []
-        for line in process.stderr:
-            seen.append(line)
-            if "listening on" in line:
-                port = int(line.rsplit(":", 1)[1].split()[0])
-            if re.search(r"brain \S+ ready$", line.rstrip()):
-                return Served(process, port)
-        raise AssertionError(f"csmlab serve exited with {process.wait()} before it was ready:\n{''.join(seen[-20:])}")
+    def start(*flags: str):
+        served = start_server(*flags, env={**os.environ, "CSMLAB_OFFLINE": "1"})
+        processes.append(served.process)
+        return served
 
     yield start
     for process in processes:

@@ -11,7 +11,7 @@ from csmlab.codec import FRAME_SIZE, load_codec
 from csmlab.codec.batch import CodecBatch, SharedCodec, agreement
 from csmlab.data import real_recording
 from csmlab.errors import AudioFormatError, CapacityError, CodesError, ComponentError, ConfigError
-from csmlab.gather import Gather
+from csmlab.batching.gather import Gather
 
 RATE = 24000
 

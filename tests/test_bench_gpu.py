@@ -68,8 +68,8 @@ def shrunk(monkeypatch):
 
     from csmlab.bench import gpu
     from csmlab.moshi import REAL_CONFIG
-    from csmlab.offline.csm import DEPTH_ROPE, SMALL_BACKBONE, SMALL_DEPTH
-    from csmlab.offline.moshi import SMALL
+    from csmlab.weights.offline.csm import DEPTH_ROPE, SMALL_BACKBONE, SMALL_DEPTH
+    from csmlab.weights.offline.moshi import SMALL
 
     depth = CsmDepthDecoderConfig(backbone_hidden_size=SMALL_BACKBONE["hidden_size"], rope_scaling=DEPTH_ROPE, **SMALL_DEPTH)
     monkeypatch.setattr(gpu, "REAL_MOSHI", REAL_CONFIG | SMALL)
@@ -99,7 +99,7 @@ def test_a_failing_set_is_written_and_the_command_fails(tmp_path, monkeypatch):
 def test_random_lm_is_built_through_meta_and_filled_on_the_device():
     from csmlab.bench.on_device import STD, random_lm
     from csmlab.moshi import REAL_CONFIG
-    from csmlab.offline.moshi import SMALL
+    from csmlab.weights.offline.moshi import SMALL
 
     lm = random_lm(REAL_CONFIG | SMALL, "cpu", torch.bfloat16, seed=3)
     params = dict(lm.named_parameters())
@@ -151,7 +151,7 @@ def _meta_moshi():
 
     from csmlab.bench.on_device import NumberedPieces
     from csmlab.moshi import REAL_CONFIG, Moshi, meta_model
-    from csmlab.offline.moshi import SMALL
+    from csmlab.weights.offline.moshi import SMALL
     from csmlab.weights import WeightsSource
 
     lm = meta_model(REAL_CONFIG | SMALL).eval()

@@ -1,6 +1,6 @@
 """The backbone: streaming equals batch, and moshi, rustymimi and transformers give the same codes.
 
-Run on the calibrated offline Mimi (csmlab/offline/mimi.py), whose codes spread over each codebook:
+Run on the calibrated offline Mimi (csmlab/weights/offline/mimi.py), whose codes spread over each codebook:
 on empty codebooks every code is 0 and these tests would pass trivially, so one test checks that.
 Measured here (real recording, 8 codebooks): streaming vs batch 100% identical codes on every
 partition tried (1-sample chunks, 16 kHz mono, 44.1 kHz stereo int16); decoding the same codes in a

@@ -5,8 +5,8 @@ from moshi.quantization.core_vq import EuclideanCodebook
 from torch import nn
 
 from csmlab.codec import convs, fast, lean, load_codec
-from csmlab.codec import backends
-from csmlab.codec.backends import _widen_attention_caches
+from csmlab.codec import backends, mimi_stream
+from csmlab.codec.mimi_stream import _widen_attention_caches
 from csmlab.errors import ConfigError
 
 
@@ -57,7 +57,7 @@ def test_a_session_steps_on_the_threads_it_was_given_and_restores_the_process_co
         torch.set_num_threads(previous)
         for hook in hooks:
             hook.remove()
-    assert during and set(during) == {asked or backends.STREAM_THREADS}
+    assert during and set(during) == {asked or mimi_stream.STREAM_THREADS}
     assert after == process
 
 

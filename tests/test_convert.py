@@ -8,7 +8,7 @@ import pytest
 import torch
 from moshi.models.loaders import get_mimi
 
-from csmlab import convert
+from csmlab.weights import convert
 from csmlab.data import real_recording
 from csmlab.errors import WeightsNotFoundError
 from csmlab.metrics import snr

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from csmlab import csm
-from csmlab.convert import fix_sliding_window, sliding_window_fixed
+from csmlab.weights.convert import fix_sliding_window, sliding_window_fixed
 from csmlab.data import real_recording
 from csmlab.errors import AudioFormatError, CodesError, CsmlabError, PromptTooLongError
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE, snr
@@ -37,7 +37,7 @@ def reference(voice):
 def test_offline_checkpoint_has_the_released_layout(voice):
     from transformers import AutoTokenizer
 
-    from csmlab.offline.csm import NUM_SPECIAL, SPECIALS
+    from csmlab.weights.offline.csm import NUM_SPECIAL, SPECIALS
 
     if voice.source.is_real:
         pytest.skip("checks the offline stand-in")

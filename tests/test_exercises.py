@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from csmlab import exercises as ex
+from csmlab.course import exercises as ex
 from csmlab import metrics
 from csmlab.data import Turn, overlap_seconds, real_recording, speaking_time
 

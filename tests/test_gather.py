@@ -1,8 +1,8 @@
-"""csmlab.gather: rounds wait for conversations that will come, and only for those."""
+"""csmlab.batching.gather: rounds wait for conversations that will come, and only for those."""
 import threading
 import time
 
-from csmlab.gather import Gather, GatherGroup
+from csmlab.batching.gather import Gather, GatherGroup
 
 WINDOW_MS = 300
 

@@ -1,9 +1,9 @@
-"""csmlab.noise_vocoder: speech without pitch, the yardstick for a codec that loses the voice."""
+"""csmlab.course.noise_vocoder: speech without pitch, the yardstick for a codec that loses the voice."""
 import numpy as np
 import pytest
 
 from csmlab import metrics
-from csmlab.noise_vocoder import band_edges, noise_vocode
+from csmlab.course.noise_vocoder import band_edges, noise_vocode
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_bands_respect_the_signals_bandwidth():
     """Telephone speech (nothing above 4 kHz): bands to Nyquist put one band across the cutoff; bands to
     the measured bandwidth cover only the signal, and the vocoder leaves the empty band above empty."""
     from csmlab.data import real_recording
-    from csmlab.noise_vocoder import bandwidth
+    from csmlab.course.noise_vocoder import bandwidth
 
     call = real_recording(24000).audio[8 * 24000: 12 * 24000]
     top = bandwidth(call, 24000)

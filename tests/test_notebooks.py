@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from csmlab import exercises as ex
+from csmlab.course import exercises as ex
 from csmlab.bench import LOAD_HIGH
 from csmlab.course import notebooks
 

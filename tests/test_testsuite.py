@@ -1,5 +1,5 @@
-"""csmlab.testsuite sorts test ids by what they prove (notebook 06 counts the suite with it)."""
-from csmlab import testsuite as ts
+"""csmlab.course.testsuite sorts test ids by what they prove (notebook 06 counts the suite with it)."""
+from csmlab.course import testsuite as ts
 
 IDS = [
     "tests/test_codec_equivalence.py::test_streaming_equals_batch_on_random_partitions_16k_mono[0]",

@@ -8,9 +8,10 @@ import torch
 from moshi.models.loaders import get_mimi
 from safetensors import safe_open
 
-from csmlab import corpus, train
+from csmlab.data import corpus
+from csmlab.course import train
 from csmlab.codec import load_codec
-from csmlab.codec.backends import _widen_attention_caches
+from csmlab.codec.mimi_stream import _widen_attention_caches
 from csmlab.data import real_recording
 from csmlab.weights import resolve_listening
 

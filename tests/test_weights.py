@@ -9,7 +9,7 @@ import torch
 from moshi.models import loaders
 from safetensors import safe_open
 
-from csmlab.checkpoint import checkpoint_state
+from csmlab.weights.checkpoint import checkpoint_state
 from csmlab.data import real_recording
 from csmlab.errors import ConfigError, CsmlabError, WeightsNotFoundError
 from csmlab.weights import MIMI_FILE, MOSHI_FILE, MOSHI_TOKENIZER, locate, resolve

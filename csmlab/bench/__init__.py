@@ -28,13 +28,18 @@ def machine() -> dict:
         "processor": platform.processor() or platform.machine(),
         "cpu_model": cpu_model(),
         "cpu_flags": cpu_flags(),
-        "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "gpu": gpu,
         "torch": torch.__version__,
-        "load_average_1min": round(os.getloadavg()[0], 2),  # > cpu_cores: a shared, busy machine; timings inflate
+        **load_now(),
     }
+
+
+def load_now() -> dict:
+    """How busy the machine is, under the keys every record uses (`machine()`, `streams.conditions()`)."""
+    return {"load_average_1min": round(os.getloadavg()[0], 2),  # > cpu_cores: a shared, busy machine; timings inflate
+            "cpu_cores": os.cpu_count()}
 
 
 @contextlib.contextmanager

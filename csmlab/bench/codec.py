@@ -419,7 +419,7 @@ def print_streams(figures: dict) -> None:
     print(figures["weights"])
     start, end = figures["conditions"]["start"], figures["conditions"]["end"]
     print(f"{start['utc']} to {end['utc']}; load average {start['load_average_1min']:.1f} -> "
-          f"{end['load_average_1min']:.1f} on {start['cores']} cores: compare the CPU columns and ratios")
+          f"{end['load_average_1min']:.1f} on {start['cpu_cores']} cores: compare the CPU columns and ratios")
     print(f"{figures['title']}; {figures['frames_per_stream']} frames per stream, one forward per step")
     print(f"{'streams':>8}{'step p50':>10}{'step p95':>10}{'per stream-frame p50':>22}{'p95':>8}{'/ batch':>9}"
           f"{'CPU p50':>9}{'state MB/stream':>17}{'RSS MB/stream':>15}{'cold step':>11}")

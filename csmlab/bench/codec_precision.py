@@ -121,7 +121,7 @@ def print_report(f: dict) -> None:
     print(f["weights"])
     print(f"{f['reduced']}")
     print(f"{start['utc']}: load average {start['load_average_1min']:.1f} -> {end['load_average_1min']:.1f} on "
-          f"{start['cores']} cores; {f['frames']} frames of 80 ms, {f['torch_threads']} thread, sessions taking turns")
+          f"{start['cpu_cores']} cores; {f['frames']} frames of 80 ms, {f['torch_threads']} thread, sessions taking turns")
     print(f"{'precision':<11}{'p50 ms':>8}{'p95 ms':>8}{'cold frame ms':>15}{'MB held':>12}{'stream = batch cb0/all':>24}")
     for name, s in f["streaming"].items():
         a = f["stream_vs_batch"][name]

@@ -108,7 +108,7 @@ def run_streams(args) -> dict:
               f"{f['per_step_cpu_ms']['p95']:>9.1f}{f['moshi_step_ms']['p50']:>11.1f}{f['per_stream_frame_ms']['p50']:>22.1f}"
               f"{f['per_stream_frame_cpu_ms']['p50']:>7.1f}{f['state_mb_per_stream']:>15.2f}")
     print(f"load average {began['load_average_1min']:.1f} -> {figures['conditions']['end']['load_average_1min']:.1f} "
-          f"on {began['cores']} cores")
+          f"on {began['cpu_cores']} cores")
     print(f"=> real-time conversations (p95 step <= 80 ms) in one process on {torch.get_num_threads()} thread: {held} "
           f"by the wall clock on this shared machine, {free} by CPU time (a core to itself); measured up to B = "
           f"{max(args.streams)}")

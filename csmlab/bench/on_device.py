@@ -106,7 +106,7 @@ def csm_processor():
     own, without building that checkpoint: its Mimi calibration would cost a GPU lease minutes)."""
     from transformers import CsmProcessor, EncodecFeatureExtractor
 
-    from csmlab.offline.csm import CHAT_TEMPLATE, build_tokenizer
+    from csmlab.weights.offline.csm import CHAT_TEMPLATE, build_tokenizer
 
     features = EncodecFeatureExtractor(feature_size=1, sampling_rate=24000, padding_value=0.0)
     return CsmProcessor(features, build_tokenizer(), chat_template=CHAT_TEMPLATE)
@@ -119,7 +119,7 @@ def random_csm_voice(device, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
 
     from csmlab.csm.architecture import random_csm
     from csmlab.csm.voice import CsmVoice
-    from csmlab.offline.csm import SPECIALS, silence_special_codes
+    from csmlab.weights.offline.csm import SPECIALS, silence_special_codes
 
     processor = csm_processor()
     ids = processor.tokenizer.convert_tokens_to_ids(SPECIALS)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -37,31 +39,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--every-s", type=float, default=1.0, help="RSS sampling period")
 
 
-@contextmanager
-def server_process(*flags: str):
-    """`csmlab serve` in a subprocess on a free loopback port: yields (process, port, log lines)."""
-    proc = subprocess.Popen([sys.executable, "-m", "csmlab.cli", "serve", "--port", "0", *flags],
-                            stderr=subprocess.PIPE, text=True)
+class Served:
+    """A `csmlab serve` process: its port, and its log lines so far (read in a thread, so that
+    the process never blocks on a full pipe)."""
+
+    def __init__(self, process: subprocess.Popen, port: int, log: list[str], reader: threading.Thread):
+        self.process, self.port, self.log, self._reader = process, port, log, reader
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, the graceful path; the exit status."""
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+
+READY = re.compile(r"brain \S+ ready$")
+
+
+def start_server(*flags: str, env: dict | None = None, timeout_s: float = 600) -> Served:
+    """`csmlab serve --port 0 *flags` in a subprocess on a free loopback port, returned once its brain
+    is ready (the soak bench and the tests' `csmlab_serve` fixture both start servers this way)."""
+    process = subprocess.Popen([sys.executable, "-m", "csmlab.cli", "serve", "--port", "0", *flags],
+                               env=env, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
-    port, ready = None, threading.Event()
+    port, ready, done = None, threading.Event(), threading.Event()
 
     def read_log():
         nonlocal port
-        for line in proc.stderr:
+        for line in process.stderr:
             lines.append(line.rstrip())
             if "listening on" in line:
                 port = int(line.rsplit(":", 1)[1].split()[0])
-            if " ready" in line:
+            if READY.search(line.rstrip()):
                 ready.set()
+        done.set()
 
-    threading.Thread(target=read_log, daemon=True).start()
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout_s
+    while not ready.wait(0.1) and not done.is_set() and time.monotonic() < deadline:
+        pass
+    if not ready.is_set() or port is None:
+        process.kill()
+        raise RuntimeError(f"csmlab serve was not ready (exit status {process.wait()}):\n" + "\n".join(lines[-20:]))
+    return Served(process, port, lines, reader)
+
+
+@contextmanager
+def server_process(*flags: str):
+    """`start_server` for a `with` block: yields (process, port, log lines) and kills the process after."""
+    served = start_server(*flags)
     try:
-        if not ready.wait(timeout=600) or port is None:
-            raise RuntimeError("csmlab serve did not become ready:\n" + "\n".join(lines[-20:]))
-        yield proc, port, lines
+        yield served.process, served.port, served.log
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if served.process.poll() is None:
+            served.process.kill()
 
 
 def _counters(text: str) -> dict:

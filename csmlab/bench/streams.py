@@ -100,10 +100,10 @@ def conditions() -> dict:
     """When, and how busy the machine was (1-minute load average per core): the context the
     milliseconds need. Call it at the start and the end of a run."""
     import datetime
-    import os
 
-    return {"utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "load_average_1min": os.getloadavg()[0], "cores": os.cpu_count()}
+    from csmlab.bench import load_now
+
+    return {"utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **load_now()}
 
 
 def held_in_real_time(rows: dict[str, dict], clock: str = "real_time") -> int:

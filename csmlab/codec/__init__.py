@@ -35,7 +35,7 @@ from csmlab.codec.backends import BACKENDS
 from csmlab.codec.precision import ReducedMoshiBackend, check_precision
 from csmlab.codec.codes import check_range, integer_codes
 from csmlab.codec.stream import CodecSession
-from csmlab.errors import CodesError, ConfigError
+from csmlab.errors import CodesError, ConfigError, is_number
 from csmlab.metrics import CODEBOOK_SIZE, FRAME_SIZE
 from csmlab.weights import WeightsSource, resolve, resolve_listening
 
@@ -83,9 +83,9 @@ class Codec:
     def stream(self, threads: int | None = None) -> CodecSession:
         """A new streaming session; several can run side by side on one codec.
 
-        `threads`: torch intra-op threads for its calls (moshi backend; None: `backends.STREAM_THREADS`,
+        `threads`: torch intra-op threads for its calls (moshi backend; None: `mimi_stream.STREAM_THREADS`,
         1, the safe choice on a busy machine). torch's count is one per process: overlapping calls of
-        sessions asking for different counts share one (`backends._StreamThreads`)."""
+        sessions asking for different counts share one (`mimi_stream._StreamThreads`)."""
         return CodecSession(self, threads)
 
     def check_codes(self, codes) -> np.ndarray:
@@ -137,7 +137,7 @@ def load_codec(num_codebooks: int = 8, backend: str = "moshi", weights: str | Pa
     device = str(torch.device(device))
     if device != "cpu" and (backend != "moshi" or precision != "fp32"):
         raise ConfigError(f"only the moshi backend in fp32 runs on {device}; {backend!r} ({precision}) runs on the CPU")
-    if isinstance(num_codebooks, bool) or not isinstance(num_codebooks, int) or not 1 <= num_codebooks <= MAX_CODEBOOKS:
+    if not is_number(num_codebooks, int) or not 1 <= num_codebooks <= MAX_CODEBOOKS:
         raise CodesError(f"num_codebooks must be an int in 1..{MAX_CODEBOOKS} (Moshi uses 8), not {num_codebooks!r}")
     if isinstance(weights, WeightsSource):
         source = weights

@@ -13,7 +13,7 @@
 Why: one stream at a time, every 80 ms frame reads all of Mimi's weights (317 MB in fp32) for a
 few columns of arithmetic, so a frame costs ~2x what it costs in batch. B streams stepped together
 read the weights once for B frames. moshi's streaming modules carry a batch axis and an exec mask
-(`csmlab.slots`): a stream with no audio this step is masked out (its state does not move), rows
+(`csmlab.batching.slots`): a stream with no audio this step is masked out (its state does not move), rows
 above the highest one in use are not computed at all, and a slot handed to a new stream is reset
 alone. csmlab's fast kernels (`csmlab.codec.fast`) take the batch as extra matrix columns.
 
@@ -29,9 +29,9 @@ import torch
 from csmlab.codec import Codec
 from csmlab.codec.backends import MoshiBackend, refuse_threads
 from csmlab.errors import AudioFormatError, CapacityError, ConfigError
-from csmlab.gather import Gather, GatherGroup
+from csmlab.batching.gather import Gather, GatherGroup
 from csmlab.metrics import FRAME_SIZE
-from csmlab.slots import Slots, clear_rows, row_views
+from csmlab.batching.slots import Slots, clear_rows, row_views
 
 
 class CodecBatch:
@@ -166,7 +166,7 @@ class SharedCodec(Codec):
     """A `Codec` whose streaming sessions, up to `size` at once, are stepped together in one forward.
 
     Sessions in different threads that each push a frame at about the same time (a server's
-    conversations) are gathered (`csmlab.gather`, waiting at most `window_ms`) into one batched step.
+    conversations) are gathered (`csmlab.batching.gather`, waiting at most `window_ms`) into one batched step.
     `group`: the `GatherGroup` of a brain that the same conversations share (`csmlab.pipeline.batching`).
     Up to `size` sessions encode and `size` decode at once. When both are full, `stream()` raises
     `CapacityError`; a session that finds its kind full at its first call fails like any backend

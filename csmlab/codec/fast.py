@@ -34,7 +34,7 @@ candidate), and moshi's own path came close to this one (issue 23), so which of 
 CPU session runs is measured on the host, once (`csmlab.codec.tuning`, `cpu_stream`).
 
 Threads: a stream runs on the intra-op threads its session was given (`codec.stream(threads=...)`,
-`csmlab.codec.backends.STREAM_THREADS` when none) and restores the process's setting afterwards.
+`csmlab.codec.mimi_stream.STREAM_THREADS` when none) and restores the process's setting afterwards.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ from moshi.modules.transformer import StreamingTransformer
 from moshi.quantization.core_vq import EuclideanCodebook
 
 from csmlab.codec import lean, tuning
-from csmlab.codec.backends import MimiStream, check_threads
+from csmlab.codec.mimi_stream import MimiStream, check_threads
 from csmlab.codec.convs import conv1d_gemm, conv1d_linear, conv_transpose1d_gemm, plain_conv, plain_conv_transpose
 from csmlab.metrics import FRAME_SIZE
 

@@ -28,7 +28,7 @@ def moshi_hears(voice: CsmVoice, codes: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def codec_agreement(voice: CsmVoice, audio_24k: np.ndarray) -> dict[str, np.ndarray]:
     """Per codebook, the fraction of frames where CSM's Mimi gives moshi's Mimi's code: window fix on, off."""
-    from csmlab.convert import fix_sliding_window, sliding_window_fixed
+    from csmlab.weights.convert import fix_sliding_window, sliding_window_fixed
 
     x = torch.from_numpy(np.ascontiguousarray(audio_24k, dtype=np.float32))
     ours = torch.from_numpy(voice.codec().encode(x.numpy(), SAMPLE_RATE))  # [32, T] moshi's Mimi

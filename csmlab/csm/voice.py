@@ -36,7 +36,7 @@ and encode everything every call: the tests compare the two.
 
 Context audio is encoded by the CSM's own Mimi (transformers' `MimiModel`). transformers 4.57.6's
 batch Mimi forgets its 250-step (10 s) attention window, and CSM contexts are often longer than 10 s:
-`load_csm` applies `csmlab.convert.fix_sliding_window()` so the codes match moshi's Mimi.
+`load_csm` applies `csmlab.weights.convert.fix_sliding_window()` so the codes match moshi's Mimi.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from csmlab.audio import to_mimi
 from csmlab.codec.codes import integer_codes
 from csmlab.csm.cache import PromptPrefix, SegmentCodes
-from csmlab.errors import AudioFormatError, CodesError, ComponentError, ConfigError, PromptTooLongError, TextError
+from csmlab.errors import AudioFormatError, CodesError, ComponentError, ConfigError, PromptTooLongError, TextError, is_number
 from csmlab.metrics import SAMPLE_RATE, frame_ms
 from csmlab.weights import WeightsSource, resolve
 
@@ -86,10 +86,10 @@ class Sampling:
         if not isinstance(self.greedy, bool):
             raise ConfigError(f"greedy must be True or False, not {self.greedy!r}")
         t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0 < t < math.inf:
+        if not is_number(t, numbers.Real) or not 0 < t < math.inf:
             raise ConfigError(f"temperature must be a positive finite number (CSM uses 0.9), not {t!r}; "
                               "for deterministic output use Sampling(greedy=True)")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral) or self.top_k < 1:
+        if not is_number(self.top_k, numbers.Integral) or self.top_k < 1:
             raise ConfigError(f"top_k must be an int >= 1 (CSM uses 50), not {self.top_k!r}")
 
     def generate_kwargs(self) -> dict:
@@ -121,7 +121,7 @@ def _check_sampling(sampling) -> None:
 
 def _check_speaker(speaker, what: str) -> None:
     """Speaker ids are small ints: they are written into the prompt as text, `[0]`, `[1]`."""
-    if isinstance(speaker, bool) or not isinstance(speaker, numbers.Integral) or not 0 <= speaker < MAX_SPEAKERS:
+    if not is_number(speaker, numbers.Integral) or not 0 <= speaker < MAX_SPEAKERS:
         raise ConfigError(f"speaker ids are ints 0..{MAX_SPEAKERS - 1} (Sesame's examples use 0 and 1); "
                           f"{what} has {speaker!r}")
 
@@ -263,7 +263,7 @@ class CsmVoice:
 
     def frames_budget(self, inputs, max_audio_ms: int) -> int:
         """Frames to generate; PromptTooLongError when prompt + frames overflow the context."""
-        ok = not isinstance(max_audio_ms, bool) and isinstance(max_audio_ms, numbers.Real)
+        ok = is_number(max_audio_ms, numbers.Real)
         if not ok or not FRAME_MS <= max_audio_ms < math.inf:
             raise ConfigError(f"max_audio_ms must be a finite number of milliseconds >= {FRAME_MS} (one frame), "
                               f"not {max_audio_ms!r}; CSM's default is {DEFAULT_MAX_AUDIO_MS}")
@@ -466,7 +466,7 @@ def load_csm(path=None, mimi_path=None, device: str = "cpu", dtype: torch.dtype 
     """CSM from `csmlab.weights` (real sesame/csm-1b, a local folder, or the offline stand-in)."""
     from transformers import AutoProcessor, CsmForConditionalGeneration
 
-    from csmlab.convert import fix_sliding_window
+    from csmlab.weights.convert import fix_sliding_window
 
     source = resolve("csm", path)
     fix_sliding_window()  # context audio > 10 s must be encoded with Mimi's 250-step window

@@ -6,7 +6,7 @@
     steps = batch.step({a: user_codes_a, b: None})   # {slot: Step}; None = a user frame lost
     batch.leave(b)                            # b's row is free; a goes on
 
-moshi's `LMGen` takes a batch size and an exec mask (`csmlab.slots`): a conversation that has no
+moshi's `LMGen` takes a batch size and an exec mask (`csmlab.batching.slots`): a conversation that has no
 frame this step sits it out (its caches and delays do not move), and a slot handed to a new
 conversation is reset alone. Rows above the highest slot in use are not computed.
 
@@ -31,7 +31,7 @@ from moshi.models import lm as moshi_lm
 
 from csmlab.errors import StreamClosedError
 from csmlab.moshi.stream import Moshi, Step, _eager, check_sampling, check_user_codes, exclusive_gen
-from csmlab.slots import Slots, clear_rows, row_views, without_cuda_graphs
+from csmlab.batching.slots import Slots, clear_rows, row_views, without_cuda_graphs
 
 _moshi_sample_token = moshi_lm.sample_token
 _ROWS = threading.local()  # .generators: one torch.Generator per batch row, while this thread steps a batch

@@ -22,10 +22,10 @@ from moshi.models.lm import LMModel
 from moshi.utils.compile import no_compile
 
 from csmlab.codec.codes import check_range, integer_codes
-from csmlab.errors import CodesError, ComponentError, ConfigError, StreamClosedError
+from csmlab.errors import CodesError, ComponentError, ConfigError, StreamClosedError, is_number
 from csmlab.locks import exclusive
 from csmlab.metrics import FRAME_SIZE
-from csmlab.slots import without_cuda_graphs
+from csmlab.batching.slots import without_cuda_graphs
 from csmlab.weights import WeightsSource, resolve
 
 log = logging.getLogger(__name__)
@@ -135,12 +135,12 @@ def check_sampling(sampling: dict) -> dict:
         raise ConfigError(f"MoshiStream takes no option {', '.join(unknown)}; its sampling options are {', '.join(SAMPLING)}")
     for name in ("temp", "temp_text"):
         value = sampling.get(name, 1.0)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+        if not is_number(value, numbers.Real) or not 0 < value < math.inf:
             raise ConfigError(f"{name} must be a positive finite number (Moshi uses 0.8 / 0.7), not {value!r}; "
                               "for greedy decoding pass use_sampling=False")
     for name in ("top_k", "top_k_text"):
         value = sampling.get(name, 1)
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        if not is_number(value, numbers.Integral) or value < 1:
             raise ConfigError(f"{name} must be an int >= 1 (Moshi uses 250 / 25), not {value!r}")
     if not isinstance(sampling.get("use_sampling", True), bool):
         raise ConfigError(f"use_sampling must be True or False, not {sampling['use_sampling']!r}")
@@ -171,7 +171,7 @@ class MoshiStream:
     """
 
     def __init__(self, model: Moshi, seed: int = 0, **sampling):
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):  # torch would refuse it at the first step
+        if not is_number(seed, numbers.Integral):  # torch would refuse it at the first step
             raise ConfigError(f"seed must be an int (the same seed gives the same tokens), not {seed!r}")
         self.model = model
         self.seed = seed

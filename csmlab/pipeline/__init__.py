@@ -11,7 +11,7 @@ Layers, in the order audio flows: `jitter` (input: sequence numbers, reorder, co
 a `csmlab.codec` session for the user -> a `brain` -> a `csmlab.codec` session for the system.
 `session` runs them on a `clock` and writes every layer's `events` to one log.
 
-- `brain`: the brain interface, `LoopbackBrain`, `ScriptedBrain`, `make_brain`;
+- `brain`: the brain interface, `LoopbackBrain`, `ScriptedBrain`; `registry`: `make_brain`, `BRAINS`;
 - `moshi_brain`: `MoshiBrain`, true full duplex (loaded on first use: it imports moshi);
 - `cascade`: `CascadeBrain`: silero-vad turn taking (`vad`), a reply policy (`policies`), a voice
   (`voices`: CSM with the conversation as context, or the espeak-ng stand-in offline), barge-in;
@@ -22,7 +22,8 @@ a `csmlab.codec` session for the user -> a `brain` -> a `csmlab.codec` session f
 - `bridge`: CSM next to Moshi (the config table, codes from one to the other). Brain and voice meet
   here, never inside `csmlab.csm`.
 """
-from csmlab.pipeline.brain import BRAINS, Brain, Heard, LoopbackBrain, Said, ScriptedBrain, Utterance, make_brain
+from csmlab.pipeline.brain import Brain, Heard, LoopbackBrain, Said, ScriptedBrain, Utterance
+from csmlab.pipeline.registry import BRAINS, make_brain
 from csmlab.pipeline.clock import RealtimeClock, SimulatedClock
 from csmlab.pipeline.events import Event, EventLog
 from csmlab.pipeline.jitter import JitterBuffer

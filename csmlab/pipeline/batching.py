@@ -12,7 +12,7 @@ A `DuplexSession` opts in through its brain and nothing else: the pool's brain h
 `SharedCodec` (`brain.codec()`), so the session's user and system codec sessions become rows of
 shared codec batches, and the brain's step becomes a row of a `MoshiBatch`. Each session still runs
 its own thread and clock, and gets what it would get alone with `MoshiBrain(model, seed)`
-(tests/test_batch_pipeline.py): the `csmlab.gather` step waits at most `window_ms` for the other
+(tests/test_batch_pipeline.py): the `csmlab.batching.gather` step waits at most `window_ms` for the other
 conversations, then steps whoever came.
 A conversation beyond `max_conversations` is refused with `CapacityError` when its brain is made.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from csmlab.codec import Codec
 from csmlab.codec.batch import SharedCodec
-from csmlab.gather import Gather, GatherGroup
+from csmlab.batching.gather import Gather, GatherGroup
 from csmlab.moshi.batch import MoshiBatch
 from csmlab.moshi.stream import Moshi
 from csmlab.pipeline.moshi_brain import MoshiSteps, moshi_codec

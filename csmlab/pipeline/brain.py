@@ -9,6 +9,8 @@ session's event log through `self.log(kind, detail)`.
 - `ScriptedBrain`: given utterances at given times, deaf to the user: for tests;
 - `MoshiBrain` (`csmlab.pipeline.moshi_brain`), `CascadeBrain` (`csmlab.pipeline.cascade`),
   `MoshiCsmBrain` (`csmlab.pipeline.moshi_csm`: Moshi leads, CSM speaks).
+
+This module knows none of its subclasses: `make_brain` (`csmlab.pipeline.registry`) names them all.
 """
 from __future__ import annotations
 
@@ -193,27 +195,3 @@ def frames_of(audio_24k: np.ndarray) -> list[np.ndarray]:
     padded = np.zeros(n * FRAME_SIZE, dtype=np.float32)
     padded[: len(audio_24k)] = audio_24k
     return list(padded.reshape(n, FRAME_SIZE))
-
-
-def make_brain(name: str, **kwargs) -> Brain:
-    """A brain by name: "loopback", "scripted", "moshi", "cascade" or "moshi+csm"; `kwargs` go to its constructor."""
-    if name == "loopback":
-        return LoopbackBrain(**kwargs)
-    if name == "scripted":
-        return ScriptedBrain(**kwargs)
-    if name == "moshi":
-        from csmlab.pipeline.moshi_brain import MoshiBrain
-
-        return MoshiBrain(**kwargs)
-    if name == "cascade":
-        from csmlab.pipeline.cascade import CascadeBrain
-
-        return CascadeBrain(**kwargs)
-    if name == "moshi+csm":
-        from csmlab.pipeline.moshi_csm import moshi_csm_brain
-
-        return moshi_csm_brain(**kwargs)
-    raise ConfigError(f"unknown brain {name!r}; choose one of {BRAINS}")
-
-
-BRAINS = ("loopback", "moshi", "cascade", "moshi+csm", "scripted")

@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from csmlab.errors import AudioFormatError, ConfigError
+from csmlab.errors import AudioFormatError, ConfigError, is_number
 
 
 def check_seq(seq) -> int | None:
@@ -40,7 +40,7 @@ def check_seq(seq) -> int | None:
     and True were silently taken as frame 1)."""
     if seq is None:
         return None
-    if isinstance(seq, bool) or not isinstance(seq, numbers.Integral):
+    if not is_number(seq, numbers.Integral):
         raise AudioFormatError(f"seq must be an int (the sender's frame counter) or None (no numbering), not {seq!r}")
     return int(seq)
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from csmlab.csm.voice import Segment
-from csmlab.errors import ConfigError
+from csmlab.errors import ConfigError, is_number
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE, latency_summary
 from csmlab.pipeline.brain import FRAME_MS, Brain, Heard, Said
 from csmlab.pipeline.vad import StreamingVad, TurnTracker
@@ -63,9 +63,9 @@ class PhrasePolicy:
     pause_steps: int = 4
 
     def __post_init__(self):
-        if self.words is not None and (isinstance(self.words, bool) or not isinstance(self.words, int) or self.words < 1):
+        if self.words is not None and (not is_number(self.words, int) or self.words < 1):
             raise ConfigError(f"a phrase policy's words is a count >= 1 or None, not {self.words!r}")
-        if isinstance(self.pause_steps, bool) or not isinstance(self.pause_steps, int) or self.pause_steps < 1:
+        if not is_number(self.pause_steps, int) or self.pause_steps < 1:
             raise ConfigError(f"pause_steps is a number of 80 ms steps >= 1, not {self.pause_steps!r}")
 
     @classmethod

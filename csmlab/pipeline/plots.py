@@ -49,11 +49,12 @@ def draw_architecture(session):
     return fig
 
 
-def plot_timeline(steps, user_turns=(), vad=(), events=(), title: str = "", seconds: float | None = None):
+def plot_timeline(steps, user_turns=(), vad=(), events=(), title: str = "", seconds: float | None = None, timeline=()):
     """One picture of a session: who speaks when, the VAD, the system's audio and text, barge-ins, latencies.
 
     `steps` are the session's `Step`s; `user_turns` the RTTM turns of the user; `vad` the cascade's
-    `(end_ms, prob, speech)` trace; `events` the session's event log.
+    `(end_ms, prob, speech)` trace; `events` the session's event log (its barge-ins); `timeline` the
+    cascade's `timeline` (each reply's start and latency, as measured, not read back from a log line).
     """
     t_end = seconds or len(steps) * FRAME_MS / 1000
     fig, ax = plt.subplots(figsize=(12, 3.4))
@@ -71,9 +72,10 @@ def plot_timeline(steps, user_turns=(), vad=(), events=(), title: str = "", seco
     for e in events:
         if e.kind == "barge_in":
             ax.axvline(e.step * FRAME_MS / 1000, color="#d62828", linestyle="--", linewidth=1)
-        if e.kind == "response":
-            ms = float(e.detail.split()[2])
-            x = (e.step + 1) * FRAME_MS / 1000
+    for entry in timeline:
+        if entry["kind"] == "system":
+            ms = entry["latency_ms"]
+            x = (entry["start_ms"] + FRAME_MS) / 1000  # the end of the step that played the reply's first frame
             ax.annotate("", (x, 2.0), (x - ms / 1000, 2.0), arrowprops=dict(arrowstyle="<->", color="#6a4c93"))
             ax.text(x - ms / 2000, 2.0, f"{ms:.0f} ms", fontsize=7, ha="center", va="bottom", color="#6a4c93")
     ax.set_yticks([0.5, 1.5, 2.45], ["system audio\n(+ its text)", "VAD p(speech)", "user speaks\n(RTTM)"])

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from csmlab.data import Recording
-from csmlab.errors import ConfigError
+from csmlab.errors import ConfigError, is_number
 from csmlab.metrics import frame_ms
 
 FRAME_MS = frame_ms()  # 80.0
@@ -83,7 +83,7 @@ class ReplayedMoshi:
         """`codec`: a `csmlab.codec` Codec that encodes the speaker's audio as the replay's "own voice"
         (None: no audio, `Step.audio` stays None). `delay`: Moshi's acoustic delay in steps (1: 80 ms,
         the released model's)."""
-        if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
+        if not is_number(delay, int) or delay < 0:
             raise ConfigError(f"delay is a whole number of 80 ms steps (>= 0), not {delay!r}")
         self.speaker, self.delay = speaker, delay
         self.words = spread_words(recording, speaker)

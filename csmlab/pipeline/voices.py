@@ -26,7 +26,7 @@ class EspeakVoice:
 
     def speak(self, text: str, context: Sequence[Segment] = ()) -> Iterator[np.ndarray]:
         """The whole reply is synthesised at once (espeak-ng takes tens of ms), then sent frame by frame."""
-        from csmlab.corpus import synthesize
+        from csmlab.data.corpus import synthesize
 
         return iter(frames_of(synthesize(text, self.voice, self.speed, self.pitch)))
 

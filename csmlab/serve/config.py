@@ -15,9 +15,9 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from csmlab.errors import ConfigError
-from csmlab.pipeline.brain import BRAINS
+from csmlab.errors import ConfigError, is_number
 from csmlab.pipeline.overload import POLICIES
+from csmlab.pipeline.registry import BRAINS
 
 TOKEN_ENV = "CSMLAB_TOKEN"
 SECTIONS = {
@@ -98,9 +98,9 @@ def _typed(name: str, value, kind: type):
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"setting {name} must be a list of strings, not {value!r}")
         return tuple(value)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+    if kind is float and is_number(value, int):
         return float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if not (is_number(value, kind) if kind in (int, float) else isinstance(value, kind)):
         raise ConfigError(f"setting {name} must be a {kind.__name__}, not {value!r}")
     return value
 

@@ -8,8 +8,8 @@ load exactly like the real one:
   than the real ones (`SMALL_BACKBONE`, `SMALL_DEPTH`) but with the real frame layout: 32 Mimi
   codebooks, an audio vocabulary of 2048 codes + 3 specials (2051), codebook 0 predicted by the
   backbone, codebooks 1..31 by the depth decoder, the real RoPE scaling and context (2048 positions);
-- `codec_model`: the full-size offline Mimi (`csmlab.offline.mimi`) converted from moshi's format by
-  `csmlab.convert`, so CSM's own Mimi and moshi's Mimi share their weights, as the real ones do;
+- `codec_model`: the full-size offline Mimi (`csmlab.weights.offline.mimi`) converted from moshi's format by
+  `csmlab.weights.convert`, so CSM's own Mimi and moshi's Mimi share their weights, as the real ones do;
 - a byte-level BPE tokenizer trained in a second on `data/text_corpus.txt`, with Llama-3's special
   tokens in Llama-3's places (`<|begin_of_text|>`, `<|end_of_text|>`, then CSM's `<|AUDIO|>`,
   `<|audio_eos|>`, then reserved ones: 256 specials after the regular vocabulary);
@@ -26,7 +26,7 @@ SEED = 1234
 REGULAR_VOCAB = 2000  # BPE target; the real Llama-3 vocabulary has 128000 regular tokens
 NUM_SPECIAL = 256  # as Llama-3: the specials fill the last 256 ids
 SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|AUDIO|>", "<|audio_eos|>"]
-CORPUS = Path(__file__).resolve().parents[2] / "data" / "text_corpus.txt"
+CORPUS = Path(__file__).resolve().parents[3] / "data" / "text_corpus.txt"
 
 # The released RoPE scaling (llama3 type), as transformers' conversion script writes it.
 BACKBONE_ROPE = {"factor": 32.0, "high_freq_factor": 0.5, "low_freq_factor": 0.125,
@@ -128,7 +128,7 @@ def build(folder: Path, mimi_path: Path) -> None:
     """Write the small CSM (+ tokenizer, processor) into `folder`, its Mimi converted from `mimi_path`."""
     from transformers import CsmForConditionalGeneration, CsmProcessor, EncodecFeatureExtractor
 
-    from csmlab.convert import transformers_mimi_state
+    from csmlab.weights.convert import transformers_mimi_state
 
     folder = Path(folder)
     tokenizer = build_tokenizer()

@@ -43,7 +43,7 @@ MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 MOSHI_FILE = "model.safetensors"
 MOSHI_TOKENIZER = "tokenizer_spm_32k_3.model"
 HUB_TIMEOUT_S = 3.0
-SMALL_MIMI_DIR = Path(__file__).resolve().parent / "assets" / "mimi_small"
+SMALL_MIMI_DIR = Path(__file__).resolve().parents[1] / "assets" / "mimi_small"
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def offline_forced() -> bool:
 
 def _build_mimi(folder: Path) -> Path:
     from csmlab.data import real_recording, speech_utterances
-    from csmlab.offline import mimi
+    from csmlab.weights.offline import mimi
     import numpy as np
     import soxr
 
@@ -158,14 +158,14 @@ def _build_mimi(folder: Path) -> Path:
 
 
 def _build_moshi(folder: Path) -> Path:
-    from csmlab.offline import moshi
+    from csmlab.weights.offline import moshi
 
     moshi.build(folder, mimi_path=resolve_offline("mimi").path)
     return folder
 
 
 def _build_csm(folder: Path) -> Path:
-    from csmlab.offline import csm
+    from csmlab.weights.offline import csm
 
     csm.build(folder, mimi_path=resolve_offline("mimi").path)
     return folder
@@ -232,7 +232,7 @@ def _builder_version(model: str) -> str:
     Moshi and CSM embed the offline Mimi, so Mimi's builder is part of every hash.
     """
     names = dict.fromkeys(["mimi", model])
-    source = "".join(inspect.getsource(importlib.import_module(f"csmlab.offline.{n}")) for n in names)
+    source = "".join(inspect.getsource(importlib.import_module(f"csmlab.weights.offline.{n}")) for n in names)
     return hashlib.sha256(source.encode()).hexdigest()[:10]
 
 

@@ -28,7 +28,7 @@ from moshi.models import LMGen, loaders
 from moshi.models.lm import LMModel
 from moshi.utils.compile import no_compile
 
-from csmlab.checkpoint import save_checkpoint
+from csmlab.weights.checkpoint import save_checkpoint
 from csmlab.data import DATA_DIR, real_recording
 
 SEED = 1234

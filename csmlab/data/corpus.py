@@ -11,7 +11,7 @@ Texts come from a small seeded grammar rather than a downloaded text corpus. The
 with voice variants that never occur in training. Audio is written as 24 kHz mono 16-bit WAV files
 under `data/corpus/{train,heldout}/` with a `manifest.json` that records how each file was made.
 
-Run `python data/make_corpus.py` (or `python -m csmlab.corpus`) to build it.
+Run `python data/make_corpus.py` (or `python -m csmlab.data.corpus`) to build it.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ import soxr
 from csmlab.errors import CsmlabError
 from csmlab.metrics import SAMPLE_RATE
 
-DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data" / "corpus"
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "data" / "corpus"
 
 # Accents (espeak-ng base voices) and voice variants (`+variant`), split train / held-out.
 TRAIN_ACCENTS = ["en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-029"]

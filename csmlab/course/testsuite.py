@@ -17,7 +17,7 @@ from pathlib import Path
 
 from csmlab.errors import CsmlabError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 def _words(*words: str) -> str:
     """A pattern matching any of `words` at the start of a name part (test names join words with _)."""

@@ -102,7 +102,7 @@ def _load_moshi_state(path: str | Path) -> dict[str, torch.Tensor]:
     if not any(k.endswith("in_proj_weight") for k in state):
         raise WeightsNotFoundError(
             f"{path} is not in the released Mimi naming (no `self_attn.in_proj_weight`): save moshi modules "
-            "with csmlab.checkpoint.save_checkpoint"
+            "with csmlab.weights.checkpoint.save_checkpoint"
         )
     return state
 

@@ -39,12 +39,13 @@ from moshi.models.compression import MimiModel
 from moshi.models.loaders import get_mimi
 from safetensors.torch import save_file
 
-from csmlab import corpus, metrics
-from csmlab.checkpoint import checkpoint_state
+from csmlab.data import corpus
+from csmlab import metrics
+from csmlab.weights.checkpoint import checkpoint_state
 from csmlab.data import real_recording
 from csmlab.errors import CsmlabError
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
-from csmlab.noise_vocoder import noise_vocode
+from csmlab.course.noise_vocoder import noise_vocode
 from csmlab.weights import SMALL_MIMI_DIR
 
 FRAME = FRAME_SIZE  # samples per 80 ms Mimi frame
@@ -475,7 +476,7 @@ def diagnose(model: MimiModel, waves: list[np.ndarray]) -> dict:
 
     Log-mel distance and voiced periodicity (means over `waves`) for: the original itself
     (periodicity only), the codec at 8 codebooks, the codec's unquantized path, and noise vocoders
-    of the original with 8 and 16 bands (intelligible speech without pitch, `csmlab.noise_vocoder`).
+    of the original with 8 and 16 bands (intelligible speech without pitch, `csmlab.course.noise_vocoder`).
     """
     versions = {"codec_8": lambda w: reconstruct(model, w, 8)[0],
                 "unquantized": lambda w: reconstruct_unquantized(model, w),
@@ -509,7 +510,7 @@ def train_codec_cli(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = TrainConfig(minutes=args.minutes, threads=args.threads, seed=args.seed)
     print("Training a SMALL Mimi locally on synthetic espeak-ng speech (not Kyutai's Mimi).")
-    invoked = ["csmlab", "train-codec", *argv] if argv is not None else ["python", "-m", "csmlab.train", *sys.argv[1:]]
+    invoked = ["csmlab", "train-codec", *argv] if argv is not None else ["python", "-m", "csmlab.course.train", *sys.argv[1:]]
     model, state = train(cfg, args.state_dir, resume=not args.no_resume, progress=_print_progress,
                          command=shlex.join(invoked))
     save_checkpoint(model, args.out / "model.safetensors", dtype=torch.float16)

@@ -20,14 +20,14 @@ import threading
 
 import torch
 
-from csmlab.errors import CapacityError, ConfigError
+from csmlab.errors import CapacityError, ConfigError, is_number
 
 
 class Slots:
     """`size` rows: `take()` the lowest free one, `give_back()` it; thread-safe."""
 
     def __init__(self, size: int, what: str):
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        if not is_number(size, int) or size < 1:
             raise CapacityError(f"a batch needs at least 1 slot, not {size!r}")
         self.size, self.what = size, what
         self._lock = threading.Lock()

@@ -13,7 +13,7 @@ import soxr
 
 from csmlab.errors import CsmlabError
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
 # The call's two files name its speakers differently: the RTTM (who speaks when) says speaker90 and
 # speaker91, the STM transcript says Diane and Sheila (the RTTM's first turn, at 6.69 s, is the

@@ -30,7 +30,7 @@ import torch
 from moshi.models import loaders
 from moshi.modules.conv import pad_for_conv1d
 
-from csmlab.checkpoint import save_checkpoint
+from csmlab.weights.checkpoint import save_checkpoint
 
 SEED = 1234
 NOISE = 0.05  # entry = SHRINK * (residual + NOISE * std(residual) * N(0, 1))

@@ -3,7 +3,7 @@
 An exercise in a notebook is three cells: the learner's (it starts unanswered, `answer = ...`), a check
 from this module, and a collapsed solution cell that runs the same check:
 
-    from csmlab import exercises as ex
+    from csmlab.course import exercises as ex
     ex.frames_in_call(answer)                 # "not answered yet", a hint, or "correct: ..."
     ex.frames_in_call(375).must_pass()        # the solution: raises WrongAnswer unless right
 
