@@ -42,7 +42,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
     print(report(), flush=True)
     if args.bench:
-        from csmlab import realtime
+        from csmlab.bench import realtime
         from csmlab.errors import CsmlabError
 
         try:

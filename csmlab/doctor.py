@@ -6,7 +6,7 @@ versions against the ones csmlab pins (and its tests run on). pip's own check ca
 installed without its dependencies on purpose (it declares torch<2.10), so pip reports moshi's
 pins as conflicts after every install, and those lines are expected.
 
-`csmlab doctor` then adds which brains keep real time on this machine (`csmlab.realtime`: a short
+`csmlab doctor` then adds which brains keep real time on this machine (`csmlab.bench.realtime`: a short
 bench, cached per host; `--no-bench` skips it). That bench loads the models, building the offline
 stand-ins once if they are missing; it downloads nothing.
 """

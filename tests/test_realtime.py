@@ -1,4 +1,4 @@
-"""`csmlab doctor`'s real-time verdicts (`csmlab.realtime`): the timing with an injected clock, the
+"""`csmlab doctor`'s real-time verdicts (`csmlab.bench.realtime`): the timing with an injected clock, the
 verdicts and the widget's default brain from given figures, the per-host cache, and the CLI's lines.
 No assertion here depends on how fast this machine is."""
 import json
@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from csmlab import cli, realtime
-from csmlab.realtime import FRAME_MS, Figures
+from csmlab import cli
+from csmlab.bench import realtime
+from csmlab.bench.realtime import FRAME_MS, Figures
 from csmlab.weights import WeightsSource
 
 

@@ -102,7 +102,7 @@ def split_gain(model, side: Side, seconds: float) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     from csmlab.audio import to_mimi
-    from csmlab.codec.backends import stream_threads
+    from csmlab.codec.mimi_stream import stream_threads
     from csmlab.metrics import FRAME_SIZE
     from csmlab.moshi import MoshiStream
     from csmlab.pipeline.moshi_brain import moshi_codec

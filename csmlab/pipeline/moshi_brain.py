@@ -94,7 +94,7 @@ class MoshiBrain(MoshiSteps):
         import torch
 
         from csmlab import moshi
-        from csmlab.codec.backends import stream_threads
+        from csmlab.codec.mimi_stream import stream_threads
         from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE
 
         enc, dec = codec.stream(threads=threads), codec.stream(threads=threads)

@@ -51,7 +51,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from csmlab.audio import Resampler, check_sample_rate, to_mono
-from csmlab.codec.backends import stream_threads
+from csmlab.codec.mimi_stream import stream_threads
 from csmlab.codec.codes import integer_codes
 from csmlab.errors import AudioFormatError, CodesError, ComponentError, CsmlabError, StreamClosedError
 from csmlab.metrics import FRAME_SIZE, SAMPLE_RATE, latency_summary

@@ -1,6 +1,6 @@
 """Which brains keep real time on *this* machine: a short bench, a verdict per model, cached per host.
 
-    from csmlab import realtime
+    from csmlab.bench import realtime
     record = realtime.measured()          # seconds the first time, then read from the cache
     print("\\n".join(realtime.report_lines(record)))
     brain, why = realtime.default_brain(record)
