@@ -4,6 +4,7 @@ the slow consumer, in well under a second each. The real server (`csmlab serve` 
 real sockets that never read) is tested in test_serve*.py; these tests are the ones `make
 mutation` runs against chat.py."""
 import asyncio
+import contextlib
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -67,8 +68,9 @@ def counter(metric, *labels):
     return sample.value
 
 
-async def session(client_does, *, idle=5.0, length=60.0, duplex=None, max_msg=0):
-    """Serve one Chat; run `client_does(ws, state)` as its client; return the state (chat, outcome)."""
+@contextlib.asynccontextmanager
+async def served(*, idle=5.0, length=60.0, duplex=None, max_msg=0):
+    """Serve one Chat on a real socket; yield (state, host, port); state gets the chat and its outcome."""
     state = SimpleNamespace(duplex=duplex or FakeDuplex(), metrics=ServerMetrics(), outcome=None, chat=None)
     executor = ThreadPoolExecutor(1, thread_name_prefix="chat-test")
 
@@ -88,18 +90,29 @@ async def session(client_does, *, idle=5.0, length=60.0, duplex=None, max_msg=0)
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     host, port = runner.addresses[0][:2]
     try:
-        async with aiohttp.ClientSession() as client:
-            ws = await client.ws_connect(f"http://{host}:{port}/")
-            assert (await ws.receive_str(timeout=5)) == "ready"
-            await client_does(ws, state)
-            await ws.close()
-            for _ in range(1000):
-                if state.outcome is not None:
-                    break
-                await asyncio.sleep(0.01)
+        yield state, host, port
     finally:
         await runner.cleanup()
         executor.shutdown()
+
+
+async def outcome(state, tries=1000):
+    """Wait (up to tries x 10 ms) for the session to end; its outcome or None."""
+    for _ in range(tries):
+        if state.outcome is not None:
+            break
+        await asyncio.sleep(0.01)
+    return state.outcome
+
+
+async def session(client_does, **serving):
+    """Serve one Chat; run `client_does(ws, state)` as its client; return the state (chat, outcome)."""
+    async with served(**serving) as (state, host, port), aiohttp.ClientSession() as client:
+        ws = await client.ws_connect(f"http://{host}:{port}/")
+        assert (await ws.receive_str(timeout=5)) == "ready"
+        await client_does(ws, state)
+        await ws.close()
+        await outcome(state)
     return state
 
 
@@ -508,28 +521,8 @@ def test_past_its_length_limit_a_session_reads_nothing_more():
 
 def test_bad_websocket_framing_ends_the_session_counted_as_websocket():
     """Invalid UTF-8 in a text frame, written by hand (aiohttp's client cannot send one)."""
-    async def client(ws, state):
-        pass
-
     async def go():
-        state = SimpleNamespace(duplex=FakeDuplex(), metrics=ServerMetrics(), outcome=None, chat=None)
-        executor = ThreadPoolExecutor(1)
-
-        async def handler(request):
-            ws = web.WebSocketResponse(timeout=chat_module.CLOSE_TIMEOUT_S)
-            await ws.prepare(request)
-            state.chat = Chat(ws, request.transport, state.duplex, executor,
-                              SimpleNamespace(idle_timeout_s=5, max_session_s=60), state.metrics, TextWire())
-            state.outcome = await state.chat.run()
-            return ws
-
-        app = web.Application()
-        app.router.add_get("/", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        host, port = runner.addresses[0][:2]
-        try:
+        async with served() as (state, host, port):
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
@@ -537,14 +530,8 @@ def test_bad_websocket_framing_ends_the_session_counted_as_websocket():
             mask, payload = b"\x01\x02\x03\x04", b"\xff\xfe"
             writer.write(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
             await writer.drain()
-            for _ in range(500):
-                if state.outcome is not None:
-                    break
-                await asyncio.sleep(0.01)
+            await outcome(state, tries=500)
             writer.close()
-        finally:
-            await runner.cleanup()
-            executor.shutdown()
         return state
 
     state = run(go())

@@ -47,12 +47,15 @@ def check_seq(seq) -> int | None:
 
 @dataclass
 class JitterCounts:
+    """What the buffer did with the frames: received ones consumed or dropped, missing ones concealed or skipped."""
+
     received: int = 0
-    consumed: int = 0
-    concealed: int = 0
+    consumed: int = 0  # released in order, as themselves
+    concealed: int = 0  # silence stood in for a missing frame
+    # dropped on arrival:
     duplicate: int = 0
-    late: int = 0
-    restarts: int = 0
+    late: int = 0  # its place was already played or concealed
+    restarts: int = 0  # the sender's counter jumped: the buffer started again
     skipped: int = 0  # frames never received, in gaps too long to conceal (not in `received`)
 
     @property
