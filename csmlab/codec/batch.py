@@ -176,11 +176,12 @@ class SharedCodec(Codec):
     def __init__(self, codec: Codec, size: int = 8, window_ms: float = 20.0, group: GatherGroup | None = None):
         super().__init__(_BatchedBackend(codec, size, window_ms, group), codec.weights)
 
-    def stream(self):
-        """A new session, or `CapacityError` when every encoding and decoding row is taken."""
+    def stream(self, threads: int | None = None):
+        """A new session, or `CapacityError` when every encoding and decoding row is taken (`threads` as
+        `Codec.stream`: a session asks every codec the same way)."""
         for batch in self.backend.batches.values():
             if batch.slots.in_use < batch.slots.size:
-                return super().stream()
+                return super().stream(threads)
         raise CapacityError(f"all {self.backend.batches['encode'].slots.size} streams of this shared codec are in use: "
                             "close a session first, or build SharedCodec with a larger size")
 
