@@ -100,11 +100,12 @@ def report(one_banner: bool = False) -> str:
 def _one_banner(stand_ins) -> str:
     """One loud notice for all the stand-ins: random weights compute like the real ones, say nothing."""
     bar = "!" * 78
-    offline = ", ".join(s.model.upper() for s in stand_ins if s.kind == "offline")
+    offline = [s for s in stand_ins if s.kind == "offline"]
     lines = [bar]
     if offline:
-        lines += [f"!! {offline}: OFFLINE weights in the real file format, NOT the released models.",
-                  "!! Compute, memory and timing are real; their audio, text and codes are noise."]
+        lines += [f"!! {', '.join(s.model.upper() for s in offline)}: OFFLINE weights in the real file format, "
+                  "NOT the released models; their audio, text and codes are noise."]
+        lines += [f"!! {s.model.upper()}: {s.offline_cost()}." for s in offline]
     if any(s.kind == "small" for s in stand_ins):
         lines.append("!! For listening: a SMALL Mimi trained on synthetic speech, NOT Kyutai's Mimi.")
     lines += ["!! Get the real weights: run online (unset CSMLAB_OFFLINE) or set CSMLAB_<MODEL>.", bar]

@@ -1,8 +1,8 @@
 """`csmlab bench duplex --brain moshi+csm`: the lag of CSM voicing Moshi's words, per phrase policy.
 
 The call is played once per phrase policy through a `DuplexSession` on `MoshiCsmBrain`, Diane as the
-user. With Moshi's real weights Moshi speaks; offline (random weights, random words, hardly any
-padding) the REPLAY of Sheila's words in the call stands in for its text stream, and says so. For
+user. With Moshi's real weights Moshi speaks; offline (random weights: random words at random
+steps) the REPLAY of Sheila's words in the call stands in for its text stream, and says so. For
 each policy: the lag per phrase (from the step Moshi sampled its first word to the end of the step
 that carried its first frame, CSM's compute included) at p50/p95, the same against Moshi's own voice
 (which comes `delay` steps after its text), CSM's compute per frame and for a phrase's first frame,

@@ -155,9 +155,12 @@ def measure(model: str, timer=time.perf_counter) -> Figures:
 
     session = open_session(model, clock="simulated", **BRAIN_DEFAULTS.get(model, {}))
     try:
-        return figures(model, label, time_steps(lambda f: session.push(f, SAMPLE_RATE), frames, timer))
+        found = figures(model, label, time_steps(lambda f: session.push(f, SAMPLE_RATE), frames, timer))
     finally:
         session.close()
+    if session.threads.how != "torch":  # Moshi's session picks its own thread count at start
+        found.note = f"its session chose {session.threads.count} intra-op thread(s) per step ({session.threads.how})"
+    return found
 
 
 def host_key(threads: int, weights: dict[str, str]) -> str:
@@ -257,12 +260,13 @@ def needs(f: Figures) -> str:
     real = released(f.model) if f.stand_in or f.weights == "espeak-ng" else ""
     if real and f.model == "cascade":
         real = f"with CSM's voice instead of espeak-ng, {real}"
-    return what + (f"; {real}" if real else "")
+    return "; ".join(part for part in (what, f.note, real) if part)
 
 
 def report_lines(record: dict) -> list[str]:
     """`csmlab doctor`'s real-time section: one line per model, then where the figures came from."""
-    lines = [f"real time here (ms per {FRAME_MS:.0f} ms step, p50 / p95, {record['threads']} torch thread(s)):"]
+    lines = [f"real time here (ms per {FRAME_MS:.0f} ms step, p50 / p95, {record['threads']} torch thread(s) "
+             "unless a model's line says its session chose more):"]
     for f in record["figures"]:
         ms = "–" if f.p50_ms is None else f"{f.p50_ms:6.1f} / {f.p95_ms:6.1f}"
         lines.append(f"  {f.model:<10} {f.verdict:<12} {ms:>15}  [{f.weights}] {WHAT[f.model]}")

@@ -44,6 +44,7 @@ MOSHI_FILE = "model.safetensors"
 MOSHI_TOKENIZER = "tokenizer_spm_32k_3.model"
 HUB_TIMEOUT_S = 3.0
 SMALL_MIMI_DIR = Path(__file__).resolve().parents[1] / "assets" / "mimi_small"
+FULL_SIZE_OFFLINE = ("mimi",)  # the offline stand-ins built at the released size (Moshi and CSM are small)
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,18 @@ class WeightsSource:
                     f"!! memory and timing are real; its audio/text/codes are noise. Why: {self.why}\n{bar}")
         return (
             f"{bar}\n!! {self.model.upper()}: OFFLINE weights in the real file format, NOT the released model.\n"
-            f"!! Compute, memory and timing are real; its audio/text/codes are not what\n"
-            f"!! the real model would produce. Why: {self.why}\n"
+            f"!! {self.offline_cost()}; its audio/text/codes\n!! are not what the real model would produce. Why: {self.why}\n"
             f"!! Get the real weights: run online (unset CSMLAB_OFFLINE) or set {_env_var(self.model)}.\n{bar}"
         )
+
+    def offline_cost(self) -> str:
+        """What an offline stand-in's timings mean: Mimi's is the real architecture (random weights cost
+        what real ones do); Moshi's and CSM's are small models of the real structure, so their timings
+        are not the released models' (`csmlab bench moshi|csm` time those at real size)."""
+        if self.model in FULL_SIZE_OFFLINE:
+            return "Real architecture, random weights: compute, memory and timing are real"
+        return (f"A SMALL model of the real structure: its compute, memory and timing are NOT\n"
+                f"!! the released model's (`csmlab bench {self.model}` times that at real size)")
 
     def checkpoint_info(self):
         """moshi's `CheckpointInfo` for a `moshi` source, so it loads through moshi's own loader.
