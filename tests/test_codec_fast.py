@@ -157,3 +157,50 @@ def test_nearest_codes_are_cdists_codes_and_follow_a_new_embedding():
     finally:
         codebook.register_buffer("_embedding", embedding, persistent=False)
     assert torch.equal(fast.nearest_codes(codebook, embedding[:5]), torch.arange(5))
+
+
+@pytest.mark.parametrize("c_in, c_out, stride, m, steps", [(16, 8, 8, 2, 2), (8, 4, 5, 2, 3), (6, 6, 2, 3, 1)])
+def test_the_transposed_weight_product_equals_conv_transpose1d_and_follows_a_new_weight(c_in, c_out, stride, m, steps):
+    torch.manual_seed(0)
+    convtr = nn.ConvTranspose1d(c_in, c_out, m * stride, stride)
+    x = torch.randn(1, c_in, steps)
+    assert torch.allclose(convs.conv_transpose1d_linear(convtr, x), convtr(x), atol=1e-5)
+    convtr.weight = nn.Parameter(torch.randn_like(convtr.weight))  # a reloaded weight: the copy must follow it
+    assert torch.allclose(convs.conv_transpose1d_linear(convtr, x), convtr(x), atol=1e-5)
+
+
+def _conv_steps(module, chunks, step) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """`module` (a moshi streaming conv) stepped over `chunks` in one streaming context: outputs, and the
+    state it keeps after each call."""
+    with torch.inference_mode(), module.streaming(1):
+        outputs = [step(module, x) for x in chunks]
+        state = module._streaming_state
+        return outputs, [getattr(state, "previous", getattr(state, "partial", None)).clone()]
+
+
+@pytest.mark.parametrize("transpose, k, stride, dilation", [(False, 3, 1, 1), (False, 7, 1, 3), (False, 16, 8, 1),
+                                                             (False, 1, 1, 1), (True, 16, 8, 1), (True, 4, 2, 1)])
+def test_the_lean_streaming_convs_are_bit_identical_to_moshis(transpose, k, stride, dilation):
+    """Left context and partial sums carried from call to call: dropping either changes every call's
+    output after the first."""
+    from moshi.modules.conv import StreamingConv1d, StreamingConvTranspose1d
+
+    torch.manual_seed(0)
+    if transpose:  # moshi's transposed conv takes no dilation
+        module, step = StreamingConvTranspose1d(6, 5, k, stride, causal=True), lean.lean_conv_transpose
+        chunks = [torch.randn(1, 6, n) for n in (2, 1, 3, 2)]
+    else:
+        module, step = StreamingConv1d(6, 5, k, stride, dilation=dilation, causal=True), lean.lean_conv
+        chunks = [torch.randn(1, 6, n * stride) for n in (2, 1, 3, 2)]
+    assert lean.supports_conv(module)
+    lean_out, lean_state = _conv_steps(module, chunks, step)
+    moshi_out, moshi_state = _conv_steps(module, chunks, lambda m, x: type(m).forward(m, x))
+    assert all(torch.equal(a, b) for a, b in zip(lean_out + lean_state, moshi_out + moshi_state))
+
+
+def test_weight_normed_or_replicate_padded_convs_keep_moshis_step():
+    from moshi.modules.conv import StreamingConv1d
+
+    assert not lean.supports_conv(StreamingConv1d(4, 4, 3, causal=True, pad_mode="replicate"))
+    assert not lean.supports_conv(StreamingConv1d(4, 4, 3, causal=True, norm="weight_norm"))
+    assert not lean.supports_conv(nn.Conv1d(4, 4, 3))

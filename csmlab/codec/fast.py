@@ -22,9 +22,11 @@ a batch cost of ~19 ms and a weight-read floor (every weight matrix times one ve
 Two more pieces run each frame's fixed work once instead of per layer or per call, with moshi's own
 arithmetic (bit-identical, tested): Mimi's transformers step through `csmlab.codec.lean`, and the
 quantizer's nearest-centroid search keeps the codebook's half of `cdist` (`nearest_codes`).
-No weight is copied; moshi's own streaming wrappers still manage the left context and the
-transposed convs' partial sums, so the state is moshi's, swapped per session as in `MimiStream`, and
-the kernels are installed only inside a call, under the model's lock (`csmlab.locks`).
+One stream's streaming convs keep their left context and partial sums through `csmlab.codec.lean` too
+(a copy where moshi runs a `where` over the exec mask of its one row). The state is moshi's, swapped per
+session as in `MimiStream`, and the kernels are installed only inside a call, under the model's lock
+(`csmlab.locks`). One weight is copied: `flinear-all` reads the first decoder conv's transposed
+(`WEIGHT_READ_STEPS`).
 The arithmetic is the same up to float summation order: codes equal the batch path's except at
 float near-ties (measured in tests/test_codec_equivalence.py).
 
@@ -46,12 +48,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from moshi.modules.conv import StreamingConv1d
 from moshi.modules.transformer import StreamingTransformer
 from moshi.quantization.core_vq import EuclideanCodebook
 
 from csmlab.codec import lean, tuning
 from csmlab.codec.mimi_stream import MimiStream, check_threads
-from csmlab.codec.convs import conv1d_gemm, conv1d_linear, conv_transpose1d_gemm, plain_conv, plain_conv_transpose
+from csmlab.codec.convs import (conv1d_gemm, conv1d_linear, conv_transpose1d_gemm, conv_transpose1d_linear, plain_conv,
+                                plain_conv_transpose)
 from csmlab.metrics import FRAME_SIZE
 
 GEMM_MAX_STEPS = 64  # longer inputs (the first encoder / last decoder layers: small weights) keep oneDNN
@@ -59,6 +63,11 @@ GEMM_MAX_STEPS = 64  # longer inputs (the first encoder / last decoder layers: s
 # at 8 batched streams. A/B in one process (CodecBatch step p50, load ~1): B = 8, 354 -> 335 ms at 16;
 # B = 16, 487 -> 477 ms at 32 and 468 at 64; the same codes.
 LINEAR_MAX_ROWS = 32
+# Input steps up to which a transposed conv's product is a weight read: Mimi's first decoder conv gets 2
+# per frame. There `flinear-all` reads a transposed copy of its weight (`conv_transpose1d_linear`): in
+# situ, frames taking turns (Intel Xeon, 1 thread, load 0.6), 1.2 ms less per frame than `inputs @ W`;
+# on the next one, 16 steps, the two tied.
+WEIGHT_READ_STEPS = 4
 
 
 def linear_gemm(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -111,18 +120,29 @@ def _short_input(gemm, stock, module: nn.Module):
     return lambda x: gemm(module, x) if x.shape[-1] // stride <= GEMM_MAX_STEPS else stock(module, x)
 
 
-def _fast_forward(module: nn.Module, linears: bool = True, conv_linear: bool = False):
+def _transposed_linear(convtr: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
+    """`flinear-all`'s transposed convs: `F.linear` on a transposed weight where the product is a weight
+    read (at most `WEIGHT_READ_STEPS` input steps), `inputs @ W` where it is arithmetic."""
+    few = x.shape[-1] <= WEIGHT_READ_STEPS
+    return conv_transpose1d_linear(convtr, x) if few else conv_transpose1d_gemm(convtr, x)
+
+
+def _fast_forward(module: nn.Module, linears: bool = True, conv_linear: bool = False, single: bool = False):
     """The fast forward for `module`, or None where the stock kernel is already the right one
     (`linears=False`: every Linear keeps `F.linear`; `conv_linear`: the short convs' products as
-    `F.linear`, `conv1d_linear`, instead of `W @ rows.T`)."""
+    `F.linear`, `conv1d_linear`, instead of `W @ rows.T`; `single`: a stream of one row, whose
+    streaming convs step through `csmlab.codec.lean`)."""
     if isinstance(module, StreamingTransformer) and lean.supports(module):
         return lambda x: lean.lean_forward(module, x)
+    if single and lean.supports_conv(module):
+        step = lean.lean_conv if isinstance(module, StreamingConv1d) else lean.lean_conv_transpose
+        return lambda x: step(module, x)
     if type(module) is nn.Linear and linears:
         return lambda x: linear_gemm(module, x) if x[..., 0].numel() <= LINEAR_MAX_ROWS else nn.Linear.forward(module, x)
     if plain_conv(module):
         return _short_input(conv1d_linear if conv_linear else conv1d_gemm, nn.Conv1d.forward, module)
     if plain_conv_transpose(module):
-        return _short_input(conv_transpose1d_gemm, nn.ConvTranspose1d.forward, module)
+        return _short_input(_transposed_linear if conv_linear else conv_transpose1d_gemm, nn.ConvTranspose1d.forward, module)
     return None
 
 
@@ -134,7 +154,7 @@ class FastMimiStream(MimiStream):
         super().__init__(model, batch_size, threads)
         # (module, method name, replacement): built once, installed for each call
         self._fast = [(m, "forward", f) for m in model.modules()
-                      if (f := _fast_forward(m, linears, conv_linear)) is not None]
+                      if (f := _fast_forward(m, linears, conv_linear, batch_size == 1)) is not None]
         self._fast += [(m, "_quantize", functools.partial(nearest_codes, m))
                        for m in model.modules() if isinstance(m, EuclideanCodebook)]
 

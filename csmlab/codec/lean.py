@@ -1,4 +1,4 @@
-"""A lean streaming step for Mimi's transformers: the same arithmetic as moshi's, fewer ops around it.
+"""A lean streaming step for Mimi's transformers and convs: the same arithmetic as moshi's, fewer ops around it.
 
 One streaming frame brings 2 tokens per stream to each of Mimi's two 8-layer transformers. moshi's
 layer rebuilds, for every layer and every call, what is the same for all layers of a call: the
@@ -15,13 +15,21 @@ the output is bit-identical to moshi's streaming forward (tested), and the state
 caches, offsets, masked rows included) is the state moshi's forward would leave: the two can take
 turns on one stream. It serves a batch of streams too (`csmlab.codec.batch`): each row has its own
 offsets, and a row masked out by `set_exec_mask` is computed but does not advance, as in moshi.
+
+moshi's streaming convs keep each call's last input steps (a conv's left context) or its output's
+overlap (a transposed conv's partial sums) through a `where` over the exec mask, behind three module
+calls and a handful of properties. A single stream's one row always executes, so `lean_conv` and
+`lean_conv_transpose` keep the same steps with a plain copy (`supports_conv`, single streams only).
 """
 from __future__ import annotations
 
 import math
 
 import torch
+from moshi.modules.conv import StreamingConv1d, StreamingConvTranspose1d
+from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils import parametrize
 
 
 def supports(transformer) -> bool:
@@ -30,6 +38,8 @@ def supports(transformer) -> bool:
         layer.cross_attention is None and layer.gating is None and not layer.skip_self_attn
         and layer.self_attn.kv_repeat == 1 and not layer.self_attn.weights_per_step
         and layer.self_attn.causal and layer.self_attn.context is not None
+        and all(_bare(m) for m in (layer.norm1, layer.norm2, layer.linear1, layer.linear2, layer.layer_scale_1,
+                                   layer.layer_scale_2, layer.self_attn.in_projs[0], layer.self_attn.out_projs[0]))
         for layer in transformer.layers)
 
 
@@ -38,30 +48,48 @@ def lean_forward(transformer, x: torch.Tensor) -> torch.Tensor:
     state = transformer._streaming_state
     if state is None or x.shape[0] != state.exec_mask.shape[0]:
         return type(transformer).forward(transformer, x)
-    steps = x.shape[1]
-    first = transformer.layers[0].self_attn
-    rotation = _rotation(first, x.shape[0], steps)
-    mask = _causal_mask(first, steps)
+    call = _Call(transformer.layers[0].self_attn, x.shape[0], x.shape[1])
     for layer in transformer.layers:
-        x = _layer(layer, x, rotation, mask)
-    _advance(state.offsets, state.exec_mask, steps)
+        x = _layer(layer, x, call)
+    _advance_all(transformer, state, call.steps)
     return x
 
 
-def _advance(offsets: torch.Tensor, exec_mask: torch.Tensor, steps: int) -> None:
-    """Rows that executed move on by `steps`; masked rows stay (moshi's `where`, in place)."""
-    offsets[:] = torch.where(exec_mask, offsets + steps, offsets)
+class _Call:
+    """What every layer of one call shares, computed once: all layers' caches and offsets advance
+    together, so the first layer's state stands for all of them until the call ends."""
+
+    def __init__(self, attn, rows: int, steps: int):
+        state = attn._streaming_state
+        self.rows, self.steps = rows, steps
+        self.rotation = _rotation(attn, rows, steps)
+        self.mask = _causal_mask(attn, steps)
+        cache = state.kv_cache
+        slots = (torch.arange(steps) + cache.end_offset.view(-1, 1)) % cache.capacity  # [B, T]
+        self.slots = slots.view(rows, 1, steps, 1).expand(-1, attn.num_heads, steps, attn.embed_dim // attn.num_heads)
 
 
-def _rotation(attn, rows: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """RoPE's cos and sin at each row's positions for this call, [B, 1, T, D/2] each, as moshi's
-    `apply_rope` computes them (the same ops, so the same bits)."""
+def _advance_all(transformer, state, steps: int) -> None:
+    """Every layer's offsets and cache ends, and the transformer's, move on by `steps` in one op
+    (rows masked out by the exec mask move by 0): moshi's per-layer `where`s, with the same integers."""
+    counters = [state.offsets]
+    for layer in transformer.layers:
+        attn = layer.self_attn._streaming_state
+        counters += [attn.offset, attn.kv_cache.end_offset]
+        attn.offset_cpu += steps
+        layer._streaming_state.offset_cpu += steps
+    torch._foreach_add_(counters, [state.exec_mask.long() * steps] * len(counters))
+
+
+def _rotation(attn, rows: int, steps: int) -> torch.Tensor:
+    """RoPE's rotation at each row's positions for this call, [B, T, 1, 1, D/2] complex: cos + i sin,
+    computed with the ops of moshi's `apply_rope` (so the same bits)."""
     dim = attn.embed_dim // attn.num_heads
     ds = torch.arange(dim // 2, dtype=torch.float32)
     freqs = torch.exp(ds * (-math.log(attn.rope.max_period) * 2 / dim))
     ts = attn._streaming_state.offset.float().view(-1, 1) + torch.arange(steps, dtype=torch.float32)
-    ts = ts.view(rows, 1, -1, 1)
-    return torch.cos(freqs * ts), torch.sin(freqs * ts)
+    angles = freqs * ts.view(rows, -1, 1, 1, 1)
+    return torch.complex(torch.cos(angles), torch.sin(angles))
 
 
 def _causal_mask(attn, steps: int) -> torch.Tensor:
@@ -82,34 +110,81 @@ def _causal_mask(attn, steps: int) -> torch.Tensor:
     return ((positions[:, None] >= 0) & (delta >= 0) & (delta < attn.context))[:, None]
 
 
-def _layer(layer, x: torch.Tensor, rotation, mask) -> torch.Tensor:
-    """moshi's `StreamingTransformerLayer.forward` without its bookkeeping. The modules are called,
-    not re-implemented: whichever kernels are installed on them (`csmlab.codec.fast`) run here too."""
-    x = x + layer.layer_scale_1(_attention(layer.self_attn, layer.norm1(x), rotation, mask))
-    update = layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
-    layer._streaming_state.offset_cpu += x.shape[1]
-    return x + layer.layer_scale_2(update)
+def _layer(layer, x: torch.Tensor, call: _Call) -> torch.Tensor:
+    """moshi's `StreamingTransformerLayer.forward` without its bookkeeping. Each module's `forward` is
+    called (not the module, whose hook machinery costs more than a norm on 2 tokens), so whichever
+    kernels are installed on them (`csmlab.codec.fast`) run here too."""
+    x = x + layer.layer_scale_1.forward(_attention(layer.self_attn, layer.norm1.forward(x), call))
+    update = layer.linear2.forward(layer.activation(layer.linear1.forward(layer.norm2.forward(x))))
+    return x + layer.layer_scale_2.forward(update)
 
 
-def _attention(attn, x: torch.Tensor, rotation, mask) -> torch.Tensor:
+def _attention(attn, x: torch.Tensor, call: _Call) -> torch.Tensor:
     """Self-attention of [B, T, C] against the ring cache, writing this call's keys and values."""
-    state, (rows, steps, _), heads = attn._streaming_state, x.shape, attn.num_heads
-    q, k, v = attn.in_projs[0](x).view(rows, steps, 3, heads, -1).permute(2, 0, 3, 1, 4)  # [B, H, T, D] each
-    q, k = _rotate(q, *rotation), _rotate(k, *rotation)
-    cache = state.kv_cache
-    slots = (torch.arange(steps) + cache.end_offset.view(-1, 1)) % cache.capacity  # [B, T]
-    slots = slots.view(rows, 1, steps, 1).expand(-1, heads, steps, k.shape[-1])
-    cache.cache[0].scatter_(2, slots, k)
-    cache.cache[1].scatter_(2, slots, v)
-    out = F.scaled_dot_product_attention(q, cache.cache[0], cache.cache[1], mask, dropout_p=0.0)
-    _advance(cache.end_offset, state.exec_mask, steps)
-    _advance(state.offset, state.exec_mask, steps)
-    state.offset_cpu += steps
-    return attn.out_projs[0](out.transpose(1, 2).reshape(rows, steps, -1))
+    rows, steps, heads = call.rows, call.steps, attn.num_heads
+    qkv = attn.in_projs[0].forward(x).contiguous().view(rows, steps, 3, heads, -1)  # `W @ x.T` gives a transposed view
+    qk = _rotate(qkv[:, :, :2], call.rotation).permute(2, 0, 3, 1, 4)  # [2, B, H, T, D]
+    cache = attn._streaming_state.kv_cache.cache  # [2, B, H, capacity, D]
+    cache[0].scatter_(2, call.slots, qk[1])
+    cache[1].scatter_(2, call.slots, qkv[:, :, 2].transpose(1, 2))
+    out = F.scaled_dot_product_attention(qk[0], cache[0], cache[1], call.mask, dropout_p=0.0)
+    return attn.out_projs[0].forward(out.transpose(1, 2).reshape(rows, steps, -1))
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Interleaved RoPE on [B, H, T, D], as moshi's `apply_rope` does it."""
-    pairs = x.view(*x.shape[:-1], -1, 2)
-    real, imag = pairs[..., 0], pairs[..., 1]
-    return torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1).view(x.shape)
+def _rotate(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Interleaved RoPE on [B, T, P, H, D] as one complex product: (r + i m)(cos + i sin) is
+    r cos - m sin + i (r sin + m cos), moshi's `apply_rope` products and sums exactly."""
+    pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # [B, T, P, H, D/2]
+    return torch.view_as_real(pairs * rotation).flatten(-2)
+
+
+def supports_conv(module) -> bool:
+    """Whether `module` is a moshi streaming conv that `lean_conv` / `lean_conv_transpose` run: a bare
+    conv inside (no weight norm), zero padding."""
+    if isinstance(module, StreamingConv1d):
+        inner, kind = module.conv.conv, nn.Conv1d
+        if module.pad_mode != "constant":
+            return False
+    elif isinstance(module, StreamingConvTranspose1d):
+        inner, kind = module.convtr.convtr, nn.ConvTranspose1d
+    else:
+        return False
+    return type(inner) is kind and _bare(inner)
+
+
+def _bare(module: nn.Module) -> bool:
+    """No hooks on `module` nor parametrization (weight norm is one or the other): the lean steps call
+    `forward` itself, which would skip them."""
+    return not (module._forward_pre_hooks or module._forward_hooks or parametrize.is_parametrized(module))
+
+
+def lean_conv(module, x: torch.Tensor) -> torch.Tensor:
+    """moshi's `StreamingConv1d.forward` for a stream whose one row executes: [B, C, T] -> [B, C', T / stride]."""
+    state = module._streaming_state
+    if state is None:
+        return type(module).forward(module, x)
+    previous = state.previous  # the last steps of the input so far: this call's left context
+    if not previous.shape[-1]:
+        return module.conv.conv.forward(x)
+    x = torch.cat([previous, x], dim=-1)
+    y = module.conv.conv.forward(x)  # the installed kernel, if any
+    previous.copy_(x[..., -previous.shape[-1]:])
+    return y
+
+
+def lean_conv_transpose(module, x: torch.Tensor) -> torch.Tensor:
+    """moshi's `StreamingConvTranspose1d.forward` for a stream whose one row executes."""
+    state = module._streaming_state
+    if state is None:
+        return type(module).forward(module, x)
+    convtr, partial = module.convtr.convtr, state.partial  # the overlap the next call's output completes
+    y = convtr.forward(x)
+    steps = partial.shape[-1]
+    if not steps:
+        return y
+    y[..., :steps] += partial
+    carried = y[..., -steps:]
+    if convtr.bias is not None:
+        carried -= convtr.bias[:, None]  # the next call adds the bias to these steps
+    partial.copy_(carried)
+    return y[..., :-steps]
