@@ -20,6 +20,21 @@ def test_conv1d_gemm_equals_conv1d(c_in, c_out, k, stride, dilation, steps, bias
     assert torch.allclose(convs.conv1d_linear(conv, x), conv(x), atol=1e-5)  # torch's own layout, measured per host
 
 
+@pytest.mark.parametrize("k, stride, dilation, steps", [(3, 1, 1, 200), (7, 1, 3, 130), (1, 1, 1, 90), (8, 4, 1, 484),
+                                                       (10, 5, 1, 485), (5, 2, 1, 60), (3, 2, 1, 61)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_long_input_products_equal_conv1d(k, stride, dilation, steps, bias):
+    """Shifted products (stride 1), paired blocks (kernel = 2 x stride), PyTorch's conv for the rest
+    (kernel 5, stride 2; an odd length); several rows go to PyTorch's conv too. A new weight is followed."""
+    torch.manual_seed(0)
+    conv = nn.Conv1d(12, 10, k, stride, dilation=dilation, bias=bias)
+    for x in (torch.randn(1, 12, steps), torch.randn(3, 12, steps)):
+        assert torch.allclose(convs.long_conv1d(conv, x), conv(x), atol=1e-5)
+    conv.weight = nn.Parameter(torch.randn_like(conv.weight))
+    x = torch.randn(1, 12, steps)
+    assert torch.allclose(convs.long_conv1d(conv, x), conv(x), atol=1e-4)
+
+
 @pytest.mark.parametrize("c_in, c_out, stride, m, steps", [(16, 8, 8, 2, 2), (8, 4, 5, 2, 3), (6, 6, 2, 3, 1), (4, 4, 1, 1, 7)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_conv_transpose1d_gemm_equals_conv_transpose1d(c_in, c_out, stride, m, steps, bias):
@@ -36,7 +51,7 @@ def test_a_fast_session_restores_the_model_and_the_thread_count():
         s.encode(torch.zeros(4000), 24000)
     assert not any("forward" in vars(m) for m in model.modules())  # no instance forward left behind
     assert not model.is_streaming and torch.get_num_threads() == threads
-    assert not any("_quantize" in vars(m) for m in model.modules())
+    assert not any("_quantize" in vars(m) or "encode" in vars(m) for m in model.modules())
 
 
 @pytest.mark.parametrize("process, asked", [(1, 2), (2, 1), (2, None)])
@@ -141,6 +156,19 @@ def test_the_lean_step_is_bit_identical_for_a_batch_of_streams_out_of_step(small
     assert all(torch.equal(a, b) for a, b in zip(lean_outputs, moshi_outputs))
     assert len(lean_states) == len(moshi_states) >= 4 * len(small_transformer.layers)  # every layer's caches and offsets
     assert all(torch.equal(a, b) for a, b in zip(lean_states, moshi_states))
+
+
+@pytest.mark.parametrize("n_q", [None, 1, 3])
+def test_the_lean_residual_loop_gives_moshis_codes(n_q):
+    """Each codebook quantizes what the ones before it left: skipping the subtraction, or quantizing the
+    latent each time, gives other codes from the second codebook on."""
+    quantizer = load_codec(listen=True).backend.model.quantizer.rvq_rest
+    vq = quantizer.vq
+    assert lean.supports_rvq(vq)
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        x = quantizer.input_proj(torch.randn(2, quantizer.input_proj.in_channels, 5))  # [B, D, N], as a frame brings them
+        assert torch.equal(lean.lean_rvq_encode(vq, x, n_q), vq.encode(x, n_q=n_q))
 
 
 def test_nearest_codes_are_cdists_codes_and_follow_a_new_embedding():

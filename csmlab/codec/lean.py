@@ -20,6 +20,9 @@ moshi's streaming convs keep each call's last input steps (a conv's left context
 overlap (a transposed conv's partial sums) through a `where` over the exec mask, behind three module
 calls and a handful of properties. A single stream's one row always executes, so `lean_conv` and
 `lean_conv_transpose` keep the same steps with a plain copy (`supports_conv`, single streams only).
+
+moshi's residual quantizer turns each frame's latent from [B, D, N] to [B, N, D] and back for every
+codebook (two einops rearranges, 8 times a frame); `lean_rvq_encode` turns it once.
 """
 from __future__ import annotations
 
@@ -93,7 +96,8 @@ def _rotation(attn, rows: int, steps: int) -> torch.Tensor:
 
 
 def _causal_mask(attn, steps: int) -> torch.Tensor:
-    """Which ring-cache entries each of this call's queries may see, [B, 1, T, capacity].
+    """Which ring-cache entries each of this call's queries may see, [B, 1, T, capacity]: 0 where it may,
+    -inf where not.
 
     The same for every layer of a call: all layers' caches advance together."""
     state = attn._streaming_state
@@ -107,7 +111,9 @@ def _causal_mask(attn, steps: int) -> torch.Tensor:
     positions = torch.where(slots >= written, torch.full_like(positions, -1), positions)
     queries = offset.view(-1, 1, 1) + torch.arange(steps).view(-1, 1)  # [B, T, 1]
     delta = queries - positions[:, None]
-    return ((positions[:, None] >= 0) & (delta >= 0) & (delta < attn.context))[:, None]
+    seen = ((positions[:, None] >= 0) & (delta >= 0) & (delta < attn.context))[:, None]
+    # as the additive mask attention makes of a boolean one (0 or -inf), once per call, not once per layer
+    return torch.zeros(seen.shape).masked_fill_(~seen, float("-inf"))
 
 
 def _layer(layer, x: torch.Tensor, call: _Call) -> torch.Tensor:
@@ -188,3 +194,22 @@ def lean_conv_transpose(module, x: torch.Tensor) -> torch.Tensor:
         carried -= convtr.bias[:, None]  # the next call adds the bias to these steps
     partial.copy_(carried)
     return y[..., :-steps]
+
+
+def supports_rvq(vq) -> bool:
+    """Whether `vq` (moshi's `ResidualVectorQuantization`) projects nothing around its codebooks, as Mimi's
+    do: `lean_rvq_encode` runs it then."""
+    return all(isinstance(layer.project_in, nn.Identity) and isinstance(layer.project_out, nn.Identity)
+               for layer in vq.layers)
+
+
+def lean_rvq_encode(vq, x: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
+    """`vq.encode(x, n_q)`: [B, D, N] latents -> codes [n_q, B, N]. Each codebook takes the nearest centroid
+    of what the codebooks before it left, as moshi's loop does, on the same numbers in another layout."""
+    residual, codes = x.transpose(1, 2), []  # [B, N, D]
+    for layer in vq.layers[: n_q or len(vq.layers)]:
+        book = layer._codebook
+        found = book._quantize(residual.reshape(-1, residual.shape[-1])).view(residual.shape[:-1])  # [B, N]
+        residual = residual - F.embedding(found, book.embedding)
+        codes.append(found)
+    return torch.stack(codes)

@@ -15,7 +15,7 @@ import torch
 
 from csmlab.batching.slots import without_cuda_graphs
 from csmlab.errors import ConfigError, StreamClosedError, is_number
-from csmlab.locks import exclusive
+from csmlab.locks import exclusive, streaming_slots
 from csmlab.metrics import FRAME_SIZE
 
 
@@ -66,7 +66,10 @@ class MimiStream:
         with _exclusive(self.model):
             self.model._start_streaming(self.batch_size, contextlib.ExitStack())  # moshi's states need no exit
             _widen_attention_caches(self.model, 2 * self.FRAMES_PER_CALL)
-            return without_cuda_graphs(self.model.get_streaming_state())  # 1..4 frames, B rows per call
+            state = without_cuda_graphs(self.model.get_streaming_state())  # 1..4 frames, B rows per call
+            names = [name for name, _ in self.model._cached_children]  # moshi's order: `streaming_slots`'
+            self._slots = list(zip(streaming_slots(self.model), [state[name] for name in names]))
+            return state
 
     def _kernels(self):
         """What runs the modules during a call; `FastMimiStream` swaps in faster kernels."""
@@ -77,7 +80,8 @@ class MimiStream:
         if self._state is None:
             raise StreamClosedError("this codec stream is closed; open a new one with codec.stream()")
         with _exclusive(self.model), stream_threads(self.threads), self._kernels():
-            self.model.set_streaming_state(self._state)
+            for slots, state in self._slots:  # moshi's `set_streaming_state`, without its walk
+                slots["_streaming_state"] = state
             yield
 
     def encode(self, x: np.ndarray) -> np.ndarray:
@@ -98,7 +102,7 @@ class MimiStream:
         self._state = self._fresh_state()
 
     def close(self) -> None:
-        self._state = None
+        self._state, self._slots = None, []
 
 
 STREAM_THREADS = 1

@@ -8,6 +8,8 @@ CPU session's kernels are chosen by timing them in situ, on the model itself, on
     "fast"          csmlab's fast path, transformers' linears as `W @ x.T`  (the choice before issue 23)
     "fast-flinear"  csmlab's fast path, transformers' linears as `F.linear` (torch's own layout)
     "flinear-all"   the same, and the short convs' products as `F.linear` too (`convs.conv1d_linear`)
+    "by-shape"      `F.linear` too, and each conv's product in the layout measured fastest for its
+                    shape: `F.linear` up to 4 rows, `W @ rows.T` above, long inputs as shifted products
     "moshi"         moshi's own modules and kernels (`MimiStream`)
 
 Each candidate streams a few frames of noise on a fresh stream, the candidates taking turns; the one
@@ -43,7 +45,7 @@ from csmlab.host import cpu_flags, cpu_model
 
 log = logging.getLogger(__name__)
 
-KERNELS = ("fast", "fast-flinear", "flinear-all", "moshi")
+KERNELS = ("fast", "fast-flinear", "flinear-all", "by-shape", "moshi")
 ENV = "CSMLAB_CODEC_KERNELS"
 ROUNDS = 5  # timed frames per candidate, after one warm-up frame each
 BUDGET_S = 3.0  # no new round past this: 2 threads on a busy 2-core machine took 1.7 s per frame (issue 23)
