@@ -4,7 +4,7 @@ measured ("Lessons measured"); the ones that won became tuning candidates (`csml
 
     python scripts/codec_trials.py convs     # short convs' products: W @ rows.T vs F.linear (won: flinear-all)
     python scripts/codec_trials.py onednn    # transformers' linears: F.linear vs oneDNN's prepacked MkldnnLinear
-    python scripts/codec_trials.py compile   # torch.compile (inductor) of RoPE and the FFN block vs eager
+    python scripts/codec_trials.py compile   # torch.compile (inductor) of the FFN block vs eager (lost)
 
 Timings under load are ratios at best: run quiet, and read the load printed with them.
 """
@@ -69,26 +69,24 @@ def main(what: str) -> None:
         turns({"F.linear": fast.stream_of("flinear-all", model, 1),
                "oneDNN MkldnnLinear": fast.stream_of("flinear-all", model, 1)}, {"oneDNN MkldnnLinear": onednn})
     elif what == "compile":
-        eager_rotate, eager_layer = lean._rotate, lean._layer
+        eager_layer = lean._layer  # RoPE is one complex product now: only the FFN block is left to fuse
 
         def ffn(layer, x):
             return layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
 
-        compiled_ffn, compiled_rotate = torch.compile(ffn, dynamic=False), torch.compile(eager_rotate, dynamic=False)
+        compiled_ffn = torch.compile(ffn, dynamic=False)
 
-        def layer(layer, x, rotation, mask):
-            x = x + layer.layer_scale_1(lean._attention(layer.self_attn, layer.norm1(x), rotation, mask))
-            update = compiled_ffn(layer, x)
-            layer._streaming_state.offset_cpu += x.shape[1]
-            return x + layer.layer_scale_2(update)
+        def layer(layer, x, call):
+            x = x + layer.layer_scale_1(lean._attention(layer.self_attn, layer.norm1(x), call))
+            return x + layer.layer_scale_2(compiled_ffn(layer, x))
 
         @contextlib.contextmanager
         def compiled():
-            lean._rotate, lean._layer = compiled_rotate, layer
+            lean._layer = layer
             try:
                 yield
             finally:
-                lean._rotate, lean._layer = eager_rotate, eager_layer
+                lean._layer = eager_layer
 
         streams = {"eager": fast.stream_of("flinear-all", model, 1), "torch.compile": fast.stream_of("flinear-all", model, 1)}
         with compiled():

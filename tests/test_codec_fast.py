@@ -51,7 +51,7 @@ def test_a_fast_session_restores_the_model_and_the_thread_count():
         s.encode(torch.zeros(4000), 24000)
     assert not any("forward" in vars(m) for m in model.modules())  # no instance forward left behind
     assert not model.is_streaming and torch.get_num_threads() == threads
-    assert not any("_quantize" in vars(m) or "encode" in vars(m) for m in model.modules())
+    assert not any({"_quantize", "encode", "decode"} & set(vars(m)) for m in model.modules())
 
 
 @pytest.mark.parametrize("process, asked", [(1, 2), (2, 1), (2, None)])
@@ -168,7 +168,9 @@ def test_the_lean_residual_loop_gives_moshis_codes(n_q):
     torch.manual_seed(0)
     with torch.inference_mode():
         x = quantizer.input_proj(torch.randn(2, quantizer.input_proj.in_channels, 5))  # [B, D, N], as a frame brings them
-        assert torch.equal(lean.lean_rvq_encode(vq, x, n_q), vq.encode(x, n_q=n_q))
+        codes = lean.lean_rvq_encode(vq, x, n_q)
+        assert torch.equal(codes, vq.encode(x, n_q=n_q))
+        assert torch.equal(lean.lean_rvq_decode(vq, codes), vq.decode(codes))  # the centroids summed, in order
 
 
 def test_nearest_codes_are_cdists_codes_and_follow_a_new_embedding():
@@ -188,13 +190,14 @@ def test_nearest_codes_are_cdists_codes_and_follow_a_new_embedding():
 
 
 @pytest.mark.parametrize("c_in, c_out, stride, m, steps", [(16, 8, 8, 2, 2), (8, 4, 5, 2, 3), (6, 6, 2, 3, 1)])
-def test_the_transposed_weight_product_equals_conv_transpose1d_and_follows_a_new_weight(c_in, c_out, stride, m, steps):
+@pytest.mark.parametrize("kernel", [convs.conv_transpose1d_linear, convs.long_conv_transpose1d])
+def test_the_transposed_weight_products_equal_conv_transpose1d_and_follow_a_new_weight(c_in, c_out, stride, m, steps, kernel):
     torch.manual_seed(0)
     convtr = nn.ConvTranspose1d(c_in, c_out, m * stride, stride)
-    x = torch.randn(1, c_in, steps)
-    assert torch.allclose(convs.conv_transpose1d_linear(convtr, x), convtr(x), atol=1e-5)
+    for x in (torch.randn(1, c_in, steps), torch.randn(1, c_in, 40 + steps), torch.randn(3, c_in, steps)):
+        assert torch.allclose(kernel(convtr, x), convtr(x), atol=1e-5)
     convtr.weight = nn.Parameter(torch.randn_like(convtr.weight))  # a reloaded weight: the copy must follow it
-    assert torch.allclose(convs.conv_transpose1d_linear(convtr, x), convtr(x), atol=1e-5)
+    assert torch.allclose(kernel(convtr, x), convtr(x), atol=1e-4)
 
 
 def _conv_steps(module, chunks, step) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -55,7 +55,7 @@ from moshi.quantization.core_vq import EuclideanCodebook, ResidualVectorQuantiza
 from csmlab.codec import lean, tuning
 from csmlab.codec.mimi_stream import MimiStream, check_threads
 from csmlab.codec.convs import (conv1d_gemm, conv1d_linear, conv_transpose1d_gemm, conv_transpose1d_linear, long_conv1d,
-                                plain_conv, plain_conv_transpose)
+                                long_conv_transpose1d, plain_conv, plain_conv_transpose)
 from csmlab.metrics import FRAME_SIZE
 
 GEMM_MAX_STEPS = 64  # longer inputs (the first encoder / last decoder layers: small weights) keep oneDNN
@@ -136,6 +136,17 @@ def _transposed_linear(convtr: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Ten
     return conv_transpose1d_linear(convtr, x) if few else conv_transpose1d_gemm(convtr, x)
 
 
+def _by_shape_transposed(convtr: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
+    """`by-shape`'s transposed convs: `F.linear` on the transposed weight for a weight read (at most
+    `WEIGHT_READ_STEPS` input steps), the product in the conv's own layout for one row of more
+    (`convs.long_conv_transpose1d`), the `inputs @ W` product or PyTorch's for several rows."""
+    if x.shape[-1] <= WEIGHT_READ_STEPS:
+        return conv_transpose1d_linear(convtr, x)
+    if x.shape[0] == 1:
+        return long_conv_transpose1d(convtr, x)
+    return conv_transpose1d_gemm(convtr, x) if x.shape[-1] <= GEMM_MAX_STEPS else nn.ConvTranspose1d.forward(convtr, x)
+
+
 def _fast_forward(module: nn.Module, linears: bool = True, conv_linear: bool = False, single: bool = False,
                   by_shape: bool = False):
     """The fast forward for `module`, or None where the stock kernel is already the right one
@@ -154,6 +165,8 @@ def _fast_forward(module: nn.Module, linears: bool = True, conv_linear: bool = F
         if by_shape:
             return _short_input(_few_rows_linear, long_conv1d, module)
         return _short_input(conv1d_linear if conv_linear else conv1d_gemm, nn.Conv1d.forward, module)
+    if plain_conv_transpose(module) and by_shape:
+        return lambda x: _by_shape_transposed(module, x)
     if plain_conv_transpose(module):
         return _short_input(_transposed_linear if conv_linear else conv_transpose1d_gemm, nn.ConvTranspose1d.forward, module)
     return None
@@ -170,8 +183,9 @@ class FastMimiStream(MimiStream):
                       if (f := _fast_forward(m, linears, conv_linear, batch_size == 1, by_shape)) is not None]
         self._fast += [(m, "_quantize", functools.partial(nearest_codes, m))
                        for m in model.modules() if isinstance(m, EuclideanCodebook)]
-        self._fast += [(m, "encode", functools.partial(lean.lean_rvq_encode, m)) for m in model.modules()
-                       if isinstance(m, ResidualVectorQuantization) and lean.supports_rvq(m)]
+        self._fast += [(m, name, functools.partial(step, m)) for m in model.modules()
+                       if isinstance(m, ResidualVectorQuantization) and lean.supports_rvq(m)
+                       for name, step in (("encode", lean.lean_rvq_encode), ("decode", lean.lean_rvq_decode))]
 
     @contextlib.contextmanager
     def _kernels(self):

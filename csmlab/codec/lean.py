@@ -22,10 +22,11 @@ calls and a handful of properties. A single stream's one row always executes, so
 `lean_conv_transpose` keep the same steps with a plain copy (`supports_conv`, single streams only).
 
 moshi's residual quantizer turns each frame's latent from [B, D, N] to [B, N, D] and back for every
-codebook (two einops rearranges, 8 times a frame); `lean_rvq_encode` turns it once.
+codebook (two einops rearranges, 8 times a frame); `lean_rvq_encode` and `lean_rvq_decode` turn it once.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -68,8 +69,9 @@ class _Call:
         self.rotation = _rotation(attn, rows, steps)
         self.mask = _causal_mask(attn, steps)
         cache = state.kv_cache
-        slots = (torch.arange(steps) + cache.end_offset.view(-1, 1)) % cache.capacity  # [B, T]
-        self.slots = slots.view(rows, 1, steps, 1).expand(-1, attn.num_heads, steps, attn.embed_dim // attn.num_heads)
+        slots = (_arange(steps) + cache.end_offset.view(-1, 1)) % cache.capacity  # [B, T]
+        dim = attn.embed_dim // attn.num_heads
+        self.slots = slots.view(1, rows, 1, steps, 1).expand(2, -1, attn.num_heads, steps, dim)  # keys' and values' places
 
 
 def _advance_all(transformer, state, steps: int) -> None:
@@ -87,12 +89,25 @@ def _advance_all(transformer, state, steps: int) -> None:
 def _rotation(attn, rows: int, steps: int) -> torch.Tensor:
     """RoPE's rotation at each row's positions for this call, [B, T, 1, 1, D/2] complex: cos + i sin,
     computed with the ops of moshi's `apply_rope` (so the same bits)."""
-    dim = attn.embed_dim // attn.num_heads
-    ds = torch.arange(dim // 2, dtype=torch.float32)
-    freqs = torch.exp(ds * (-math.log(attn.rope.max_period) * 2 / dim))
-    ts = attn._streaming_state.offset.float().view(-1, 1) + torch.arange(steps, dtype=torch.float32)
+    freqs = _frequencies(attn.embed_dim // attn.num_heads, attn.rope.max_period)
+    ts = attn._streaming_state.offset.float().view(-1, 1) + _arange(steps, torch.float32)
     angles = freqs * ts.view(rows, -1, 1, 1, 1)
     return torch.complex(torch.cos(angles), torch.sin(angles))
+
+
+@functools.cache
+def _frequencies(dim: int, max_period: float) -> torch.Tensor:
+    """RoPE's frequencies, [D/2], with `apply_rope`'s ops: the same for every call, so made once."""
+    with torch.inference_mode(False):  # a plain tensor: usable in and out of inference mode
+        ds = torch.arange(dim // 2, dtype=torch.float32)
+        return torch.exp(ds * (-math.log(max_period) * 2 / dim))
+
+
+@functools.cache
+def _arange(n: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """`torch.arange(n)`, made once per length: a call needs several (never written to)."""
+    with torch.inference_mode(False):
+        return torch.arange(n, dtype=dtype)
 
 
 def _causal_mask(attn, steps: int) -> torch.Tensor:
@@ -103,13 +118,13 @@ def _causal_mask(attn, steps: int) -> torch.Tensor:
     state = attn._streaming_state
     cache, offset = state.kv_cache, state.offset
     capacity, end = cache.capacity, cache.end_offset.view(-1, 1)
-    slots = torch.arange(capacity)
+    slots = _arange(capacity)
     last = end + steps - 1
     delta = slots - last % capacity
     positions = torch.where(delta <= 0, last + delta, last + delta - capacity)  # [B, capacity]
     written = torch.where(state.exec_mask.view(-1, 1), end + steps, end)  # a masked row's new keys don't count
     positions = torch.where(slots >= written, torch.full_like(positions, -1), positions)
-    queries = offset.view(-1, 1, 1) + torch.arange(steps).view(-1, 1)  # [B, T, 1]
+    queries = offset.view(-1, 1, 1) + _arange(steps).view(-1, 1)  # [B, T, 1]
     delta = queries - positions[:, None]
     seen = ((positions[:, None] >= 0) & (delta >= 0) & (delta < attn.context))[:, None]
     # as the additive mask attention makes of a boolean one (0 or -inf), once per call, not once per layer
@@ -129,19 +144,19 @@ def _attention(attn, x: torch.Tensor, call: _Call) -> torch.Tensor:
     """Self-attention of [B, T, C] against the ring cache, writing this call's keys and values."""
     rows, steps, heads = call.rows, call.steps, attn.num_heads
     qkv = attn.in_projs[0].forward(x).contiguous().view(rows, steps, 3, heads, -1)  # `W @ x.T` gives a transposed view
-    qk = _rotate(qkv[:, :, :2], call.rotation).permute(2, 0, 3, 1, 4)  # [2, B, H, T, D]
-    cache = attn._streaming_state.kv_cache.cache  # [2, B, H, capacity, D]
-    cache[0].scatter_(2, call.slots, qk[1])
-    cache[1].scatter_(2, call.slots, qkv[:, :, 2].transpose(1, 2))
-    out = F.scaled_dot_product_attention(qk[0], cache[0], cache[1], call.mask, dropout_p=0.0)
+    _rotate_(qkv[:, :, :2], call.rotation)  # queries and keys
+    cache = attn._streaming_state.kv_cache.cache  # [2, B, H, capacity, D]: keys, values
+    cache.scatter_(3, call.slots, qkv[:, :, 1:].permute(2, 0, 3, 1, 4))  # this call's keys and values, one op
+    out = F.scaled_dot_product_attention(qkv[:, :, 0].transpose(1, 2), cache[0], cache[1], call.mask, dropout_p=0.0)
     return attn.out_projs[0].forward(out.transpose(1, 2).reshape(rows, steps, -1))
 
 
-def _rotate(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """Interleaved RoPE on [B, T, P, H, D] as one complex product: (r + i m)(cos + i sin) is
-    r cos - m sin + i (r sin + m cos), moshi's `apply_rope` products and sums exactly."""
-    pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # [B, T, P, H, D/2]
-    return torch.view_as_real(pairs * rotation).flatten(-2)
+def _rotate_(x: torch.Tensor, rotation: torch.Tensor) -> None:
+    """Interleaved RoPE on [B, T, P, H, D], in place, as one complex product: (r + i m)(cos + i sin) is
+    r cos - m sin + i (r sin + m cos), moshi's `apply_rope` products and sums exactly. In place: after
+    each big weight read a small op costs several times its warm time (its code and data are evicted:
+    a GELU on 2 tokens took 48 us in a frame against 8 us warm), so every op saved counts."""
+    torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(rotation)  # [B, T, P, H, D/2]
 
 
 def supports_conv(module) -> bool:
@@ -213,3 +228,12 @@ def lean_rvq_encode(vq, x: torch.Tensor, n_q: int | None = None) -> torch.Tensor
         residual = residual - F.embedding(found, book.embedding)
         codes.append(found)
     return torch.stack(codes)
+
+
+def lean_rvq_decode(vq, codes: torch.Tensor) -> torch.Tensor:
+    """`vq.decode(codes)`: codes [K, B, N] -> [B, D, N], the codebooks' centroids summed in moshi's order
+    (from a zero scalar, as moshi starts), in [B, N, D] until the end."""
+    quantized = torch.zeros((), device=codes.device)
+    for layer, found in zip(vq.layers, codes):
+        quantized = quantized + F.embedding(found, layer._codebook.embedding)
+    return quantized.transpose(1, 2)
