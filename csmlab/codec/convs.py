@@ -161,18 +161,21 @@ def long_conv1d(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     return nn.Conv1d.forward(conv, x)
 
 
-def _bands(conv: nn.Conv1d, make) -> torch.Tensor:
-    """`make(weight)`, made once per weight and kept while the module lives (small convs: kilobytes)."""
+def _bands(conv: nn.Conv1d, make) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`make(weight)` and the bias as a column, made once per weight and kept while the module lives
+    (small convs: kilobytes)."""
     cached = _BANDS.get(conv)
-    if cached is None or cached[0] is not conv.weight:
-        cached = _BANDS[conv] = (conv.weight, make(conv.weight.detach()).contiguous())
-    return cached[1]
+    if cached is None or cached[0] is not conv.weight or cached[1] is not conv.bias:
+        column = None if conv.bias is None else conv.bias.detach()[:, None]
+        cached = _BANDS[conv] = (conv.weight, conv.bias, make(conv.weight.detach()).contiguous(), column)
+    return cached[2], cached[3]
 
 
-def _accumulate(conv: nn.Conv1d, bands: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:
+def _accumulate(bands: tuple[torch.Tensor, torch.Tensor | None], inputs: list[torch.Tensor]) -> torch.Tensor:
     """bias + sum of bands[j] @ inputs[j]: [C_out, L'] as [1, C_out, L']."""
-    first = bands[0] @ inputs[0] if conv.bias is None else torch.addmm(conv.bias[:, None], bands[0], inputs[0])
-    for band, columns in zip(bands[1:], inputs[1:]):
+    weights, bias = bands
+    first = weights[0] @ inputs[0] if bias is None else torch.addmm(bias, weights[0], inputs[0])
+    for band, columns in zip(weights[1:], inputs[1:]):
         first.addmm_(band, columns)
     return first[None]
 
@@ -183,7 +186,7 @@ def conv1d_shifted(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     (k,), (d,) = conv.kernel_size, conv.dilation
     bands, row = _bands(conv, lambda w: w.permute(2, 0, 1)), x[0]  # [k, C_out, C_in], [C_in, L]
     steps = x.shape[-1] - d * (k - 1)
-    return _accumulate(conv, bands, [row[:, j * d : j * d + steps] for j in range(k)])
+    return _accumulate(bands, [row[:, j * d : j * d + steps] for j in range(k)])
 
 
 def conv1d_paired(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
@@ -192,4 +195,4 @@ def conv1d_paired(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     (s,), c_in = conv.stride, x.shape[1]
     bands = _bands(conv, lambda w: w.view(w.shape[0], c_in, 2, s).permute(2, 0, 1, 3).reshape(2, w.shape[0], c_in * s))
     blocks = x[0].view(c_in, -1, s).permute(0, 2, 1).reshape(c_in * s, -1)  # [C_in * s, L / s]
-    return _accumulate(conv, bands, [blocks[:, :-1], blocks[:, 1:]])
+    return _accumulate(bands, [blocks[:, :-1], blocks[:, 1:]])

@@ -47,6 +47,7 @@ import weakref
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from moshi.modules.conv import StreamingConv1d
 from moshi.modules.transformer import StreamingTransformer
@@ -89,26 +90,29 @@ def nearest_codes(codebook, x: torch.Tensor) -> torch.Tensor:
 
     moshi asks `torch.cdist`, which for every call squares, sums and pads the whole codebook
     (2048 x 256 floats) to meet one or two vectors. That half of the product is the same on every
-    call, so it is built once per codebook (`_centroid_table`); the other half and the product are
-    the ops `cdist` runs, so the distances are bit-identical (checked in tests) and so are the codes.
+    call, so it is built once per codebook (`_centroid_table`, which also carries cdist's -2); the
+    other half and the product are the ops `cdist` runs, so the distances are bit-identical (checked
+    in tests) and so are the codes.
     """
     x_norm = x.pow(2).sum(-1, keepdim=True)
-    rows = torch.cat([x.mul(-2), x_norm, torch.ones_like(x_norm)], -1)  # [N, D + 2]
-    return rows.matmul(_centroid_table(codebook).mT).clamp_min_(0).sqrt_().argmin(dim=-1)
+    rows = torch.cat([x, F.pad(x_norm, (0, 1), value=1.0)], -1)  # [N, D + 2]: x, |x|^2, 1
+    return F.linear(rows, _centroid_table(codebook)).clamp_min_(0).sqrt_().argmin(dim=-1)
 
 
 _TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # codebook -> (its embedding, table)
 
 
 def _centroid_table(codebook) -> torch.Tensor:
-    """`[e, 1, |e|^2]` for every centroid e, [codebook_size, D + 2]: cdist's codebook half.
+    """`[-2 e, 1, |e|^2]` for every centroid e, [codebook_size, D + 2]: cdist's codebook half. cdist
+    multiplies -2 x by e; x times -2 e is the same product to the bit (a power of two only moves the
+    exponent), and the -2 is then applied once, not on every call.
 
     Rebuilt when moshi replaces the embedding (training does; inference never)."""
     embedding = codebook.embedding
     cached = _TABLES.get(codebook)
     if cached is None or cached[0] is not embedding:
         norm = embedding.pow(2).sum(-1, keepdim=True)
-        cached = _TABLES[codebook] = (embedding, torch.cat([embedding, torch.ones_like(norm), norm], -1))
+        cached = _TABLES[codebook] = (embedding, torch.cat([embedding.mul(-2), torch.ones_like(norm), norm], -1))
     return cached[1]
 
 

@@ -147,7 +147,7 @@ def _attention(attn, x: torch.Tensor, call: _Call) -> torch.Tensor:
     _rotate_(qkv[:, :, :2], call.rotation)  # queries and keys
     cache = attn._streaming_state.kv_cache.cache  # [2, B, H, capacity, D]: keys, values
     cache.scatter_(3, call.slots, qkv[:, :, 1:].permute(2, 0, 3, 1, 4))  # this call's keys and values, one op
-    out = F.scaled_dot_product_attention(qkv[:, :, 0].transpose(1, 2), cache[0], cache[1], call.mask, dropout_p=0.0)
+    out = F.scaled_dot_product_attention(qkv[:, :, 0].transpose(1, 2), *cache.unbind(), call.mask, dropout_p=0.0)
     return attn.out_projs[0].forward(out.transpose(1, 2).reshape(rows, steps, -1))
 
 
