@@ -20,19 +20,32 @@ def test_conv1d_gemm_equals_conv1d(c_in, c_out, k, stride, dilation, steps, bias
     assert torch.allclose(convs.conv1d_linear(conv, x), conv(x), atol=1e-5)  # torch's own layout, measured per host
 
 
-@pytest.mark.parametrize("k, stride, dilation, steps", [(3, 1, 1, 200), (7, 1, 3, 130), (1, 1, 1, 90), (8, 4, 1, 484),
-                                                       (10, 5, 1, 485), (5, 2, 1, 60), (3, 2, 1, 61)])
+def _reloads(module):
+    """A module's weights replaced the two ways a model is reloaded: a new Parameter, new values in place
+    (`load_state_dict`, an optimizer step). Yields after each."""
+    module.weight = nn.Parameter(torch.randn_like(module.weight))
+    yield
+    with torch.no_grad():
+        module.weight.copy_(torch.randn_like(module.weight))
+        if module.bias is not None:
+            module.bias.copy_(torch.randn_like(module.bias))
+    yield
+
+
+@pytest.mark.parametrize("c_in, k, stride, dilation, steps", [(12, 3, 1, 1, 200), (12, 7, 1, 3, 130), (12, 1, 1, 1, 90),
+                                                              (12, 8, 4, 1, 484), (12, 10, 5, 1, 485), (12, 5, 2, 1, 60),
+                                                              (12, 8, 4, 1, 485), (1, 7, 1, 1, 90)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_the_long_input_products_equal_conv1d(k, stride, dilation, steps, bias):
-    """Shifted products (stride 1), paired blocks (kernel = 2 x stride), PyTorch's conv for the rest
-    (kernel 5, stride 2; an odd length); several rows go to PyTorch's conv too. A new weight is followed."""
+def test_the_long_input_products_equal_conv1d_and_follow_a_reloaded_weight(c_in, k, stride, dilation, steps, bias):
+    """Shifted products (stride 1), paired blocks (kernel = 2 x stride), PyTorch's conv for the rest: kernel
+    5 at stride 2, a length that is no multiple of the stride (485 at 4), one input channel, several rows."""
     torch.manual_seed(0)
-    conv = nn.Conv1d(12, 10, k, stride, dilation=dilation, bias=bias)
-    for x in (torch.randn(1, 12, steps), torch.randn(3, 12, steps)):
+    conv = nn.Conv1d(c_in, 10, k, stride, dilation=dilation, bias=bias)
+    for x in (torch.randn(1, c_in, steps), torch.randn(3, c_in, steps)):
         assert torch.allclose(convs.long_conv1d(conv, x), conv(x), atol=1e-5)
-    conv.weight = nn.Parameter(torch.randn_like(conv.weight))
-    x = torch.randn(1, 12, steps)
-    assert torch.allclose(convs.long_conv1d(conv, x), conv(x), atol=1e-4)
+    x = torch.randn(1, c_in, steps)
+    for _ in _reloads(conv):
+        assert torch.allclose(convs.long_conv1d(conv, x), conv(x), atol=1e-4)
 
 
 @pytest.mark.parametrize("c_in, c_out, stride, m, steps", [(16, 8, 8, 2, 2), (8, 4, 5, 2, 3), (6, 6, 2, 3, 1), (4, 4, 1, 1, 7)])
@@ -191,18 +204,19 @@ def test_nearest_codes_are_cdists_codes_and_follow_a_new_embedding():
 
 @pytest.mark.parametrize("c_in, c_out, stride, m, steps", [(16, 8, 8, 2, 2), (8, 4, 5, 2, 3), (6, 6, 2, 3, 1)])
 @pytest.mark.parametrize("kernel", [convs.conv_transpose1d_linear, convs.long_conv_transpose1d])
-def test_the_transposed_weight_products_equal_conv_transpose1d_and_follow_a_new_weight(c_in, c_out, stride, m, steps, kernel):
+def test_the_transposed_weight_products_equal_conv_transpose1d_and_follow_a_reloaded_weight(c_in, c_out, stride, m, steps, kernel):
     torch.manual_seed(0)
     convtr = nn.ConvTranspose1d(c_in, c_out, m * stride, stride)
     for x in (torch.randn(1, c_in, steps), torch.randn(1, c_in, 40 + steps), torch.randn(3, c_in, steps)):
         assert torch.allclose(kernel(convtr, x), convtr(x), atol=1e-5)
-    convtr.weight = nn.Parameter(torch.randn_like(convtr.weight))  # a reloaded weight: the copy must follow it
-    assert torch.allclose(kernel(convtr, x), convtr(x), atol=1e-4)
+    x = torch.randn(1, c_in, 40 + steps)  # one row: the copied weight's path
+    for _ in _reloads(convtr):
+        assert torch.allclose(kernel(convtr, x), convtr(x), atol=1e-4)
 
 
 def _conv_steps(module, chunks, step) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """`module` (a moshi streaming conv) stepped over `chunks` in one streaming context: outputs, and the
-    state it keeps after each call."""
+    """`module` (a moshi streaming conv) stepped over `chunks` in one streaming context: the outputs, and the
+    state it keeps after the last call."""
     with torch.inference_mode(), module.streaming(1):
         outputs = [step(module, x) for x in chunks]
         state = module._streaming_state

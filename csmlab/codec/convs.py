@@ -88,7 +88,7 @@ def conv_transpose1d_gemm(convtr: nn.ConvTranspose1d, x: torch.Tensor) -> torch.
     return out.view(batch, c_out, -1)
 
 
-_TRANSPOSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # convtr -> (its weight, [C_out * k, C_in])
+_TRANSPOSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # convtr -> (mark, tensors, [C_out * k, C_in])
 
 
 def conv_transpose1d_linear(convtr: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
@@ -108,13 +108,23 @@ def conv_transpose1d_linear(convtr: nn.ConvTranspose1d, x: torch.Tensor) -> torc
     return out.view(x.shape[0], c_out, -1)
 
 
+def _derived(cache: weakref.WeakKeyDictionary, module: nn.Module, make):
+    """`make(weight, bias)` of `module`, made once and kept while the module lives, made again when
+    either changes: another tensor (a reload by assignment), new values in place (`load_state_dict`, an
+    optimizer step: the version counter) or a move (`.to()`: the storage). A stale copy would give
+    the old weights' output without a word."""
+    tensors = (module.weight, module.bias)
+    mark = tuple(None if t is None else (id(t), 0 if t.is_inference() else t._version, t.data_ptr()) for t in tensors)
+    cached = cache.get(module)
+    if cached is None or cached[0] != mark:  # the entry holds the tensors: their ids cannot be reused
+        detached = [None if t is None else t.detach() for t in tensors]
+        cached = cache[module] = (mark, tensors, make(*detached))
+    return cached[2]
+
+
 def _transposed(convtr: nn.ConvTranspose1d) -> torch.Tensor:
-    """The weight as [C_out * k, C_in], copied once per weight and kept while the module lives."""
-    cached = _TRANSPOSED.get(convtr)
-    if cached is None or cached[0] is not convtr.weight:
-        weight = convtr.weight.detach()
-        cached = _TRANSPOSED[convtr] = (convtr.weight, weight.reshape(weight.shape[0], -1).T.contiguous())
-    return cached[1]
+    """The weight as [C_out * k, C_in], copied once per weight (`_derived`)."""
+    return _derived(_TRANSPOSED, convtr, lambda w, b: w.reshape(w.shape[0], -1).T.contiguous())
 
 
 def long_conv_transpose1d(convtr: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
@@ -123,7 +133,10 @@ def long_conv_transpose1d(convtr: nn.ConvTranspose1d, x: torch.Tensor) -> torch.
     the overlap-add of its m = k / stride taps per step. PyTorch's transposed conv for several rows.
 
     Why: PyTorch ran Mimi's two long transposed convs (96 and 480 input steps) in 0.68 ms per call on
-    average in situ (Intel Xeon, 1 thread), about twice their multiply-adds at the products' speed."""
+    average in situ (Intel Xeon, 1 thread), about twice their multiply-adds at the products' speed.
+    `by-shape` sends every one-row input of more than `WEIGHT_READ_STEPS` steps here, the 16-step conv
+    too: there this layout, `inputs @ W` and `F.linear` on the transposed copy tied in situ (47.8, 47.9,
+    48.0 ms per frame on 1 thread; 28.5 on 2)."""
     if x.shape[0] != 1:
         return nn.ConvTranspose1d.forward(convtr, x)
     (k,), (s,) = convtr.kernel_size, convtr.stride
@@ -137,7 +150,7 @@ def long_conv_transpose1d(convtr: nn.ConvTranspose1d, x: torch.Tensor) -> torch.
     return out.transpose(1, 2).reshape(1, c_out, -1)
 
 
-_BANDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # conv -> (its weight, its weight's bands)
+_BANDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # conv -> (mark, tensors, (bands, bias column))
 
 
 def long_conv1d(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
@@ -162,13 +175,8 @@ def long_conv1d(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
 
 
 def _bands(conv: nn.Conv1d, make) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`make(weight)` and the bias as a column, made once per weight and kept while the module lives
-    (small convs: kilobytes)."""
-    cached = _BANDS.get(conv)
-    if cached is None or cached[0] is not conv.weight or cached[1] is not conv.bias:
-        column = None if conv.bias is None else conv.bias.detach()[:, None]
-        cached = _BANDS[conv] = (conv.weight, conv.bias, make(conv.weight.detach()).contiguous(), column)
-    return cached[2], cached[3]
+    """`make(weight)` and the bias as a column, made once per weight (`_derived`; small convs: kilobytes)."""
+    return _derived(_BANDS, conv, lambda w, b: (make(w).contiguous(), None if b is None else b[:, None]))
 
 
 def _accumulate(bands: tuple[torch.Tensor, torch.Tensor | None], inputs: list[torch.Tensor]) -> torch.Tensor:

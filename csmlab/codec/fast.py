@@ -25,8 +25,9 @@ quantizer's nearest-centroid search keeps the codebook's half of `cdist` (`neare
 One stream's streaming convs keep their left context and partial sums through `csmlab.codec.lean` too
 (a copy where moshi runs a `where` over the exec mask of its one row). The state is moshi's, swapped per
 session as in `MimiStream`, and the kernels are installed only inside a call, under the model's lock
-(`csmlab.locks`). One weight is copied: `flinear-all` reads the first decoder conv's transposed
-(`WEIGHT_READ_STEPS`).
+(`csmlab.locks`). Some weights are copied once into the layout their product reads: `flinear-all`
+reads the first decoder conv's transposed (`WEIGHT_READ_STEPS`); `by-shape` every transposed conv's
+transposed and every long conv's as per-tap bands (`csmlab.codec.convs`, remade if a weight changes).
 The arithmetic is the same up to float summation order: codes equal the batch path's except at
 float near-ties (measured in tests/test_codec_equivalence.py).
 
@@ -64,10 +65,10 @@ GEMM_MAX_STEPS = 64  # longer inputs (the first encoder / last decoder layers: s
 # at 8 batched streams. A/B in one process (CodecBatch step p50, load ~1): B = 8, 354 -> 335 ms at 16;
 # B = 16, 487 -> 477 ms at 32 and 468 at 64; the same codes.
 LINEAR_MAX_ROWS = 32
-# Input steps up to which a transposed conv's product is a weight read: Mimi's first decoder conv gets 2
-# per frame. There `flinear-all` reads a transposed copy of its weight (`conv_transpose1d_linear`): in
-# situ, frames taking turns (Intel Xeon, 1 thread, load 0.6), 1.2 ms less per frame than `inputs @ W`;
-# on the next one, 16 steps, the two tied.
+# Rows up to which a conv's product is a weight read (a transposed conv's input steps, a conv's output
+# steps, times the rows of a batch): Mimi's first decoder conv gets 2 per frame. There `flinear-all` reads
+# a transposed copy of its weight (`conv_transpose1d_linear`): in situ, frames taking turns (Intel Xeon,
+# 1 thread, load 0.6), 1.2 ms less per frame than `inputs @ W`; on the next one, 16 steps, the two tied.
 WEIGHT_READ_STEPS = 4
 
 
@@ -226,7 +227,7 @@ def stream_of(kernels: str, model, threads: int, batch_size: int = 1) -> MimiStr
     if kernels == "moshi":
         return MimiStream(model, batch_size, threads)
     return FastMimiStream(model, batch_size, threads, linears=kernels == "fast",
-                          conv_linear=kernels in ("flinear-all", "by-shape"), by_shape=kernels == "by-shape")
+                          conv_linear=kernels == "flinear-all", by_shape=kernels == "by-shape")
 
 
 def _trial(model, threads: int, kernels: str):

@@ -128,7 +128,7 @@ def _causal_mask(attn, steps: int) -> torch.Tensor:
     delta = queries - positions[:, None]
     seen = ((positions[:, None] >= 0) & (delta >= 0) & (delta < attn.context))[:, None]
     # as the additive mask attention makes of a boolean one (0 or -inf), once per call, not once per layer
-    return torch.zeros(seen.shape).masked_fill_(~seen, float("-inf"))
+    return torch.zeros(seen.shape, dtype=cache.cache.dtype, device=seen.device).masked_fill_(~seen, float("-inf"))
 
 
 def _layer(layer, x: torch.Tensor, call: _Call) -> torch.Tensor:
@@ -184,11 +184,13 @@ def lean_conv(module, x: torch.Tensor) -> torch.Tensor:
     state = module._streaming_state
     if state is None:
         return type(module).forward(module, x)
+    conv = module.conv.conv
+    assert x.shape[-1] % conv.stride[0] == 0, "steps must be a multiple of the stride"  # as moshi's
     previous = state.previous  # the last steps of the input so far: this call's left context
     if not previous.shape[-1]:
-        return module.conv.conv.forward(x)
+        return conv.forward(x)
     x = torch.cat([previous, x], dim=-1)
-    y = module.conv.conv.forward(x)  # the installed kernel, if any
+    y = conv.forward(x)  # the installed kernel, if any
     previous.copy_(x[..., -previous.shape[-1]:])
     return y
 

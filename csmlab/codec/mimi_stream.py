@@ -63,6 +63,8 @@ class MimiStream:
         self._state = self._fresh_state()
 
     def _fresh_state(self) -> dict:
+        """A new streaming state for this stream's rows; `self._slots` pairs each piece with the module
+        dict it is installed in (`csmlab.locks.streaming_slots`)."""
         with _exclusive(self.model):
             self.model._start_streaming(self.batch_size, contextlib.ExitStack())  # moshi's states need no exit
             _widen_attention_caches(self.model, 2 * self.FRAMES_PER_CALL)
