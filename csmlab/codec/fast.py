@@ -141,15 +141,12 @@ def _transposed_linear(convtr: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Ten
     return conv_transpose1d_linear(convtr, x) if few else conv_transpose1d_gemm(convtr, x)
 
 
-def _by_shape_transposed(convtr: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
-    """`by-shape`'s transposed convs: `F.linear` on the transposed weight for a weight read (at most
-    `WEIGHT_READ_STEPS` input steps), the product in the conv's own layout for one row of more
-    (`convs.long_conv_transpose1d`), the `inputs @ W` product or PyTorch's for several rows."""
-    if x.shape[-1] <= WEIGHT_READ_STEPS:
-        return conv_transpose1d_linear(convtr, x)
-    if x.shape[0] == 1:
+def _by_shape_transposed(short, convtr: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
+    """`by-shape`'s transposed convs: the product in the conv's own layout for one row of more than
+    `WEIGHT_READ_STEPS` input steps (`convs.long_conv_transpose1d`), else `flinear-all`'s (`short`)."""
+    if x.shape[0] == 1 and x.shape[-1] > WEIGHT_READ_STEPS:
         return long_conv_transpose1d(convtr, x)
-    return conv_transpose1d_gemm(convtr, x) if x.shape[-1] <= GEMM_MAX_STEPS else nn.ConvTranspose1d.forward(convtr, x)
+    return short(x)
 
 
 def _fast_forward(module: nn.Module, linears: bool = True, conv_linear: bool = False, single: bool = False,
@@ -170,10 +167,10 @@ def _fast_forward(module: nn.Module, linears: bool = True, conv_linear: bool = F
         if by_shape:
             return _short_input(_few_rows_linear, long_conv1d, module)
         return _short_input(conv1d_linear if conv_linear else conv1d_gemm, nn.Conv1d.forward, module)
-    if plain_conv_transpose(module) and by_shape:
-        return lambda x: _by_shape_transposed(module, x)
     if plain_conv_transpose(module):
-        return _short_input(_transposed_linear if conv_linear else conv_transpose1d_gemm, nn.ConvTranspose1d.forward, module)
+        short = _short_input(_transposed_linear if conv_linear or by_shape else conv_transpose1d_gemm,
+                             nn.ConvTranspose1d.forward, module)
+        return functools.partial(_by_shape_transposed, short, module) if by_shape else short
     return None
 
 

@@ -69,8 +69,7 @@ class MimiStream:
             self.model._start_streaming(self.batch_size, contextlib.ExitStack())  # moshi's states need no exit
             _widen_attention_caches(self.model, 2 * self.FRAMES_PER_CALL)
             state = without_cuda_graphs(self.model.get_streaming_state())  # 1..4 frames, B rows per call
-            names = [name for name, _ in self.model._cached_children]  # moshi's order: `streaming_slots`'
-            self._slots = list(zip(streaming_slots(self.model), [state[name] for name in names]))
+            self._slots = [(slots, state[name]) for name, slots in streaming_slots(self.model).items()]
             return state
 
     def _kernels(self):
