@@ -59,7 +59,7 @@ def measured(monkeypatch, tmp_path):
 
 def test_the_choice_is_measured_once_cached_per_host_and_read_back(measured, monkeypatch):
     model = load_codec(listen=True).backend.model
-    clock = FakeClock({"fast": 50, "fast-flinear": 40, "flinear-all": 42, "by-shape": 41, "moshi": 45})
+    clock = FakeClock({"fast": 50, "fast-flinear": 40, "flinear-all": 42, "by-shape": 41, "native": 43, "moshi": 45})
     trials = []
 
     def trial(kernels):
@@ -69,7 +69,7 @@ def test_the_choice_is_measured_once_cached_per_host_and_read_back(measured, mon
     assert tuning.kernels_for(model, 1, trial, measured, clock) == "fast-flinear"
     [record] = [json.loads(p.read_text()) for p in measured.iterdir()]
     assert record["kernels"] == "fast-flinear" and record["threads"] == 1 and record["cpu_model"]
-    assert trials == list(tuning.KERNELS)
+    assert trials == list(tuning.runnable())
     monkeypatch.setattr(tuning, "_chosen", {})  # a new process: the file answers, nothing is timed
     assert tuning.kernels_for(model, 1, pytest.fail, measured, clock) == "fast-flinear"
     assert tuning.host_key(model, 2) != tuning.host_key(model, 1)  # another thread count is measured apart
@@ -78,7 +78,7 @@ def test_the_choice_is_measured_once_cached_per_host_and_read_back(measured, mon
 def test_a_choice_measured_on_a_busy_machine_holds_for_the_process_but_is_not_cached(measured, monkeypatch):
     model = load_codec(listen=True).backend.model
     monkeypatch.setattr(tuning, "_load", lambda: 7.5)
-    clock = FakeClock({"fast": 50, "fast-flinear": 60, "flinear-all": 55, "by-shape": 58, "moshi": 45})
+    clock = FakeClock({"fast": 50, "fast-flinear": 60, "flinear-all": 55, "by-shape": 58, "native": 52, "moshi": 45})
     trial = lambda kernels: clock.candidates([kernels])[kernels]  # noqa: E731
     assert tuning.kernels_for(model, 2, trial, measured, clock) == "moshi"
     assert not list(measured.iterdir())
@@ -108,7 +108,7 @@ def test_a_choice_measured_while_another_process_ran_is_not_cached(measured, mon
     """A quiet load average lags: what others ran during the trial itself decides (here 1.5 CPU
     seconds beside ours over the fake clock's 1.34 s: 5 rounds of 268 ms)."""
     model = load_codec(listen=True).backend.model
-    clock = FakeClock({"fast": 50, "fast-flinear": 60, "flinear-all": 55, "by-shape": 58, "moshi": 45})
+    clock = FakeClock({"fast": 50, "fast-flinear": 60, "flinear-all": 55, "by-shape": 58, "native": 52, "moshi": 45})
     readings = iter([(10.0, 1.0), (12.0, 1.5)])  # all processes' CPU seconds, ours
     monkeypatch.setattr(tuning, "_cpu_seconds", lambda: next(readings))
     trial = lambda kernels: clock.candidates([kernels])[kernels]  # noqa: E731

@@ -143,12 +143,12 @@ def taking_turns(streams: dict, frames, warmup: int) -> dict:
 
 def session_threads_ab(codec, frames, warmup: int, kernels: bool = False) -> dict:
     """csmlab sessions on 1 and on 2 threads taking turns (`taking_turns`): {"1": ..., "2": ...}; with
-    `kernels`, also a bare stream of each of `tuning.KERNELS` on each count ("fast-flinear 2t", ...)."""
+    `kernels`, also a bare stream of each of `tuning.runnable()` on each count ("fast-flinear 2t", ...)."""
     sessions = {str(n): codec.stream(threads=n) for n in (1, 2)}
     streams = {name: (lambda f, s=s: (codes := s.encode(f, 24_000), s.decode(codes))[0], s.reset)
                for name, s in sessions.items()}
     for n in (1, 2) if kernels else ():
-        for k in tuning.KERNELS:
+        for k in tuning.runnable():
             bare = stream_of(k, codec.backend.model, n)
             streams[f"{k} {n}t"] = (lambda f, b=bare: (codes := b.encode(f), b.decode(codes))[0], bare.reset)
     try:

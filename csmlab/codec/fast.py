@@ -54,7 +54,7 @@ from moshi.modules.conv import StreamingConv1d
 from moshi.modules.transformer import StreamingTransformer
 from moshi.quantization.core_vq import EuclideanCodebook, ResidualVectorQuantization
 
-from csmlab.codec import lean, tuning
+from csmlab.codec import lean, native, tuning
 from csmlab.codec.mimi_stream import MimiStream, check_threads
 from csmlab.codec.convs import (conv1d_gemm, conv1d_linear, conv_transpose1d_gemm, conv_transpose1d_linear, long_conv1d,
                                 long_conv_transpose1d, plain_conv, plain_conv_transpose)
@@ -150,12 +150,15 @@ def _by_shape_transposed(short, convtr: nn.ConvTranspose1d, x: torch.Tensor) -> 
 
 
 def _fast_forward(module: nn.Module, linears: bool = True, conv_linear: bool = False, single: bool = False,
-                  by_shape: bool = False):
+                  by_shape: bool = False, in_c: bool = False):
     """The fast forward for `module`, or None where the stock kernel is already the right one
     (`linears=False`: every Linear keeps `F.linear`; `conv_linear`: the short convs' products as
     `F.linear`, `conv1d_linear`, instead of `W @ rows.T`; `single`: a stream of one row, whose
     streaming convs step through `csmlab.codec.lean`; `by_shape`: each conv's product in the layout that
-    measured fastest for its shape, `_few_rows_linear` for few output steps, `convs.long_conv1d` for many)."""
+    measured fastest for its shape, `_few_rows_linear` for few output steps, `convs.long_conv1d` for many;
+    `in_c`: a single stream's transformers step through `csmlab.codec.native`)."""
+    if in_c and single and isinstance(module, StreamingTransformer) and native.supports(module):
+        return lambda x: native.native_forward(module, x)
     if isinstance(module, StreamingTransformer) and lean.supports(module):
         return lambda x: lean.lean_forward(module, x)
     if single and lean.supports_conv(module):
@@ -178,11 +181,11 @@ class FastMimiStream(MimiStream):
     """`MimiStream` whose convolutions and few-token linears run as matrix products during its calls."""
 
     def __init__(self, model, batch_size: int = 1, threads: int | None = None, linears: bool = True,
-                 conv_linear: bool = False, by_shape: bool = False):
+                 conv_linear: bool = False, by_shape: bool = False, in_c: bool = False):
         super().__init__(model, batch_size, threads)
         # (module, method name, replacement): built once, installed for each call
         self._fast = [(m, "forward", f) for m in model.modules()
-                      if (f := _fast_forward(m, linears, conv_linear, batch_size == 1, by_shape)) is not None]
+                      if (f := _fast_forward(m, linears, conv_linear, batch_size == 1, by_shape, in_c)) is not None]
         self._fast += [(m, "_quantize", functools.partial(nearest_codes, m))
                        for m in model.modules() if isinstance(m, EuclideanCodebook)]
         self._fast += [(m, name, functools.partial(step, m)) for m in model.modules()
@@ -223,8 +226,8 @@ def stream_of(kernels: str, model, threads: int, batch_size: int = 1) -> MimiStr
     """A stream running `kernels`, one of `tuning.KERNELS`."""
     if kernels == "moshi":
         return MimiStream(model, batch_size, threads)
-    return FastMimiStream(model, batch_size, threads, linears=kernels == "fast",
-                          conv_linear=kernels == "flinear-all", by_shape=kernels == "by-shape")
+    return FastMimiStream(model, batch_size, threads, linears=kernels == "fast", conv_linear=kernels == "flinear-all",
+                          by_shape=kernels in ("by-shape", "native"), in_c=kernels == "native")
 
 
 def _trial(model, threads: int, kernels: str):

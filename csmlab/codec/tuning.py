@@ -10,6 +10,8 @@ CPU session's kernels are chosen by timing them in situ, on the model itself, on
     "flinear-all"   the same, and the short convs' products as `F.linear` too (`convs.conv1d_linear`)
     "by-shape"      `F.linear` too, and each conv's product in the layout measured fastest for its
                     shape: `F.linear` up to 4 rows, `W @ rows.T` above, long inputs as shifted products
+    "native"        `by-shape`'s convs, and each transformer call as one C call (`csmlab.codec.native`;
+                    only where a C compiler built it: `runnable()`)
     "moshi"         moshi's own modules and kernels (`MimiStream`)
 
 Each candidate streams a few frames of noise on a fresh stream, the candidates taking turns; the one
@@ -45,7 +47,7 @@ from csmlab.host import cpu_flags, cpu_model
 
 log = logging.getLogger(__name__)
 
-KERNELS = ("fast", "fast-flinear", "flinear-all", "by-shape", "moshi")
+KERNELS = ("fast", "fast-flinear", "flinear-all", "by-shape", "native", "moshi")
 ENV = "CSMLAB_CODEC_KERNELS"
 ROUNDS = 5  # timed frames per candidate, after one warm-up frame each
 BUDGET_S = 3.0  # no new round past this: 2 threads on a busy 2-core machine took 1.7 s per frame (issue 23)
@@ -70,6 +72,13 @@ def choose(candidates: dict[str, Callable[[], None]], rounds: int = ROUNDS, time
     return min(names, key=lambda n: (medians[n], names.index(n))), medians
 
 
+def runnable() -> tuple[str, ...]:
+    """The `KERNELS` this machine can run: all but `native` where its C library could not be built."""
+    from csmlab.codec import native
+
+    return KERNELS if native.available() else tuple(k for k in KERNELS if k != "native")
+
+
 def _load() -> float:
     return os.getloadavg()[0]
 
@@ -92,7 +101,7 @@ def _cpu_seconds() -> tuple[float, float] | None:
 def host_key(model: torch.nn.Module, threads: int) -> str:
     """What a measured choice holds for: this processor, torch, thread count and model shape."""
     shapes = [tuple(p.shape) for p in model.parameters()]
-    text = json.dumps([cpu_model(), cpu_flags(), torch.__version__, threads, shapes, KERNELS])  # new candidates: measure again
+    text = json.dumps([cpu_model(), cpu_flags(), torch.__version__, threads, shapes, runnable()])  # new candidates: measure again
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -105,6 +114,11 @@ def kernels_for(model: torch.nn.Module, threads: int, trial: Callable[[str], Cal
     if override:
         if override not in KERNELS:
             raise ConfigError(f"{ENV} is one of {', '.join(KERNELS)}, not {override!r}")
+        if override not in runnable():
+            from csmlab.codec import native
+
+            raise ConfigError(f"{ENV}={override!r}, but {native.unavailable_reason()}: "
+                              f"choose one of {', '.join(runnable())}, or unset it")
         return override
     key = host_key(model, threads)
     if key not in _chosen:  # measured without a lock held (the trials take the model's); the first answer stays
@@ -119,7 +133,7 @@ def _folder() -> Path:
 
 
 def _cached_or_measured(key: str, threads: int, trial, folder: Path, timer) -> str:
-    return cached_choice("mimi-stream", "kernels", key, KERNELS, trial, folder, timer, {"threads": threads}, ENV)[0]
+    return cached_choice("mimi-stream", "kernels", key, runnable(), trial, folder, timer, {"threads": threads}, ENV)[0]
 
 
 def cached_choice(what: str, field: str, key: str, options: tuple[str, ...], trial, folder: Path, timer,

@@ -1,0 +1,203 @@
+"""Mimi's streaming transformer step in C: every layer of one call in one call, nothing between.
+
+A streaming frame brings 2 tokens to each of Mimi's two 8-layer transformers. `csmlab.codec.lean` runs
+moshi's arithmetic with as few PyTorch ops as it can (257 per transformer call), and still, on 1
+thread, the ops around the weight products cost about a third of the transformers' time: each product
+streams megabytes through the caches, and the next small op finds its code and data evicted (a GELU
+on 2 tokens: 48 us in a frame, 8 us warm; DEVELOPERS.md, "Where a Mimi CPU frame goes"). Here the
+norms, rotations, cache writes, attention, GELU and residuals of all layers run in `native.c`, with
+the products too (a weight read as a few rows, as fast as `F.linear` in situ), so one call replaces
+them all. On 2 threads the products and the attention heads split across PyTorch's own OpenMP
+threads (the library joins PyTorch's libgomp; where PyTorch runs another runtime it is built
+single-threaded rather than start a second pool).
+
+The arithmetic is moshi's, in another order: outputs agree to float rounding, not bit for bit, and a
+stream's codes equal the batch path's (tested with the small trained Mimi). It serves one stream
+whose row always executes (the exec mask is not read), fp32 on the CPU, the layer shape `supports`
+checks. The kernel set `native` (`csmlab.codec.tuning`) uses it; the tuning picks it only where it
+measured faster.
+
+The library is built on first use with the system's C compiler (`CC`, else `cc`) for this processor
+(-march=native), once, into `<csmlab cache>/native/` under a key of the source, the compiler and the
+processor. Without a compiler `available()` is False, `unavailable_reason()` says why, and the other
+kernel sets run.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from csmlab.codec import lean
+from csmlab.host import cpu_flags, cpu_model
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("native.c")
+MAX_STEPS = 4  # native.c's MAX_STEPS: tokens per call
+MAX_CAPACITY = 4096  # ring-cache slots: each attention head keeps a row of weights per query on its stack
+PARAMS = 11  # pointers per layer, in native.c's order
+
+
+class _Library:
+    """The built library, or why there is none."""
+
+    def __init__(self, step=None, reason: str = "", threaded: bool = False):
+        self.step, self.reason, self.threaded = step, reason, threaded
+
+
+def available() -> bool:
+    """Whether the native step could be built and loaded on this machine."""
+    return _library().step is not None
+
+
+def unavailable_reason() -> str:
+    """Why `available()` is False ("" when it is True)."""
+    return _library().reason
+
+
+def supports(transformer) -> bool:
+    """Whether `transformer` (moshi's `StreamingTransformer`) is a shape `native.c` runs: `lean.supports`'s
+    layer, LayerNorms, LayerScales, exact GELU, linears without bias, fp32 on the CPU, sizes in 16s."""
+    layers = transformer.layers
+    if not layers or not lean.supports(transformer):
+        return False
+    first = layers[0].self_attn
+    dim, heads = first.embed_dim, first.num_heads
+    return all(
+        type(layer.norm1) is nn.LayerNorm and type(layer.norm2) is nn.LayerNorm
+        and layer.norm1.eps == layers[0].norm1.eps == layer.norm2.eps
+        and all(hasattr(s, "scale") and s.channel_last for s in (layer.layer_scale_1, layer.layer_scale_2))
+        and layer.activation is F.gelu
+        and all(m.bias is None for m in (layer.linear1, layer.linear2, layer.self_attn.in_projs[0],
+                                         layer.self_attn.out_projs[0]))
+        and layer.self_attn.embed_dim == dim and layer.self_attn.num_heads == heads
+        and layer.self_attn.rope.max_period == first.rope.max_period
+        and layer.linear1.out_features == layers[0].linear1.out_features
+        for layer in layers) and all(
+        p.dtype == torch.float32 and p.device.type == "cpu" for p in transformer.parameters()) and (
+        dim % heads == 0 and (dim // heads) % 16 == 0 and layers[0].linear1.out_features % 16 == 0)
+
+
+def native_forward(transformer, x: torch.Tensor) -> torch.Tensor:
+    """`transformer(x)` while streaming one row, [1, T, C] -> [1, T, C]; `lean_forward` otherwise
+    (not streaming, several rows, more than `MAX_STEPS` tokens, a cache too large)."""
+    state, step = transformer._streaming_state, _library().step
+    attn = transformer.layers[0].self_attn
+    if (step is None or state is None or x.shape[0] != 1 or state.exec_mask.shape[0] != 1
+            or not 1 <= x.shape[1] <= MAX_STEPS or x.dtype != torch.float32):
+        return lean.lean_forward(transformer, x)
+    cache = attn._streaming_state.kv_cache
+    if cache.capacity > MAX_CAPACITY:
+        return lean.lean_forward(transformer, x)
+    steps, dim, hidden = x.shape[1], x.shape[2], transformer.layers[0].linear1.out_features
+    out = x.contiguous().clone()  # [1, T, C], updated in place
+    scratch = torch.empty(steps * (5 * dim + hidden))
+    params = (ctypes.c_void_p * (PARAMS * len(transformer.layers)))(*_pointers(transformer))
+    frequencies = lean._frequencies(dim // attn.num_heads, attn.rope.max_period)
+    status = step(len(transformer.layers), params, out.data_ptr(), scratch.data_ptr(), steps, dim, attn.num_heads,
+                  hidden, cache.capacity, attn.context, int(attn._streaming_state.offset[0]),
+                  int(cache.end_offset[0]), frequencies.data_ptr(), transformer.layers[0].norm1.eps)
+    assert status == 0, "native.c refused sizes that supports() accepted"
+    lean._advance_all(transformer, state, steps)
+    return out
+
+
+def _pointers(transformer) -> list[int]:
+    """Each layer's parameters and ring cache, in native.c's order, read at every call: a weight
+    replaced or moved is followed, never a stale address."""
+    pointers = []
+    for layer in transformer.layers:
+        attn = layer.self_attn
+        tensors = (layer.norm1.weight, layer.norm1.bias, attn.in_projs[0].weight, attn.out_projs[0].weight,
+                   layer.layer_scale_1.scale, layer.norm2.weight, layer.norm2.bias, layer.linear1.weight,
+                   layer.linear2.weight, layer.layer_scale_2.scale, attn._streaming_state.kv_cache.cache)
+        for t in tensors:
+            assert t.is_contiguous(), "native.c reads each tensor as one contiguous block"
+            pointers.append(t.data_ptr())
+    return pointers
+
+
+@functools.cache
+def _library() -> _Library:
+    compiler = os.environ.get("CC") or "cc"
+    if shutil.which(compiler) is None:
+        return _unavailable(f"no C compiler ({compiler!r} not found; set CC to one)")
+    threaded = _torch_runs_libgomp()
+    flags = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC"] + (["-fopenmp"] if threaded else [])
+    try:
+        path = _built(compiler, flags)
+        step = ctypes.CDLL(str(path)).transformer_step
+    except (OSError, subprocess.SubprocessError) as err:
+        return _unavailable(f"building {SOURCE.name} failed: {err}")
+    step.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 6 + [
+        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_float]
+    step.restype = ctypes.c_int
+    return _Library(step, threaded=threaded)
+
+
+def _unavailable(reason: str) -> _Library:
+    log.info("csmlab's native transformer step is unavailable: %s", reason)
+    return _Library(reason=reason)
+
+
+def _torch_runs_libgomp() -> bool:
+    """Whether PyTorch's OpenMP runtime is loaded as `libgomp.so.1`: a library built with -fopenmp then
+    binds to that copy (the loader matches the name), so its threads are PyTorch's. With another
+    runtime (Intel's, or a renamed libgomp) it would start a second pool: built single-threaded."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+    return "OpenMP" in torch.__config__.parallel_info() and any(
+        line.endswith("/libgomp.so.1") for line in maps.splitlines())
+
+
+def _built(compiler: str, flags: list[str]) -> Path:
+    """The library for this source, compiler, flags and processor: built once, then reused."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), compiler, version, *flags, cpu_model(), *cpu_flags(),
+                                    platform.machine()]).encode()).hexdigest()[:16]
+    folder = _folder()
+    path = folder / f"native-{key}.so"
+    if path.exists():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    with tempfile.NamedTemporaryFile(dir=folder, suffix=".so", delete=False) as tmp:
+        pass
+    try:
+        done = subprocess.run([compiler, *flags, str(SOURCE), "-o", tmp.name, "-lm"], capture_output=True,
+                              text=True, timeout=300)
+        if done.returncode:
+            raise OSError(f"{compiler} exited {done.returncode}: {done.stderr.strip()[-800:]}")
+        os.replace(tmp.name, path)  # whole or not at all, should two processes build at once
+    finally:
+        Path(tmp.name).unlink(missing_ok=True)
+    log.info("built csmlab's native transformer step in %.1f s: %s", time.perf_counter() - began, path)
+    return path
+
+
+def _folder() -> Path:
+    from csmlab.weights import cache_dir
+
+    folder = cache_dir() / "native"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK):
+            return folder
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / f"csmlab-native-{os.getuid() if hasattr(os, 'getuid') else 0}"

@@ -1,0 +1,162 @@
+"""csmlab.codec.native: Mimi's transformer call in C agrees with moshi's to float rounding, leaves the
+state moshi's would (so the two can take turns), follows new weights, gives the same bits on 1 and 2
+threads, falls back where it does not apply, and says why when it cannot be built."""
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+
+from csmlab.codec import fast, lean, load_codec, native, tuning
+from csmlab.codec.mimi_stream import _widen_attention_caches
+from csmlab.errors import ConfigError
+
+from conftest import torch_threads
+
+
+@pytest.fixture(scope="module")
+def small_transformer():
+    """The small trained Mimi's decoder transformer: a 32-step context, so its ring cache wraps soon."""
+    if not native.available():
+        pytest.skip(f"no native step here: {native.unavailable_reason()}")
+    transformer = load_codec(listen=True).backend.model.decoder_transformer.transformer
+    assert native.supports(transformer)
+    return transformer
+
+
+def _stream(transformer, inputs, use_native, rows: int = 1):
+    """`transformer` stepped over `inputs` in one streaming context, its caches widened as a session
+    widens them; `use_native(i)` picks native's step, else moshi's. Returns the outputs and every
+    streaming tensor at the end (ring caches, offsets)."""
+    with torch.inference_mode(), transformer.streaming(rows):
+        _widen_attention_caches(transformer, 8)
+        outputs = [native.native_forward(transformer, x) if use_native(i) else type(transformer).forward(transformer, x)
+                   for i, x in enumerate(inputs)]
+        return outputs, [t.clone() for t in _tensors(transformer.get_streaming_state())]
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for key in sorted(tree) for t in _tensors(tree[key])]
+    if isinstance(tree, (list, tuple)):
+        return [t for item in tree for t in _tensors(item)]
+    return [t for value in vars(tree).values() for t in _tensors(value)] if hasattr(tree, "__dict__") else []
+
+
+def _inputs(dim, tokens, calls, rows=1, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(rows, tokens, dim, generator=generator) for _ in range(calls)]
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal to fp32 rounding over a few layers: within 1e-5 of the reference's scale."""
+    return a.shape == b.shape and a.dtype == b.dtype and bool(((a - b).abs().max() <= 1e-5 * (1 + b.abs().max())).item())
+
+
+@pytest.mark.parametrize("tokens", [1, 2, 4])
+def test_the_native_step_agrees_with_moshis_and_leaves_its_state(small_transformer, tokens):
+    dim = small_transformer.layers[0].self_attn.embed_dim
+    inputs = _inputs(dim, tokens, 64 // tokens + 8)  # past the 32-step window: the ring wraps
+    reference, reference_state = _stream(small_transformer, inputs, lambda i: False)
+    for use_native in (lambda i: True, lambda i: i % 3 == 0):  # native throughout, and taking turns with moshi's
+        outputs, state = _stream(small_transformer, inputs, use_native)
+        assert all(_close(a, b) for a, b in zip(outputs, reference))
+        assert not all(torch.equal(a, b) for a, b in zip(outputs, reference))  # it is another kernel, not moshi's
+        assert len(state) == len(reference_state) >= 4 * len(small_transformer.layers)
+        assert all(_close(a, b) if a.is_floating_point() else torch.equal(a, b) for a, b in zip(state, reference_state))
+
+
+def test_the_same_bits_on_one_thread_and_on_two(small_transformer):
+    """Each thread computes whole outputs (weight rows, attention heads) in one order: no sum is split."""
+    dim = small_transformer.layers[0].self_attn.embed_dim
+    inputs = _inputs(dim, 2, 24, seed=1)
+    with torch_threads(1):
+        one, _ = _stream(small_transformer, inputs, lambda i: True)
+    with torch_threads(2):
+        two, _ = _stream(small_transformer, inputs, lambda i: True)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+@pytest.mark.parametrize("rows, tokens", [(2, 2), (1, 8)])
+def test_several_rows_or_many_tokens_take_the_lean_step_which_is_moshis(small_transformer, rows, tokens):
+    dim = small_transformer.layers[0].self_attn.embed_dim
+    inputs = _inputs(dim, tokens, 10, rows=rows, seed=2)
+    outputs, _ = _stream(small_transformer, inputs, lambda i: True, rows)
+    reference, _ = _stream(small_transformer, inputs, lambda i: False, rows)
+    assert all(torch.equal(a, b) for a, b in zip(outputs, reference))
+
+
+def test_a_replaced_or_reloaded_weight_is_read_at_the_next_call(small_transformer):
+    layer = small_transformer.layers[-1]
+    saved = {name: p.detach().clone() for name, p in layer.named_parameters()}
+    dim = layer.self_attn.embed_dim
+    inputs = _inputs(dim, 2, 6, seed=3)
+    try:
+        with torch.no_grad():
+            layer.linear1.weight = torch.nn.Parameter(torch.randn_like(layer.linear1.weight) * 0.05)  # replaced
+            layer.norm2.weight.mul_(1.5)  # in place
+        outputs, _ = _stream(small_transformer, inputs, lambda i: True)
+        reference, _ = _stream(small_transformer, inputs, lambda i: False)
+        assert all(_close(a, b) for a, b in zip(outputs, reference))
+    finally:
+        with torch.no_grad():
+            layer.linear1.weight = torch.nn.Parameter(saved["linear1.weight"])
+            layer.norm2.weight.copy_(saved["norm2.weight"])
+
+
+def test_a_full_size_mimi_session_streams_the_batch_paths_codes():
+    """The released Mimi's shapes (offline weights): 8 layers, 8 heads of 64, a 250-step context."""
+    if not native.available():
+        pytest.skip(f"no native step here: {native.unavailable_reason()}")
+    codec = load_codec(8)
+    assert native.supports(codec.backend.model.encoder_transformer.transformer)
+    audio = np.random.default_rng(4).normal(0, 0.1, 1920 * 6).astype(np.float32)
+    stream = fast.stream_of("native", codec.backend.model, threads=1)
+    streamed = np.concatenate([stream.encode(audio[i: i + 1920]) for i in range(0, len(audio), 1920)], axis=1)
+    assert np.array_equal(streamed, codec.encode(audio, 24000))
+
+
+@pytest.fixture
+def rebuilt(monkeypatch, tmp_path):
+    """`native`'s library looked for again under the environment a test sets, and as before afterwards."""
+    monkeypatch.setenv("CSMLAB_CACHE", str(tmp_path / "cache"))
+    native._library.cache_clear()
+    yield tmp_path
+    native._library.cache_clear()
+
+
+def test_without_a_compiler_it_says_so_and_the_other_kernels_run(rebuilt, monkeypatch, call):
+    monkeypatch.setenv("CC", str(rebuilt / "no-such-cc"))
+    assert not native.available() and "no C compiler" in native.unavailable_reason()
+    assert "native" not in tuning.runnable() and "by-shape" in tuning.runnable()
+    monkeypatch.setenv(tuning.ENV, "native")
+    with pytest.raises(ConfigError, match="no C compiler"):
+        tuning.kernels_for(load_codec(listen=True).backend.model, 1, pytest.fail, rebuilt)
+    codec = load_codec(listen=True)  # a stream asked for native's kernels still streams (the lean step)
+    audio = codec.decode(codec.encode(*call))[: 1920 * 4]
+    stream = fast.stream_of("native", codec.backend.model, threads=1)
+    streamed = np.concatenate([stream.encode(audio[i: i + 1920]) for i in range(0, len(audio), 1920)], axis=1)
+    assert np.array_equal(streamed, codec.encode(audio, 24000))
+
+
+def test_a_failed_build_is_reported_with_the_compilers_words(rebuilt, monkeypatch):
+    script = rebuilt / "broken-cc"
+    script.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo broken-cc 1.0; exit 0; }\necho 'fatal: out of cheese' >&2\nexit 1\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("CC", str(script))
+    assert not native.available()
+    assert "building native.c failed" in native.unavailable_reason() and "out of cheese" in native.unavailable_reason()
+    assert not list((rebuilt / "cache" / "native").glob("*.so"))  # nothing half-written left to load
+
+
+def test_the_library_is_built_once_per_machine_and_reused(rebuilt):
+    if not native.available():
+        pytest.skip(f"no native step here: {native.unavailable_reason()}")
+    [built] = list((rebuilt / "cache" / "native").glob("*.so"))
+    modified = built.stat().st_mtime_ns
+    native._library.cache_clear()  # a new process
+    assert native.available() and built.stat().st_mtime_ns == modified
+    assert os.access(built, os.R_OK)
