@@ -160,3 +160,22 @@ def test_the_library_is_built_once_per_machine_and_reused(rebuilt):
     native._library.cache_clear()  # a new process
     assert native.available() and built.stat().st_mtime_ns == modified
     assert os.access(built, os.R_OK)
+
+
+@pytest.mark.parametrize("n_q", [None, 1, 3])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_residual_loop_in_c_gives_moshis_codes(n_q, threads):
+    """Latents of the small trained Mimi's encoder (the quantizer's own input), several rows at once."""
+    if not native.available():
+        pytest.skip(f"no native step here: {native.unavailable_reason()}")
+    codec = load_codec(listen=True)
+    model = codec.backend.model
+    vq = model.quantizer.rvq_rest.vq
+    assert native.supports_rvq(vq)
+    generator = torch.Generator().manual_seed(5)
+    latents = [torch.randn(2, vq.layers[0]._codebook.embedding.shape[1], 3, generator=generator) * scale
+               for scale in (0.1, 1.0, 10.0)]
+    with torch.inference_mode(), torch_threads(threads):
+        for x in latents:
+            expected = type(vq).encode(vq, x, n_q)  # moshi's loop, cdist's search
+            assert torch.equal(native.rvq_encode(vq, x, n_q), expected)

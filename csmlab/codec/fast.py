@@ -91,19 +91,19 @@ def nearest_codes(codebook, x: torch.Tensor) -> torch.Tensor:
 
     moshi asks `torch.cdist`, which for every call squares, sums and pads the whole codebook
     (2048 x 256 floats) to meet one or two vectors. That half of the product is the same on every
-    call, so it is built once per codebook (`_centroid_table`, which also carries cdist's -2); the
+    call, so it is built once per codebook (`centroid_table`, which also carries cdist's -2); the
     other half and the product are the ops `cdist` runs, so the distances are bit-identical (checked
     in tests) and so are the codes.
     """
     x_norm = x.pow(2).sum(-1, keepdim=True)
     rows = torch.cat([x, F.pad(x_norm, (0, 1), value=1.0)], -1)  # [N, D + 2]: x, |x|^2, 1
-    return F.linear(rows, _centroid_table(codebook)).clamp_min_(0).sqrt_().argmin(dim=-1)
+    return F.linear(rows, centroid_table(codebook)).clamp_min_(0).sqrt_().argmin(dim=-1)
 
 
 _TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # codebook -> (its embedding, table)
 
 
-def _centroid_table(codebook) -> torch.Tensor:
+def centroid_table(codebook) -> torch.Tensor:
     """`[-2 e, 1, |e|^2]` for every centroid e, [codebook_size, D + 2]: cdist's codebook half. cdist
     multiplies -2 x by e; x times -2 e is the same product to the bit (a power of two only moves the
     exponent), and the -2 is then applied once, not on every call.
@@ -190,7 +190,8 @@ class FastMimiStream(MimiStream):
                        for m in model.modules() if isinstance(m, EuclideanCodebook)]
         self._fast += [(m, name, functools.partial(step, m)) for m in model.modules()
                        if isinstance(m, ResidualVectorQuantization) and lean.supports_rvq(m)
-                       for name, step in (("encode", lean.lean_rvq_encode), ("decode", lean.lean_rvq_decode))]
+                       for name, step in (("encode", native.rvq_encode if in_c and native.supports_rvq(m)
+                                           else lean.lean_rvq_encode), ("decode", lean.lean_rvq_decode))]
 
     @contextlib.contextmanager
     def _kernels(self):

@@ -269,3 +269,59 @@ int transformer_step(int layers, void *const *params, float *x, float *scratch, 
   }
   return 0;
 }
+
+/* The nearest centroid of one row among bins [lo, hi): (distance, index), the first on a tie. The
+   distance is cdist's, sqrt(max(0, |x|^2 - 2 e.x + |e|^2)), through the table rows [-2 e, 1, |e|^2]. */
+static void nearest_part(const float *table, int dim, const float *x, float x_norm, int lo, int hi, float *best,
+                         int *at) {
+  *best = INFINITY;
+  *at = lo;
+  for (int j = lo; j < hi; j++) {
+    const float *e = table + (size_t)j * (dim + 2);
+    __builtin_prefetch(e + (dim + 2) * 4);
+    float d = dot(e, x, dim) + e[dim] * x_norm + e[dim + 1];
+    d = sqrtf(d > 0.0f ? d : 0.0f);
+    if (d < *best) {
+      *best = d;
+      *at = j;
+    }
+  }
+}
+
+/* Residual vector quantization of `rows` rows of x [rows, dim]: for each codebook in turn, the nearest
+   centroid of what the codebooks before it left, subtracted. tables: per codebook [bins, dim + 2]
+   (`fast.centroid_table`); embeddings: per codebook [bins, dim]; codes [books, rows]; residual:
+   rows * dim floats of scratch. The bins split across the threads, each thread's nearest compared
+   after: the same code as one thread's scan. */
+int rvq_encode(int books, void *const *tables, void *const *embeddings, int bins, int dim, const float *x, int rows,
+               int64_t *codes, float *residual) {
+  if (dim % 16) return -1;
+  for (size_t i = 0; i < (size_t)rows * dim; i++) residual[i] = x[i];
+  for (int r = 0; r < rows; r++) {
+    float *res = residual + (size_t)r * dim;
+    for (int b = 0; b < books; b++) {
+      float x_norm = 0;
+      for (int d = 0; d < dim; d++) x_norm += res[d] * res[d];
+      float best = INFINITY;
+      int at = 0;
+      const int n = threads() > 1 && bins >= 256 ? threads() : 1;
+      float bests[n];
+      int ats[n];
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(n) schedule(static) if (n > 1)
+#endif
+      for (int k = 0; k < n; k++)  /* part k: bins [bins k / n, bins (k + 1) / n) */
+        nearest_part((const float *)tables[b], dim, res, x_norm, (int)((long)bins * k / n),
+                     (int)((long)bins * (k + 1) / n), &bests[k], &ats[k]);
+      for (int k = 0; k < n; k++)
+        if (bests[k] < best) {
+          best = bests[k];
+          at = ats[k];
+        }
+      codes[(size_t)b * rows + r] = at;
+      const float *e = (const float *)embeddings[b] + (size_t)at * dim;
+      for (int d = 0; d < dim; d++) res[d] -= e[d];
+    }
+  }
+  return 0;
+}
