@@ -82,6 +82,7 @@ def report(one_banner: bool = False) -> str:
         f"  cpu cores  {m['cpu_cores']}   ram {m['ram_gib']} GiB   gpu {m['gpu'] or 'none'}",
     ]
     lines += [f"  {p:<12} {_version(p)}" for p in PACKAGES]
+    lines.append(_c_compiler())
     lines.append("compatibility:")
     lines += compatibility()
     lines.append("weights:")
@@ -95,6 +96,17 @@ def report(one_banner: bool = False) -> str:
     else:
         lines += [source.banner() for source in stand_ins]
     return "\n".join(lines)
+
+
+def _c_compiler() -> str:
+    """Whether Mimi's native CPU kernels (`csmlab.codec.native`) can be built here: named, not built."""
+    from csmlab.codec import native
+
+    name, path = native.compiler()
+    if path is None:
+        return (f"  c compiler   none ({name!r} not found): Mimi's CPU stream runs PyTorch's kernels only, "
+                "not csmlab's native ones (install one, e.g. gcc, or set CC)")
+    return f"  c compiler   {path}: csmlab builds Mimi's native CPU kernels with it on first use"
 
 
 def _one_banner(stand_ins) -> str:

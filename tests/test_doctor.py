@@ -20,3 +20,14 @@ def test_a_version_off_its_pin_is_reported_with_the_fix(monkeypatch):
     assert lines[0].strip().startswith(f"{total - 1} of {total}")
     assert any(line.strip().startswith("!! numpy 0.0.1: csmlab is tested with ==") and "make install" in line
                for line in lines)
+
+
+def test_the_c_compiler_for_the_native_kernels_is_named_or_its_absence_explained(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    line = doctor._c_compiler()
+    assert "none" in line and "no-such-cc" in line and "PyTorch's kernels only" in line
+    fake = tmp_path / "mycc"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    assert doctor._c_compiler() == f"  c compiler   {fake}: csmlab builds Mimi's native CPU kernels with it on first use"

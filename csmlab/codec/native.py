@@ -184,15 +184,21 @@ def _references(transformer) -> tuple[list[tuple[dict, str]], list[nn.Module]]:
     return _REFERENCES[transformer]
 
 
+def compiler() -> tuple[str, str | None]:
+    """The C compiler the library is built with (`CC`, else `cc`), and its path (None: not found)."""
+    name = os.environ.get("CC") or "cc"
+    return name, shutil.which(name)
+
+
 @functools.cache
 def _library() -> _Library:
-    compiler = os.environ.get("CC") or "cc"
-    if shutil.which(compiler) is None:
-        return _unavailable(f"no C compiler ({compiler!r} not found; set CC to one)")
+    name, path = compiler()
+    if path is None:
+        return _unavailable(f"no C compiler ({name!r} not found; set CC to one)")
     threaded = _torch_runs_libgomp()
     flags = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC"] + (["-fopenmp"] if threaded else [])
     try:
-        library = ctypes.CDLL(str(_built(compiler, flags)))
+        library = ctypes.CDLL(str(_built(name, flags)))
     except (OSError, subprocess.SubprocessError) as err:
         return _unavailable(f"building {SOURCE.name} failed: {err}")
     pointer, number = ctypes.c_void_p, ctypes.c_int
