@@ -34,7 +34,10 @@ float near-ties (measured in tests/test_codec_equivalence.py).
 Those figures are the AMD EPYC's (AVX2). On an Intel Xeon with AVX-512 and AMX, `F.linear` beat
 `W @ x.T` in situ, for the short convs' products too (`convs.conv1d_linear`, the `flinear-all`
 candidate), and moshi's own path came close to this one (issue 23), so which of these kernels a
-CPU session runs is measured on the host, once (`csmlab.codec.tuning`, `cpu_stream`).
+CPU session runs is measured on the host, once (`csmlab.codec.tuning`, `cpu_stream`). There the
+transformers' small ops still took about a third of their time (each weight product evicts the next
+op's code and data), so the `native` kernels run each transformer call, and the quantizer's search, as
+one C call each (`csmlab.codec.native`, built where a C compiler is at hand).
 
 Threads: a stream runs on the intra-op threads its session was given (`codec.stream(threads=...)`,
 `csmlab.codec.mimi_stream.STREAM_THREADS` when none) and restores the process's setting afterwards.
