@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from csmlab.codec import fast, lean, load_codec, native, tuning
+from csmlab.codec import fast, load_codec, native, tuning
 from csmlab.codec.mimi_stream import _widen_attention_caches
 from csmlab.errors import ConfigError
 
@@ -179,3 +179,22 @@ def test_the_residual_loop_in_c_gives_moshis_codes(n_q, threads):
         for x in latents:
             expected = type(vq).encode(vq, x, n_q)  # moshi's loop, cdist's search
             assert torch.equal(native.rvq_encode(vq, x, n_q), expected)
+
+
+def test_a_row_masked_out_takes_the_lean_step_and_does_not_advance(small_transformer):
+    dim = small_transformer.layers[0].self_attn.embed_dim
+    inputs = _inputs(dim, 2, 10, seed=6)
+
+    def run(use_native):
+        with torch.inference_mode(), small_transformer.streaming(1):
+            _widen_attention_caches(small_transformer, 8)
+            outputs = []
+            for i, x in enumerate(inputs):
+                small_transformer.set_exec_mask(torch.tensor([not 3 <= i <= 5]))
+                step = native.native_forward if use_native else type(small_transformer).forward
+                outputs.append(step(small_transformer, x))
+            return outputs, [t.clone() for t in _tensors(small_transformer.get_streaming_state())]
+
+    (outputs, state), (reference, reference_state) = run(True), run(False)
+    assert all(_close(a, b) for a, b in zip(outputs, reference))
+    assert all(_close(a, b) if a.is_floating_point() else torch.equal(a, b) for a, b in zip(state, reference_state))

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import weakref
 
 import numpy as np
 import torch
@@ -94,30 +93,13 @@ def nearest_codes(codebook, x: torch.Tensor) -> torch.Tensor:
 
     moshi asks `torch.cdist`, which for every call squares, sums and pads the whole codebook
     (2048 x 256 floats) to meet one or two vectors. That half of the product is the same on every
-    call, so it is built once per codebook (`centroid_table`, which also carries cdist's -2); the
+    call, so it is built once per codebook (`lean.centroid_table`, which also carries cdist's -2); the
     other half and the product are the ops `cdist` runs, so the distances are bit-identical (checked
     in tests) and so are the codes.
     """
     x_norm = x.pow(2).sum(-1, keepdim=True)
     rows = torch.cat([x, F.pad(x_norm, (0, 1), value=1.0)], -1)  # [N, D + 2]: x, |x|^2, 1
-    return F.linear(rows, centroid_table(codebook)).clamp_min_(0).sqrt_().argmin(dim=-1)
-
-
-_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # codebook -> (its embedding, table)
-
-
-def centroid_table(codebook) -> torch.Tensor:
-    """`[-2 e, 1, |e|^2]` for every centroid e, [codebook_size, D + 2]: cdist's codebook half. cdist
-    multiplies -2 x by e; x times -2 e is the same product to the bit (a power of two only moves the
-    exponent), and the -2 is then applied once, not on every call.
-
-    Rebuilt when moshi replaces the embedding (training does; inference never)."""
-    embedding = codebook.embedding
-    cached = _TABLES.get(codebook)
-    if cached is None or cached[0] is not embedding:
-        norm = embedding.pow(2).sum(-1, keepdim=True)
-        cached = _TABLES[codebook] = (embedding, torch.cat([embedding.mul(-2), torch.ones_like(norm), norm], -1))
-    return cached[1]
+    return F.linear(rows, lean.centroid_table(codebook)).clamp_min_(0).sqrt_().argmin(dim=-1)
 
 
 def _short_input(gemm, stock, module: nn.Module):

@@ -23,11 +23,14 @@ calls and a handful of properties. A single stream's one row always executes, so
 
 moshi's residual quantizer turns each frame's latent from [B, D, N] to [B, N, D] and back for every
 codebook (two einops rearranges, 8 times a frame); `lean_rvq_encode` and `lean_rvq_decode` turn it once.
+And moshi's nearest-centroid search asks `cdist`, which squares, sums and pads the whole codebook on
+every call; `centroid_table` keeps that half, built once per codebook.
 """
 from __future__ import annotations
 
 import functools
 import math
+import weakref
 
 import torch
 from moshi.modules.conv import StreamingConv1d, StreamingConvTranspose1d
@@ -239,3 +242,20 @@ def lean_rvq_decode(vq, codes: torch.Tensor) -> torch.Tensor:
     for layer, found in zip(vq.layers, codes):
         quantized = quantized + F.embedding(found, layer._codebook.embedding)
     return quantized.transpose(1, 2)
+
+
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # codebook -> (its embedding, table)
+
+
+def centroid_table(codebook) -> torch.Tensor:
+    """`[-2 e, 1, |e|^2]` for every centroid e, [codebook_size, D + 2]: cdist's codebook half. cdist
+    multiplies -2 x by e; x times -2 e is the same product to the bit (a power of two only moves the
+    exponent), and the -2 is then applied once, not on every call.
+
+    Rebuilt when moshi replaces the embedding (training does; inference never)."""
+    embedding = codebook.embedding
+    cached = _TABLES.get(codebook)
+    if cached is None or cached[0] is not embedding:
+        norm = embedding.pow(2).sum(-1, keepdim=True)
+        cached = _TABLES[codebook] = (embedding, torch.cat([embedding.mul(-2), torch.ones_like(norm), norm], -1))
+    return cached[1]

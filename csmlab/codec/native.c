@@ -290,7 +290,7 @@ static void nearest_part(const float *table, int dim, const float *x, float x_no
 
 /* Residual vector quantization of `rows` rows of x [rows, dim]: for each codebook in turn, the nearest
    centroid of what the codebooks before it left, subtracted. tables: per codebook [bins, dim + 2]
-   (`fast.centroid_table`); embeddings: per codebook [bins, dim]; codes [books, rows]; residual:
+   (`lean.centroid_table`); embeddings: per codebook [bins, dim]; codes [books, rows]; residual:
    rows * dim floats of scratch. The bins split across the threads, each thread's nearest compared
    after: the same code as one thread's scan. */
 int rvq_encode(int books, void *const *tables, void *const *embeddings, int bins, int dim, const float *x, int rows,

@@ -1,26 +1,29 @@
-"""Mimi's streaming transformer step in C: every layer of one call in one call, nothing between.
+"""Mimi's streaming transformer call and quantizer search in C: one call each, nothing between.
 
 A streaming frame brings 2 tokens to each of Mimi's two 8-layer transformers. `csmlab.codec.lean` runs
 moshi's arithmetic with as few PyTorch ops as it can (257 per transformer call), and still, on 1
-thread, the ops around the weight products cost about a third of the transformers' time: each product
-streams megabytes through the caches, and the next small op finds its code and data evicted (a GELU
-on 2 tokens: 48 us in a frame, 8 us warm; DEVELOPERS.md, "Where a Mimi CPU frame goes"). Here the
-norms, rotations, cache writes, attention, GELU and residuals of all layers run in `native.c`, with
-the products too (a weight read as a few rows, as fast as `F.linear` in situ), so one call replaces
-them all. On 2 threads the products and the attention heads split across PyTorch's own OpenMP
-threads (the library joins PyTorch's libgomp; where PyTorch runs another runtime it is built
-single-threaded rather than start a second pool).
+thread, the ops around the weight products took about a third of the transformers' time: each
+product streams megabytes through the caches, and the next small op finds its code and data evicted
+(a GELU on 2 tokens: 48 us in a frame, 8 us warm; DEVELOPERS.md, "Where a Mimi CPU frame goes").
+`native_forward` runs the norms, products, rotations, cache writes, attention, GELU and residuals of
+all layers in `native.c`, one call per transformer call; `rvq_encode` runs the quantizer's residual
+loop, 8 nearest-centroid searches, in one call. Frames taking turns with `by-shape` (Intel Xeon,
+full-size Mimi): 1 thread 52.4 -> 42.4 ms a frame, 2 threads 32.0 -> 26.4. On 2 threads the
+products, attention heads and centroid blocks split across PyTorch's own OpenMP threads (the
+library binds to PyTorch's libgomp; where PyTorch runs another runtime it is built single-threaded
+rather than start a second pool), each output computed whole by one thread: the same bits on 1 and 2.
 
-The arithmetic is moshi's, in another order: outputs agree to float rounding, not bit for bit, and a
-stream's codes equal the batch path's (tested with the small trained Mimi). It serves one stream
-whose row always executes (the exec mask is not read), fp32 on the CPU, the layer shape `supports`
-checks. The kernel set `native` (`csmlab.codec.tuning`) uses it; the tuning picks it only where it
-measured faster.
+The arithmetic is moshi's in another order: outputs agree to float rounding, not bit for bit, and a
+stream's codes equal the batch path's (tests: the small trained Mimi, full-size offline Mimi). It
+serves one stream whose one row executes, fp32 on the CPU, the layer shape `supports` checks;
+anything else (several rows, a row masked out, a model moved off the CPU or out of fp32 since its
+stream was made: checked at every call) takes the lean step. The kernel set `native`
+(`csmlab.codec.tuning`) uses both; the tuning picks it only where it measured fastest.
 
 The library is built on first use with the system's C compiler (`CC`, else `cc`) for this processor
 (-march=native), once, into `<csmlab cache>/native/` under a key of the source, the compiler and the
-processor. Without a compiler `available()` is False, `unavailable_reason()` says why, and the other
-kernel sets run.
+processor. Without a compiler `available()` is False, `unavailable_reason()` says why (so does
+`csmlab doctor`), and the other kernel sets run.
 """
 from __future__ import annotations
 
@@ -85,7 +88,7 @@ def supports(transformer) -> bool:
         and all(m.bias is None for m in (layer.linear1, layer.linear2, layer.self_attn.in_projs[0],
                                          layer.self_attn.out_projs[0]))
         and layer.self_attn.embed_dim == dim and layer.self_attn.num_heads == heads
-        and layer.self_attn.rope.max_period == first.rope.max_period
+        and layer.self_attn.rope.max_period == first.rope.max_period and layer.self_attn.context == first.context
         and layer.linear1.out_features == layers[0].linear1.out_features
         for layer in layers) and all(
         p.dtype == torch.float32 and p.device.type == "cpu" for p in transformer.parameters()) and (
@@ -94,14 +97,15 @@ def supports(transformer) -> bool:
 
 def native_forward(transformer, x: torch.Tensor) -> torch.Tensor:
     """`transformer(x)` while streaming one row, [1, T, C] -> [1, T, C]; `lean_forward` otherwise
-    (not streaming, several rows, more than `MAX_STEPS` tokens, a cache too large)."""
+    (not streaming, several rows or a row masked out, more than `MAX_STEPS` tokens, a cache too large,
+    not fp32 on the CPU: checked at every call, a model can move after its stream was made)."""
     state, step = transformer._streaming_state, _library().step
     attn = transformer.layers[0].self_attn
     if (step is None or state is None or x.shape[0] != 1 or state.exec_mask.shape[0] != 1
-            or not 1 <= x.shape[1] <= MAX_STEPS or x.dtype != torch.float32):
+            or not 1 <= x.shape[1] <= MAX_STEPS or x.dtype != torch.float32 or x.device.type != "cpu"):
         return lean.lean_forward(transformer, x)
     cache = attn._streaming_state.kv_cache
-    if cache.capacity > MAX_CAPACITY:
+    if cache.capacity > MAX_CAPACITY or cache.cache.dtype != torch.float32 or not state.exec_mask.item():
         return lean.lean_forward(transformer, x)
     steps, dim, hidden = x.shape[1], x.shape[2], transformer.layers[0].linear1.out_features
     out = x.contiguous().clone()  # [1, T, C], updated in place
@@ -130,17 +134,18 @@ def rvq_encode(vq, x: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
 
     Why: on 1 thread the 8 codebooks' searches took 3.1 ms of a frame as PyTorch ops (6 ops each,
     around reading 2 MB per codebook), 2.0 on 2 threads. The distances are cdist's formula on
-    `fast.centroid_table`'s rows, summed in another order: a code can differ from moshi's only
+    `lean.centroid_table`'s rows, summed in another order: a code can differ from moshi's only
     where two centroids are as near as float rounding (the tests compare codes)."""
-    from csmlab.codec.fast import centroid_table  # fast imports this module
-
     rvq = _library().rvq
-    if rvq is None or x.dtype != torch.float32:
+    if rvq is None or x.dtype != torch.float32 or x.device.type != "cpu":
         return lean.lean_rvq_encode(vq, x, n_q)
     layers = vq.layers[: n_q or len(vq.layers)]
+    if any(layer._codebook.embedding.dtype != torch.float32 or layer._codebook.embedding.device != x.device
+           for layer in layers):
+        return lean.lean_rvq_encode(vq, x, n_q)
     rows = x.transpose(1, 2).reshape(-1, x.shape[1]).contiguous()  # [B * N, D]
     bins, dim = layers[0]._codebook.embedding.shape
-    tables = [centroid_table(layer._codebook) for layer in layers]
+    tables = [lean.centroid_table(layer._codebook) for layer in layers]
     embeddings = [layer._codebook.embedding.contiguous() for layer in layers]
     codes = torch.empty(len(layers), rows.shape[0], dtype=torch.long)
     residual = torch.empty_like(rows)
