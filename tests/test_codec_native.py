@@ -198,3 +198,27 @@ def test_a_row_masked_out_takes_the_lean_step_and_does_not_advance(small_transfo
     (outputs, state), (reference, reference_state) = run(True), run(False)
     assert all(_close(a, b) for a, b in zip(outputs, reference))
     assert all(_close(a, b) if a.is_floating_point() else torch.equal(a, b) for a, b in zip(state, reference_state))
+
+
+def test_an_int8_mimi_keeps_the_lean_step_and_streams():
+    """int8 linears (csmlab.codec.precision) subclass nn.Linear with a placeholder weight: native.c would
+    read it as a full matrix (it crashed once), so such a transformer is not native's."""
+    codec = load_codec(8, listen=True, precision="int8")
+    model = codec.backend.model
+    assert not native.supports(model.decoder_transformer.transformer)
+    audio = np.random.default_rng(7).normal(0, 0.1, 1920 * 3).astype(np.float32)
+    stream = fast.stream_of("native", model, threads=1)
+    codes = np.concatenate([stream.encode(audio[i: i + 1920]) for i in range(0, len(audio), 1920)], axis=1)
+    assert codes.shape == (8, 3) and stream.decode(codes).shape == (1920 * 3,)
+
+
+def test_a_weight_replaced_by_one_of_another_size_is_an_error_not_a_crash(small_transformer):
+    layer = small_transformer.layers[0]
+    saved = layer.linear2.weight
+    dim = layer.self_attn.embed_dim
+    try:
+        layer.linear2.weight = torch.nn.Parameter(saved.detach()[:, : saved.shape[1] // 2].contiguous())
+        with pytest.raises(ValueError, match="make a new stream"):
+            _stream(small_transformer, _inputs(dim, 2, 2, seed=8), lambda i: True)
+    finally:
+        layer.linear2.weight = saved

@@ -82,6 +82,8 @@ def supports(transformer) -> bool:
     dim, heads = first.embed_dim, first.num_heads
     return all(
         type(layer.norm1) is nn.LayerNorm and type(layer.norm2) is nn.LayerNorm
+        and all(type(m) is nn.Linear for m in (layer.linear1, layer.linear2, layer.self_attn.in_projs[0],
+                                              layer.self_attn.out_projs[0]))  # not int8 ones (csmlab.codec.precision)
         and layer.norm1.eps == layers[0].norm1.eps == layer.norm2.eps
         and all(hasattr(s, "scale") and s.channel_last for s in (layer.layer_scale_1, layer.layer_scale_2))
         and layer.activation is F.gelu
@@ -158,11 +160,15 @@ def rvq_encode(vq, x: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
 
 def _pointers(transformer) -> list[int]:
     """Each layer's parameters and ring cache, in native.c's order, read at every call: a weight
-    replaced, reloaded or moved is followed, never a stale address."""
-    refs, attentions = _references(transformer)
+    replaced, reloaded or moved is followed, never a stale address. C reads raw memory, so each tensor's
+    size, type, layout and place are checked first: a mismatch is an error, not a crash."""
+    refs, sizes, attentions = _references(transformer)
     tensors = [params[name] for params, name in refs]
     caches = [vars(attn)["_streaming_state"].kv_cache.cache for attn in attentions]  # the session's own
-    assert all(t.is_contiguous() for t in tensors + caches), "native.c reads each tensor as one contiguous block"
+    if not all(t.numel() == n and t.dtype == torch.float32 and t.is_contiguous() and not t.is_cuda
+               for t, n in zip(tensors + caches, sizes + [caches[0].numel()] * len(caches))):
+        raise ValueError("a transformer parameter changed size, type, layout or device after its stream was made: "
+                         "make a new stream (codec.stream())")
     pointers = [t.data_ptr() for t in tensors]
     for i, cache in enumerate(caches):
         pointers.insert(PARAMS * i + PARAMS - 1, cache.data_ptr())
@@ -172,20 +178,24 @@ def _pointers(transformer) -> list[int]:
 _REFERENCES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _references(transformer) -> tuple[list[tuple[dict, str]], list[nn.Module]]:
+def _references(transformer) -> tuple[list[tuple[dict, str]], list[int], list[nn.Module]]:
     """Where each layer's parameters live ((the module's parameter dict, name), in native.c's order, the
-    cache left out) and its attention modules: found once per transformer, so that a call reads each
-    parameter with one dict lookup (walking the modules' attributes took 120 us a call)."""
+    cache left out), the number of floats native.c reads from each, and the attention modules: found
+    once per transformer, so that a call reads each parameter with one dict lookup (walking the
+    modules' attributes took 120 us a call)."""
     if transformer not in _REFERENCES:
-        refs = []
+        refs, sizes = [], []
         for layer in transformer.layers:
             attn = layer.self_attn
-            for module, name in ((layer.norm1, "weight"), (layer.norm1, "bias"), (attn.in_projs[0], "weight"),
-                                 (attn.out_projs[0], "weight"), (layer.layer_scale_1, "scale"),
-                                 (layer.norm2, "weight"), (layer.norm2, "bias"), (layer.linear1, "weight"),
-                                 (layer.linear2, "weight"), (layer.layer_scale_2, "scale")):
+            dim, hidden = attn.embed_dim, layer.linear1.out_features
+            for module, name, size in ((layer.norm1, "weight", dim), (layer.norm1, "bias", dim),
+                                       (attn.in_projs[0], "weight", 3 * dim * dim), (attn.out_projs[0], "weight", dim * dim),
+                                       (layer.layer_scale_1, "scale", dim), (layer.norm2, "weight", dim),
+                                       (layer.norm2, "bias", dim), (layer.linear1, "weight", hidden * dim),
+                                       (layer.linear2, "weight", dim * hidden), (layer.layer_scale_2, "scale", dim)):
                 refs.append((module._parameters, name))
-        _REFERENCES[transformer] = (refs, [layer.self_attn for layer in transformer.layers])
+                sizes.append(size)
+        _REFERENCES[transformer] = (refs, sizes, [layer.self_attn for layer in transformer.layers])
     return _REFERENCES[transformer]
 
 
