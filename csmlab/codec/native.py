@@ -142,11 +142,11 @@ def rvq_encode(vq, x: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
     if rvq is None or x.dtype != torch.float32 or x.device.type != "cpu":
         return lean.lean_rvq_encode(vq, x, n_q)
     layers = vq.layers[: n_q or len(vq.layers)]
-    if any(layer._codebook.embedding.dtype != torch.float32 or layer._codebook.embedding.device != x.device
-           for layer in layers):
-        return lean.lean_rvq_encode(vq, x, n_q)
-    rows = x.transpose(1, 2).reshape(-1, x.shape[1]).contiguous()  # [B * N, D]
     bins, dim = layers[0]._codebook.embedding.shape
+    if any(e.dtype != torch.float32 or e.device != x.device or e.shape != (bins, dim)  # what C reads: checked
+           for e in (layer._codebook.embedding for layer in layers)) or x.shape[1] != dim:
+        return lean.lean_rvq_encode(vq, x, n_q)
+    rows = x.transpose(1, 2).reshape(-1, dim).contiguous()  # [B * N, D]
     tables = [lean.centroid_table(layer._codebook) for layer in layers]
     embeddings = [layer._codebook.embedding.contiguous() for layer in layers]
     codes = torch.empty(len(layers), rows.shape[0], dtype=torch.long)
