@@ -3,12 +3,14 @@ state moshi's would (so the two can take turns), follows new weights, gives the 
 threads, falls back where it does not apply, and says why when it cannot be built."""
 import os
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from csmlab.codec import fast, load_codec, native, tuning
+from csmlab.codec import fast, lean, load_codec, native, tuning
 from csmlab.codec.mimi_stream import _widen_attention_caches
 from csmlab.errors import ConfigError
 
@@ -25,12 +27,23 @@ def small_transformer():
     return transformer
 
 
-def _stream(transformer, inputs, use_native, rows: int = 1):
+@pytest.fixture
+def native_only(monkeypatch):
+    """The lean steps made to fail: a test that says native ran cannot pass on a silent fallback."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the lean step ran where native's should have")
+
+    monkeypatch.setattr(lean, "lean_forward", refuse)
+    monkeypatch.setattr(lean, "lean_rvq_encode", refuse)
+
+
+def _stream(transformer, inputs, use_native, rows: int = 1, widen: bool = True):
     """`transformer` stepped over `inputs` in one streaming context, its caches widened as a session
     widens them; `use_native(i)` picks native's step, else moshi's. Returns the outputs and every
     streaming tensor at the end (ring caches, offsets)."""
     with torch.inference_mode(), transformer.streaming(rows):
-        _widen_attention_caches(transformer, 8)
+        if widen:
+            _widen_attention_caches(transformer, 8)
         outputs = [native.native_forward(transformer, x) if use_native(i) else type(transformer).forward(transformer, x)
                    for i, x in enumerate(inputs)]
         return outputs, [t.clone() for t in _tensors(transformer.get_streaming_state())]
@@ -56,8 +69,8 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and bool(((a - b).abs().max() <= 1e-5 * (1 + b.abs().max())).item())
 
 
-@pytest.mark.parametrize("tokens", [1, 2, 4])
-def test_the_native_step_agrees_with_moshis_and_leaves_its_state(small_transformer, tokens):
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4])
+def test_the_native_step_agrees_with_moshis_and_leaves_its_state(small_transformer, tokens, monkeypatch):
     dim = small_transformer.layers[0].self_attn.embed_dim
     inputs = _inputs(dim, tokens, 64 // tokens + 8)  # past the 32-step window: the ring wraps
     reference, reference_state = _stream(small_transformer, inputs, lambda i: False)
@@ -69,8 +82,31 @@ def test_the_native_step_agrees_with_moshis_and_leaves_its_state(small_transform
         assert all(_close(a, b) if a.is_floating_point() else torch.equal(a, b) for a, b in zip(state, reference_state))
 
 
-def test_the_same_bits_on_one_thread_and_on_two(small_transformer):
+@pytest.mark.parametrize("widen", [True, False])
+def test_with_full_weight_residuals_a_slip_in_attention_would_show(small_transformer, widen, native_only):
+    """LayerScale starts at 0.01, which hides a branch's errors under the residual: here scaled to 1
+    (and without the session's wider caches too: capacity = context, moshi's own size)."""
+    scales = [s.scale for layer in small_transformer.layers for s in (layer.layer_scale_1, layer.layer_scale_2)]
+    saved = [s.detach().clone() for s in scales]
+    dim = small_transformer.layers[0].self_attn.embed_dim
+    inputs = _inputs(dim, 2, 40, seed=9)
+    try:
+        with torch.no_grad():
+            for s in scales:
+                s.fill_(1.0)
+        outputs, _ = _stream(small_transformer, inputs, lambda i: True, widen=widen)
+        reference, _ = _stream(small_transformer, inputs, lambda i: False, widen=widen)
+        assert all(_close(a, b) for a, b in zip(outputs, reference))
+    finally:
+        with torch.no_grad():
+            for s, value in zip(scales, saved):
+                s.copy_(value)
+
+
+def test_the_same_bits_on_one_thread_and_on_two(small_transformer, native_only):
     """Each thread computes whole outputs (weight rows, attention heads) in one order: no sum is split."""
+    if not native._library().threaded:
+        pytest.skip("a build without OpenMP: one thread only")
     dim = small_transformer.layers[0].self_attn.embed_dim
     inputs = _inputs(dim, 2, 24, seed=1)
     with torch_threads(1):
@@ -89,7 +125,7 @@ def test_several_rows_or_many_tokens_take_the_lean_step_which_is_moshis(small_tr
     assert all(torch.equal(a, b) for a, b in zip(outputs, reference))
 
 
-def test_a_replaced_or_reloaded_weight_is_read_at_the_next_call(small_transformer):
+def test_a_replaced_or_reloaded_weight_is_read_at_the_next_call(small_transformer, native_only):
     layer = small_transformer.layers[-1]
     saved = {name: p.detach().clone() for name, p in layer.named_parameters()}
     dim = layer.self_attn.embed_dim
@@ -107,7 +143,7 @@ def test_a_replaced_or_reloaded_weight_is_read_at_the_next_call(small_transforme
             layer.norm2.weight.copy_(saved["norm2.weight"])
 
 
-def test_a_full_size_mimi_session_streams_the_batch_paths_codes():
+def test_a_full_size_mimi_session_streams_the_batch_paths_codes(native_only):
     """The released Mimi's shapes (offline weights): 8 layers, 8 heads of 64, a 250-step context."""
     if not native.available():
         pytest.skip(f"no native step here: {native.unavailable_reason()}")
@@ -164,7 +200,7 @@ def test_the_library_is_built_once_per_machine_and_reused(rebuilt):
 
 @pytest.mark.parametrize("n_q", [None, 1, 3])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_the_residual_loop_in_c_gives_moshis_codes(n_q, threads):
+def test_the_residual_loop_in_c_gives_moshis_codes(n_q, threads, native_only):
     """Latents of the small trained Mimi's encoder (the quantizer's own input), several rows at once."""
     if not native.available():
         pytest.skip(f"no native step here: {native.unavailable_reason()}")
@@ -222,3 +258,48 @@ def test_a_weight_replaced_by_one_of_another_size_is_an_error_not_a_crash(small_
             _stream(small_transformer, _inputs(dim, 2, 2, seed=8), lambda i: True)
     finally:
         layer.linear2.weight = saved
+
+
+def test_a_cache_larger_than_native_takes_or_a_swapped_layer_sends_the_call_to_the_lean_step(small_transformer,
+                                                                                           monkeypatch):
+    dim = small_transformer.layers[0].self_attn.embed_dim
+    inputs = _inputs(dim, 2, 6, seed=10)
+    reference, _ = _stream(small_transformer, inputs, lambda i: False)
+    monkeypatch.setattr(native, "MAX_CAPACITY", 8)  # below the widened cache's 39 slots
+    outputs, _ = _stream(small_transformer, inputs, lambda i: True)
+    assert all(torch.equal(a, b) for a, b in zip(outputs, reference))  # the lean step is moshi's, to the bit
+    monkeypatch.undo()
+    layer = small_transformer.layers[0]
+    original = layer.linear1
+    try:
+        layer.linear1 = _Doubled(original)  # a kind native.c does not compute, swapped in after a first call
+        swapped_outputs, _ = _stream(small_transformer, inputs, lambda i: True)
+        swapped_reference, _ = _stream(small_transformer, inputs, lambda i: False)
+        assert all(torch.equal(a, b) for a, b in zip(swapped_outputs, swapped_reference))
+    finally:
+        layer.linear1 = original
+    outputs, _ = _stream(small_transformer, inputs, lambda i: True)
+    assert all(_close(a, b) for a, b in zip(outputs, reference)) and not torch.equal(outputs[-1], reference[-1])
+
+
+class _Doubled(torch.nn.Linear):
+    """A Linear whose output is doubled: another kind of layer, with the same weight."""
+
+    def __init__(self, linear):
+        super().__init__(linear.in_features, linear.out_features, bias=False)
+        self.weight = linear.weight
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_the_threaded_build_joins_pytorchs_openmp_runtime_and_starts_no_other():
+    """In a fresh process (here other libraries bring their own libgomp: sentencepiece's wheel does)."""
+    if not native._library().threaded:
+        pytest.skip("a build without OpenMP here")
+    probe = ("import torch; from csmlab.codec import native; before = native._openmp_runtimes(); "
+             "assert native._library().threaded; print(sorted(native._openmp_runtimes() - before), "
+             "any(r.endswith('/torch/lib/libgomp.so.1') for r in before))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[]", "True"]  # none added; PyTorch's own was there before

@@ -19,17 +19,11 @@
 #define SIDE 8       /* weight rows read side by side: that many memory streams in flight */
 #define AHEAD 256    /* how far ahead in a weight row to prefetch, in floats */
 #define PARAMS 11    /* pointers per layer, in native.py's order */
+#define MAX_CAPACITY 4096  /* ring-cache slots: each attention head keeps a row of weights per query on its stack */
 
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4)));  /* any float address */
 
-static int threads(void) {
-#ifdef _OPENMP
-  return omp_get_max_threads();  /* the calling thread's count: torch.set_num_threads sets it */
-#else
-  return 1;
-#endif
-}
 
 static inline float lanes_sum(v16 a) {
   float s = 0;
@@ -60,7 +54,7 @@ rows_times(const int R, const float *x, const float *w, float *y, int out, int i
 }
 
 static void rows_part(int rows, const float *x, const float *w, float *y, int out, int in, int lo, int hi) {
-  switch (rows) {  /* a constant R for each: the accumulators stay in registers */
+  switch (rows) {  /* a constant R for each: the compiler unrolls the loops over rows */
     case 1: rows_times(1, x, w, y, out, in, lo, hi); break;
     case 2: rows_times(2, x, w, y, out, in, lo, hi); break;
     case 3: rows_times(3, x, w, y, out, in, lo, hi); break;
@@ -68,14 +62,14 @@ static void rows_part(int rows, const float *x, const float *w, float *y, int ou
   }
 }
 
-/* y [rows, out] = x [rows, in] @ w.T, the weight's rows split across the threads in blocks of SIDE. */
-static void linear(int rows, const float *x, const float *w, float *y, int out, int in) {
-  if (threads() == 1) {
+/* y [rows, out] = x [rows, in] @ w.T, the weight's rows split across `threads` threads in blocks of SIDE. */
+static void linear(int threads, int rows, const float *x, const float *w, float *y, int out, int in) {
+  if (threads <= 1) {
     rows_part(rows, x, w, y, out, in, 0, out);
     return;
   }
 #ifdef _OPENMP
-#pragma omp parallel
+#pragma omp parallel num_threads(threads)
   {
     const int n = omp_get_num_threads(), id = omp_get_thread_num(), blocks = (out + SIDE - 1) / SIDE;
     const int lo = (int)((long)blocks * id / n) * SIDE, hi = (int)((long)blocks * (id + 1) / n) * SIDE;
@@ -83,6 +77,9 @@ static void linear(int rows, const float *x, const float *w, float *y, int out, 
   }
 #endif
 }
+
+/* The sizes this build was made for, which native.py checks against its own on loading. */
+int limits(int which) { return which == 0 ? MAX_STEPS : which == 1 ? PARAMS : MAX_CAPACITY; }
 
 /* y = LayerNorm(x) over each of `steps` rows of `dim` */
 static void norm(const float *x, const float *weight, const float *bias, float *y, int steps, int dim, float eps) {
@@ -151,7 +148,9 @@ static inline float dot(const float *a, const float *b, int n) {  /* n % 16 == 0
 }
 
 /* One head of causal attention for `steps` queries against the whole ring cache: keys and values
-   [capacity, hd]; seen [steps, capacity] says which slots each query may see; out [steps, heads, hd]. */
+   [capacity, hd]; seen [steps, capacity] says which slots each query may see; out [steps, heads, hd].
+   A query always sees its own key (written first); a query that saw nothing would give NaN, as
+   PyTorch's attention does on a row masked out entirely. */
 static void attend_head(const float *qkv, const float *keys, const float *values, const unsigned char *seen,
                         float *out, int steps, int heads, int hd, int capacity, int h) {
   const float scale = 1.0f / sqrtf((float)hd);
@@ -187,8 +186,8 @@ static void attend_head(const float *qkv, const float *keys, const float *values
 }
 
 /* Rotate queries and keys (interleaved RoPE), write keys and values at this call's slots, attend. */
-static void attention(float *qkv, const float *rotation, float *cache, const int64_t *slots, const unsigned char *seen,
-                      float *out, int steps, int heads, int hd, int capacity) {
+static void attention(int threads, float *qkv, const float *rotation, float *cache, const int64_t *slots,
+                      const unsigned char *seen, float *out, int steps, int heads, int hd, int capacity) {
   for (int t = 0; t < steps; t++)
     for (int part = 0; part < 2; part++)  /* queries, keys */
       for (int h = 0; h < heads; h++) {
@@ -208,7 +207,7 @@ static void attention(float *qkv, const float *rotation, float *cache, const int
         values[((size_t)h * capacity + slots[t]) * hd + d] = qkv[(((size_t)t * 3 + 2) * heads + h) * hd + d];
       }
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (threads() > 1)
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
 #endif
   for (int h = 0; h < heads; h++)
     attend_head(qkv, keys + (size_t)h * capacity * hd, values + (size_t)h * capacity * hd, seen, out, steps, heads,
@@ -229,16 +228,17 @@ static void visible(unsigned char *seen, int64_t offset, int64_t end, int steps,
   }
 }
 
-/* x [steps, dim] in place through `layers` layers. params: PARAMS pointers per layer (norm1 weight,
+/* x [steps, dim] in place through `layers` layers, on `threads` threads. params: PARAMS pointers per layer (norm1 weight,
    norm1 bias, in_proj, out_proj, scale1, norm2 weight, norm2 bias, linear1, linear2, scale2, cache).
    scratch: steps * (5 * dim + hidden) floats. offset, end: the positions before this call (moshi's
    state.offset and kv_cache.end_offset); frequencies: RoPE's, [hd / 2]. Returns 0, or -1 for sizes
    it was not built for (native.py checks them first). */
-int transformer_step(int layers, void *const *params, float *x, float *scratch, int steps, int dim, int heads,
-                     int hidden, int capacity, int context, int64_t offset, int64_t end, const float *frequencies,
-                     float eps) {
+int transformer_step(int threads, int layers, void *const *params, float *x, float *scratch, int steps, int dim,
+                     int heads, int hidden, int capacity, int context, int64_t offset, int64_t end,
+                     const float *frequencies, float eps) {
   const int hd = dim / heads;
-  if (steps < 1 || steps > MAX_STEPS || dim % heads || hd % 16 || dim % 16 || hidden % 16) return -1;
+  if (steps < 1 || steps > MAX_STEPS || dim % heads || hd % 16 || dim % 16 || hidden % 16 || capacity > MAX_CAPACITY)
+    return -1;
   float *h = scratch, *qkv = h + (size_t)steps * dim, *att = qkv + (size_t)3 * steps * dim,
         *hid = att + (size_t)steps * dim;
   float rotation[MAX_STEPS][hd];
@@ -257,14 +257,14 @@ int transformer_step(int layers, void *const *params, float *x, float *scratch, 
   for (int l = 0; l < layers; l++) {
     const float *const *p = (const float *const *)(params + (size_t)l * PARAMS);
     norm(x, p[0], p[1], h, steps, dim, eps);
-    linear(steps, h, p[2], qkv, 3 * dim, dim);
-    attention(qkv, &rotation[0][0], (float *)p[10], slots, seen, att, steps, heads, hd, capacity);
-    linear(steps, att, p[3], h, dim, dim);
+    linear(threads, steps, h, p[2], qkv, 3 * dim, dim);
+    attention(threads, qkv, &rotation[0][0], (float *)p[10], slots, seen, att, steps, heads, hd, capacity);
+    linear(threads, steps, att, p[3], h, dim, dim);
     add_scaled(x, h, p[4], steps, dim);
     norm(x, p[5], p[6], h, steps, dim, eps);
-    linear(steps, h, p[7], hid, hidden, dim);
+    linear(threads, steps, h, p[7], hid, hidden, dim);
     gelu(hid, steps * hidden);
-    linear(steps, hid, p[8], h, dim, hidden);
+    linear(threads, steps, hid, p[8], h, dim, hidden);
     add_scaled(x, h, p[9], steps, dim);
   }
   return 0;
@@ -291,10 +291,10 @@ static void nearest_part(const float *table, int dim, const float *x, float x_no
 /* Residual vector quantization of `rows` rows of x [rows, dim]: for each codebook in turn, the nearest
    centroid of what the codebooks before it left, subtracted. tables: per codebook [bins, dim + 2]
    (`lean.centroid_table`); embeddings: per codebook [bins, dim]; codes [books, rows]; residual:
-   rows * dim floats of scratch. The bins split across the threads, each thread's nearest compared
+   rows * dim floats of scratch. The bins split across `threads` threads, each thread's nearest compared
    after: the same code as one thread's scan. */
-int rvq_encode(int books, void *const *tables, void *const *embeddings, int bins, int dim, const float *x, int rows,
-               int64_t *codes, float *residual) {
+int rvq_encode(int threads, int books, void *const *tables, void *const *embeddings, int bins, int dim,
+               const float *x, int rows, int64_t *codes, float *residual) {
   if (dim % 16) return -1;
   for (size_t i = 0; i < (size_t)rows * dim; i++) residual[i] = x[i];
   for (int r = 0; r < rows; r++) {
@@ -304,7 +304,7 @@ int rvq_encode(int books, void *const *tables, void *const *embeddings, int bins
       for (int d = 0; d < dim; d++) x_norm += res[d] * res[d];
       float best = INFINITY;
       int at = 0;
-      const int n = threads() > 1 && bins >= 256 ? threads() : 1;
+      const int n = threads > 1 && bins >= 256 ? threads : 1;
       float bests[n];
       int ats[n];
 #ifdef _OPENMP

@@ -17,7 +17,9 @@ The arithmetic is moshi's in another order: outputs agree to float rounding, not
 stream's codes equal the batch path's (tests: the small trained Mimi, full-size offline Mimi). It
 serves one stream whose one row executes, fp32 on the CPU, the layer shape `supports` checks;
 anything else (several rows, a row masked out, a model moved off the CPU or out of fp32 since its
-stream was made: checked at every call) takes the lean step. The kernel set `native`
+stream was made, a layer swapped for another kind: checked at every call) takes the lean step. C
+reads raw memory, so every tensor it reads is checked for size, type, layout and place at every
+call; a parameter replaced by one of another size is an error, not a crash. The kernel set `native`
 (`csmlab.codec.tuning`) uses both; the tuning picks it only where it measured fastest.
 
 The library is built on first use with the system's C compiler (`CC`, else `cc`) for this processor
@@ -51,8 +53,9 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native.c")
 MAX_STEPS = 4  # native.c's MAX_STEPS: tokens per call
-MAX_CAPACITY = 4096  # ring-cache slots: each attention head keeps a row of weights per query on its stack
-PARAMS = 11  # pointers per layer, in native.c's order
+MAX_CAPACITY = 4096  # native.c's MAX_CAPACITY: ring-cache slots (each head keeps a row of weights per query on its stack)
+PARAMS = 11  # native.c's PARAMS: pointers per layer, in `_Plan`'s order
+OPENMP_RUNTIMES = ("libgomp", "libomp", "libiomp")
 
 
 class _Library:
@@ -60,6 +63,10 @@ class _Library:
 
     def __init__(self, step=None, rvq=None, reason: str = "", threaded: bool = False):
         self.step, self.rvq, self.reason, self.threaded = step, rvq, reason, threaded
+
+    def threads(self) -> int:
+        """Threads a call may use: PyTorch's count for the calling thread, 1 for a build without OpenMP."""
+        return torch.get_num_threads() if self.threaded else 1
 
 
 def available() -> bool:
@@ -74,52 +81,124 @@ def unavailable_reason() -> str:
 
 def supports(transformer) -> bool:
     """Whether `transformer` (moshi's `StreamingTransformer`) is a shape `native.c` runs: `lean.supports`'s
-    layer, LayerNorms, LayerScales, exact GELU, linears without bias, fp32 on the CPU, sizes in 16s."""
+    layers, each with plain LayerNorms, LayerScales, exact GELU and bias-free `nn.Linear`s (not int8
+    ones, `csmlab.codec.precision`), all alike, fp32 on the CPU, sizes in 16s."""
     layers = transformer.layers
     if not layers or not lean.supports(transformer):
         return False
-    first = layers[0].self_attn
-    dim, heads = first.embed_dim, first.num_heads
-    return all(
-        type(layer.norm1) is nn.LayerNorm and type(layer.norm2) is nn.LayerNorm
-        and all(type(m) is nn.Linear for m in (layer.linear1, layer.linear2, layer.self_attn.in_projs[0],
-                                              layer.self_attn.out_projs[0]))  # not int8 ones (csmlab.codec.precision)
-        and layer.norm1.eps == layers[0].norm1.eps == layer.norm2.eps
-        and all(hasattr(s, "scale") and s.channel_last for s in (layer.layer_scale_1, layer.layer_scale_2))
-        and layer.activation is F.gelu
-        and all(m.bias is None for m in (layer.linear1, layer.linear2, layer.self_attn.in_projs[0],
-                                         layer.self_attn.out_projs[0]))
-        and layer.self_attn.embed_dim == dim and layer.self_attn.num_heads == heads
-        and layer.self_attn.rope.max_period == first.rope.max_period and layer.self_attn.context == first.context
-        and layer.linear1.out_features == layers[0].linear1.out_features
-        for layer in layers) and all(
-        p.dtype == torch.float32 and p.device.type == "cpu" for p in transformer.parameters()) and (
-        dim % heads == 0 and (dim // heads) % 16 == 0 and layers[0].linear1.out_features % 16 == 0)
+    first, hidden = layers[0], layers[0].linear1.out_features
+    dim, heads = first.self_attn.embed_dim, first.self_attn.num_heads
+    return (all(_layer_fits(layer, first) for layer in layers)
+            and all(p.dtype == torch.float32 and p.device.type == "cpu" for p in transformer.parameters())
+            and dim % heads == 0 and (dim // heads) % 16 == 0 and hidden % 16 == 0)
+
+
+def _layer_fits(layer, first) -> bool:
+    """`layer` is the kind native.c computes, with `first`'s sizes and settings."""
+    attn, linears = layer.self_attn, (layer.linear1, layer.linear2, layer.self_attn.in_projs[0],
+                                      layer.self_attn.out_projs[0])
+    return (all(type(m) is nn.Linear and m.bias is None for m in linears)
+            and type(layer.norm1) is nn.LayerNorm and type(layer.norm2) is nn.LayerNorm
+            and layer.norm1.eps == layer.norm2.eps == first.norm1.eps
+            and all(hasattr(s, "scale") and s.channel_last for s in (layer.layer_scale_1, layer.layer_scale_2))
+            and layer.activation is F.gelu and layer.linear1.out_features == first.linear1.out_features
+            and (attn.embed_dim, attn.num_heads, attn.context, attn.rope.max_period)
+            == (first.self_attn.embed_dim, first.self_attn.num_heads, first.self_attn.context,
+                first.self_attn.rope.max_period))
 
 
 def native_forward(transformer, x: torch.Tensor) -> torch.Tensor:
     """`transformer(x)` while streaming one row, [1, T, C] -> [1, T, C]; `lean_forward` otherwise
     (not streaming, several rows or a row masked out, more than `MAX_STEPS` tokens, a cache too large,
-    not fp32 on the CPU: checked at every call, a model can move after its stream was made)."""
-    state, step = transformer._streaming_state, _library().step
-    attn = transformer.layers[0].self_attn
-    if (step is None or state is None or x.shape[0] != 1 or state.exec_mask.shape[0] != 1
-            or not 1 <= x.shape[1] <= MAX_STEPS or x.dtype != torch.float32 or x.device.type != "cpu"):
+    not fp32 on the CPU, a layer swapped for a kind `supports` refuses: checked at every call)."""
+    library, state, plan = _library(), transformer._streaming_state, _plan(transformer)
+    if library.step is None or plan is None or state is None or not _one_row(state, x, plan.dim):
         return lean.lean_forward(transformer, x)
+    attn, steps = transformer.layers[0].self_attn, x.shape[1]
     cache = attn._streaming_state.kv_cache
-    if cache.capacity > MAX_CAPACITY or cache.cache.dtype != torch.float32 or not state.exec_mask.item():
+    if cache.capacity > MAX_CAPACITY:
         return lean.lean_forward(transformer, x)
-    steps, dim, hidden = x.shape[1], x.shape[2], transformer.layers[0].linear1.out_features
+    tensors = plan.tensors(cache.capacity)  # held until the call returns: C reads them
     out = x.contiguous().clone()  # [1, T, C], updated in place
-    scratch = torch.empty(steps * (5 * dim + hidden))
-    params = (ctypes.c_void_p * (PARAMS * len(transformer.layers)))(*_pointers(transformer))
-    frequencies = lean._frequencies(dim // attn.num_heads, attn.rope.max_period)
-    status = step(len(transformer.layers), params, out.data_ptr(), scratch.data_ptr(), steps, dim, attn.num_heads,
-                  hidden, cache.capacity, attn.context, attn._streaming_state.offset.item(),
-                  cache.end_offset.item(), frequencies.data_ptr(), transformer.layers[0].norm1.eps)
-    assert status == 0, "native.c refused sizes that supports() accepted"
+    scratch = torch.empty(steps * (5 * plan.dim + plan.hidden), dtype=torch.float32)
+    frequencies = lean._frequencies(plan.dim // plan.heads, attn.rope.max_period)
+    status = library.step(library.threads(), len(transformer.layers),
+                          (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors]), out.data_ptr(),
+                          scratch.data_ptr(), steps, plan.dim, plan.heads, plan.hidden, cache.capacity, attn.context,
+                          attn._streaming_state.offset.item(), cache.end_offset.item(), frequencies.data_ptr(),
+                          plan.eps)
+    if status:
+        raise RuntimeError(f"native.c refused a call that csmlab.codec.native checked (status {status}): a bug")
     lean._advance_all(transformer, state, steps)
     return out
+
+
+def _one_row(state, x: torch.Tensor, dim: int) -> bool:
+    """A call native.c takes: one executing row of up to `MAX_STEPS` fp32 tokens of `dim` on the CPU."""
+    return (x.dim() == 3 and x.shape[0] == 1 and 1 <= x.shape[1] <= MAX_STEPS and x.shape[2] == dim
+            and x.dtype == torch.float32 and x.device.type == "cpu"
+            and state.exec_mask.shape[0] == 1 and bool(state.exec_mask.item()))
+
+
+class _Plan:
+    """Where one transformer's tensors live, found once (walking the modules' attributes took 120 us a
+    call): each parameter as (its module's parameter dict, its name, the floats native.c reads), the
+    attention modules (whose ring caches are the session's own), and every module on the way with its
+    parent's module dict, to notice a layer swapped for another."""
+
+    def __init__(self, transformer):
+        layers = transformer.layers
+        first = layers[0]
+        self.dim, self.heads = first.self_attn.embed_dim, first.self_attn.num_heads
+        self.hidden, self.eps = first.linear1.out_features, first.norm1.eps
+        self.attentions = [layer.self_attn for layer in layers]
+        self.parameters, self.path = [], [(transformer._modules, "layers", layers)]
+        for i, layer in enumerate(layers):
+            attn = layer.self_attn
+            self.path += [(layers._modules, str(i), layer), (attn._modules, "in_projs", attn.in_projs),
+                          (attn._modules, "out_projs", attn.out_projs), (attn.in_projs._modules, "0", attn.in_projs[0]),
+                          (attn.out_projs._modules, "0", attn.out_projs[0])]
+            self.path += [(layer._modules, name, getattr(layer, name)) for name in
+                          ("self_attn", "norm1", "norm2", "linear1", "linear2", "layer_scale_1", "layer_scale_2")]
+        self.supported = supports(transformer)
+        for layer in layers if self.supported else ():
+            attn, d, h = layer.self_attn, self.dim, self.hidden
+            self.parameters += [(m._parameters, name, size) for m, name, size in (
+                (layer.norm1, "weight", d), (layer.norm1, "bias", d), (attn.in_projs[0], "weight", 3 * d * d),
+                (attn.out_projs[0], "weight", d * d), (layer.layer_scale_1, "scale", d), (layer.norm2, "weight", d),
+                (layer.norm2, "bias", d), (layer.linear1, "weight", h * d), (layer.linear2, "weight", d * h),
+                (layer.layer_scale_2, "scale", d))]
+
+    def current(self) -> bool:
+        """No module on the way was swapped since the plan was made."""
+        return all(modules.get(name) is module for modules, name, module in self.path)
+
+    def tensors(self, capacity: int) -> list[torch.Tensor]:
+        """Each layer's parameters then its ring cache, in native.c's order, checked: C reads raw memory,
+        so a tensor of another size, type, layout or place is an error here, not a crash there."""
+        per_layer = PARAMS - 1
+        found = []
+        for i, attn in enumerate(self.attentions):
+            found += [(modules[name], size) for modules, name, size in self.parameters[i * per_layer: (i + 1) * per_layer]]
+            found.append((vars(attn)["_streaming_state"].kv_cache.cache, 2 * capacity * self.dim))
+        if not all(t.numel() == n and t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu"
+                   for t, n in found):
+            raise ValueError("a transformer parameter changed size, type, layout or device after its stream was made: "
+                             "make a new stream (codec.stream())")
+        return [t for t, _ in found]
+
+
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # transformer -> _Plan
+
+
+def _plan(transformer) -> _Plan | None:
+    """The transformer's plan, or None where native.c does not run it; made again, and `supports` asked
+    again, when a module on the way was swapped (an int8 layer, say, sends the calls to the lean step,
+    and the layer swapped back sends them here again)."""
+    plan = _PLANS.get(transformer)
+    if plan is None or not plan.current():
+        plan = _PLANS[transformer] = _Plan(transformer)
+    return plan if plan.supported else None
 
 
 def supports_rvq(vq) -> bool:
@@ -138,65 +217,24 @@ def rvq_encode(vq, x: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
     around reading 2 MB per codebook), 2.0 on 2 threads. The distances are cdist's formula on
     `lean.centroid_table`'s rows, summed in another order: a code can differ from moshi's only
     where two centroids are as near as float rounding (the tests compare codes)."""
-    rvq = _library().rvq
-    if rvq is None or x.dtype != torch.float32 or x.device.type != "cpu":
-        return lean.lean_rvq_encode(vq, x, n_q)
+    library = _library()
     layers = vq.layers[: n_q or len(vq.layers)]
     bins, dim = layers[0]._codebook.embedding.shape
-    if any(e.dtype != torch.float32 or e.device != x.device or e.shape != (bins, dim)  # what C reads: checked
-           for e in (layer._codebook.embedding for layer in layers)) or x.shape[1] != dim:
+    if (library.rvq is None or x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 3 or x.shape[1] != dim
+            or any(e.dtype != torch.float32 or e.device.type != "cpu" or e.shape != (bins, dim)  # what C reads
+                   for e in (layer._codebook.embedding for layer in layers))):
         return lean.lean_rvq_encode(vq, x, n_q)
     rows = x.transpose(1, 2).reshape(-1, dim).contiguous()  # [B * N, D]
-    tables = [lean.centroid_table(layer._codebook) for layer in layers]
+    tables = [lean.centroid_table(layer._codebook) for layer in layers]  # [bins, D + 2] each, contiguous
     embeddings = [layer._codebook.embedding.contiguous() for layer in layers]
     codes = torch.empty(len(layers), rows.shape[0], dtype=torch.long)
     residual = torch.empty_like(rows)
-    status = rvq(len(layers), (ctypes.c_void_p * len(layers))(*[t.data_ptr() for t in tables]),
-                 (ctypes.c_void_p * len(layers))(*[e.data_ptr() for e in embeddings]), bins, dim, rows.data_ptr(),
-                 rows.shape[0], codes.data_ptr(), residual.data_ptr())
-    assert status == 0, "native.c refused sizes that supports_rvq() accepted"
+    status = library.rvq(library.threads(), len(layers), (ctypes.c_void_p * len(layers))(*[t.data_ptr() for t in tables]),
+                         (ctypes.c_void_p * len(layers))(*[e.data_ptr() for e in embeddings]), bins, dim,
+                         rows.data_ptr(), rows.shape[0], codes.data_ptr(), residual.data_ptr())
+    if status:
+        raise RuntimeError(f"native.c refused a search that csmlab.codec.native checked (status {status}): a bug")
     return codes.view(len(layers), x.shape[0], x.shape[2])
-
-
-def _pointers(transformer) -> list[int]:
-    """Each layer's parameters and ring cache, in native.c's order, read at every call: a weight
-    replaced, reloaded or moved is followed, never a stale address. C reads raw memory, so each tensor's
-    size, type, layout and place are checked first: a mismatch is an error, not a crash."""
-    refs, sizes, attentions = _references(transformer)
-    tensors = [params[name] for params, name in refs]
-    caches = [vars(attn)["_streaming_state"].kv_cache.cache for attn in attentions]  # the session's own
-    if not all(t.numel() == n and t.dtype == torch.float32 and t.is_contiguous() and not t.is_cuda
-               for t, n in zip(tensors + caches, sizes + [caches[0].numel()] * len(caches))):
-        raise ValueError("a transformer parameter changed size, type, layout or device after its stream was made: "
-                         "make a new stream (codec.stream())")
-    pointers = [t.data_ptr() for t in tensors]
-    for i, cache in enumerate(caches):
-        pointers.insert(PARAMS * i + PARAMS - 1, cache.data_ptr())
-    return pointers
-
-
-_REFERENCES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _references(transformer) -> tuple[list[tuple[dict, str]], list[int], list[nn.Module]]:
-    """Where each layer's parameters live ((the module's parameter dict, name), in native.c's order, the
-    cache left out), the number of floats native.c reads from each, and the attention modules: found
-    once per transformer, so that a call reads each parameter with one dict lookup (walking the
-    modules' attributes took 120 us a call)."""
-    if transformer not in _REFERENCES:
-        refs, sizes = [], []
-        for layer in transformer.layers:
-            attn = layer.self_attn
-            dim, hidden = attn.embed_dim, layer.linear1.out_features
-            for module, name, size in ((layer.norm1, "weight", dim), (layer.norm1, "bias", dim),
-                                       (attn.in_projs[0], "weight", 3 * dim * dim), (attn.out_projs[0], "weight", dim * dim),
-                                       (layer.layer_scale_1, "scale", dim), (layer.norm2, "weight", dim),
-                                       (layer.norm2, "bias", dim), (layer.linear1, "weight", hidden * dim),
-                                       (layer.linear2, "weight", dim * hidden), (layer.layer_scale_2, "scale", dim)):
-                refs.append((module._parameters, name))
-                sizes.append(size)
-        _REFERENCES[transformer] = (refs, sizes, [layer.self_attn for layer in transformer.layers])
-    return _REFERENCES[transformer]
 
 
 def compiler() -> tuple[str, str | None]:
@@ -207,39 +245,68 @@ def compiler() -> tuple[str, str | None]:
 
 @functools.cache
 def _library() -> _Library:
+    """Built (or found built) and loaded once per process: with OpenMP where it joins PyTorch's own
+    runtime, else, or where that build fails or brings a second runtime, without."""
     name, path = compiler()
     if path is None:
         return _unavailable(f"no C compiler ({name!r} not found; set CC to one)")
-    threaded = _torch_runs_libgomp()
-    flags = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC"] + (["-fopenmp"] if threaded else [])
-    try:
-        library = ctypes.CDLL(str(_built(name, flags)))
-    except (OSError, subprocess.SubprocessError) as err:
-        return _unavailable(f"building {SOURCE.name} failed: {err}")
+    failures = []
+    for threaded in (True, False) if _torch_runs_libgomp() else (False,):
+        before = _openmp_runtimes()
+        try:
+            library = ctypes.CDLL(str(_built(path, _flags(threaded))))
+        except (OSError, subprocess.SubprocessError) as err:
+            failures.append(str(err))
+            continue
+        if threaded and _openmp_runtimes() - before:  # a second pool beside PyTorch's: the build without OpenMP
+            failures.append(f"it loaded another OpenMP runtime ({', '.join(sorted(_openmp_runtimes() - before))})")
+            continue
+        if [library.limits(i) for i in range(3)] != [MAX_STEPS, PARAMS, MAX_CAPACITY]:
+            return _unavailable("native.c and native.py disagree on its sizes (MAX_STEPS, PARAMS, MAX_CAPACITY)")
+        if failures:
+            log.info("csmlab's native kernels run on one thread: %s", failures[-1])
+        return _Library(*_entry_points(library), threaded=threaded)
+    return _unavailable(f"building {SOURCE.name} failed: {failures[-1]}")
+
+
+def _entry_points(library: ctypes.CDLL):
+    """`transformer_step` and `rvq_encode`, typed."""
     pointer, number = ctypes.c_void_p, ctypes.c_int
     step, rvq = library.transformer_step, library.rvq_encode
-    step.argtypes = [number, pointer, pointer, pointer] + [number] * 6 + [ctypes.c_int64, ctypes.c_int64, pointer,
-                                                                          ctypes.c_float]
-    rvq.argtypes = [number, pointer, pointer, number, number, pointer, number, pointer, pointer]
+    step.argtypes = [number, number, pointer, pointer, pointer] + [number] * 6 + [ctypes.c_int64, ctypes.c_int64,
+                                                                                  pointer, ctypes.c_float]
+    rvq.argtypes = [number, number, pointer, pointer, number, number, pointer, number, pointer, pointer]
     step.restype = rvq.restype = ctypes.c_int
-    return _Library(step, rvq, threaded=threaded)
+    return step, rvq
+
+
+def _flags(threaded: bool) -> list[str]:
+    return ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC"] + (["-fopenmp"] if threaded else [])
 
 
 def _unavailable(reason: str) -> _Library:
-    log.info("csmlab's native transformer step is unavailable: %s", reason)
+    log.info("csmlab's native kernels are unavailable: %s", reason)
     return _Library(reason=reason)
 
 
 def _torch_runs_libgomp() -> bool:
-    """Whether PyTorch's OpenMP runtime is loaded as `libgomp.so.1`: a library built with -fopenmp then
-    binds to that copy (the loader matches the name), so its threads are PyTorch's. With another
-    runtime (Intel's, or a renamed libgomp) it would start a second pool: built single-threaded."""
+    """Whether ATen's parallel backend is OpenMP and its runtime is loaded as `libgomp.so.1`: a library
+    built with -fopenmp (GCC's) then binds to that same copy (the loader matches the name), so its
+    threads are PyTorch's. `_library` checks after loading that no other runtime came with it."""
+    return "ATen parallel backend: OpenMP" in torch.__config__.parallel_info() and any(
+        line.endswith("/libgomp.so.1") for line in _maps())
+
+
+def _openmp_runtimes() -> set[str]:
+    """The OpenMP runtimes mapped into this process (files named libgomp*, libomp*, libiomp*)."""
+    return {line.split()[-1] for line in _maps() if os.path.basename(line.split()[-1]).startswith(OPENMP_RUNTIMES)}
+
+
+def _maps() -> list[str]:
     try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return False
-    return "OpenMP" in torch.__config__.parallel_info() and any(
-        line.endswith("/libgomp.so.1") for line in maps.splitlines())
+        return [line for line in Path("/proc/self/maps").read_text().splitlines() if "/" in line]
+    except OSError:  # not Linux: no OpenMP build, nothing to compare
+        return []
 
 
 def _built(compiler: str, flags: list[str]) -> Path:
@@ -251,7 +318,6 @@ def _built(compiler: str, flags: list[str]) -> Path:
     path = folder / f"native-{key}.so"
     if path.exists():
         return path
-    folder.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     with tempfile.NamedTemporaryFile(dir=folder, suffix=".so", delete=False) as tmp:
         pass
@@ -263,11 +329,13 @@ def _built(compiler: str, flags: list[str]) -> Path:
         os.replace(tmp.name, path)  # whole or not at all, should two processes build at once
     finally:
         Path(tmp.name).unlink(missing_ok=True)
-    log.info("built csmlab's native transformer step in %.1f s: %s", time.perf_counter() - began, path)
+    log.info("built csmlab's native kernels in %.1f s: %s", time.perf_counter() - began, path)
     return path
 
 
 def _folder() -> Path:
+    """`<csmlab cache>/native`, else (unwritable) a folder of this user's own in the temporary
+    directory, used only if no one else can write to it: the library in it is loaded and run."""
     from csmlab.weights import cache_dir
 
     folder = cache_dir() / "native"
@@ -277,4 +345,10 @@ def _folder() -> Path:
             return folder
     except OSError:
         pass
-    return Path(tempfile.gettempdir()) / f"csmlab-native-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    private = Path(tempfile.gettempdir()) / f"csmlab-native-{uid}"
+    private.mkdir(mode=0o700, exist_ok=True)
+    mode = private.stat()
+    if uid is None or mode.st_uid != uid or mode.st_mode & 0o022:
+        return Path(tempfile.mkdtemp(prefix="csmlab-native-"))  # someone else's, or shared: one for this process
+    return private

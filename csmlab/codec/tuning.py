@@ -73,7 +73,8 @@ def choose(candidates: dict[str, Callable[[], None]], rounds: int = ROUNDS, time
 
 
 def runnable() -> tuple[str, ...]:
-    """The `KERNELS` this machine can run: all but `native` where its C library could not be built."""
+    """The `KERNELS` this machine can run: all but `native` where its C library could not be built
+    (asking builds it, once per machine: under a second here; `host_key` asks too)."""
     from csmlab.codec import native
 
     return KERNELS if native.available() else tuple(k for k in KERNELS if k != "native")
