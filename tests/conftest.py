@@ -43,6 +43,17 @@ def torch_threads(n: int):
         torch.set_num_threads(threads)
 
 
+def streaming_tensors(tree) -> list[torch.Tensor]:
+    """Every tensor in a nested moshi streaming state (ring caches, offsets), in a fixed order."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for key in sorted(tree) for t in streaming_tensors(tree[key])]
+    if isinstance(tree, (list, tuple)):
+        return [t for item in tree for t in streaming_tensors(item)]
+    return [t for value in vars(tree).values() for t in streaming_tensors(value)] if hasattr(tree, "__dict__") else []
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """Small models on a shared CPU: one torch thread is faster, and on a busy 2-core machine

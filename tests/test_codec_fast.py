@@ -9,6 +9,8 @@ from csmlab.codec import backends, mimi_stream
 from csmlab.codec.mimi_stream import _widen_attention_caches
 from csmlab.errors import ConfigError
 
+from conftest import streaming_tensors
+
 
 @pytest.mark.parametrize("c_in, c_out, k, stride, dilation, steps", [(8, 16, 3, 1, 1, 9), (16, 8, 7, 1, 3, 30), (8, 12, 16, 8, 1, 40), (4, 4, 1, 1, 1, 5)])
 @pytest.mark.parametrize("bias", [True, False])
@@ -145,19 +147,8 @@ def _batch_stream(transformer, inputs, use_lean) -> tuple[list[torch.Tensor], li
                 transformer.reset_streaming(torch.tensor([True, False]))
             step = lean.lean_forward if use_lean else type(transformer).forward
             outputs.append(step(transformer, x))
-        states = [t.clone() for t in _tensors(transformer.get_streaming_state())]
+        states = [t.clone() for t in streaming_tensors(transformer.get_streaming_state())]
     return outputs, states
-
-
-def _tensors(tree) -> list[torch.Tensor]:
-    """Every tensor in a nested streaming state, in a fixed order."""
-    if isinstance(tree, torch.Tensor):
-        return [tree]
-    if isinstance(tree, dict):
-        return [t for key in sorted(tree) for t in _tensors(tree[key])]
-    if isinstance(tree, (list, tuple)):
-        return [t for item in tree for t in _tensors(item)]
-    return [t for value in vars(tree).values() for t in _tensors(value)] if hasattr(tree, "__dict__") else []
 
 
 def test_the_lean_step_is_bit_identical_for_a_batch_of_streams_out_of_step(small_transformer):

@@ -14,7 +14,7 @@ from csmlab.codec import fast, lean, load_codec, native, tuning
 from csmlab.codec.mimi_stream import _widen_attention_caches
 from csmlab.errors import ConfigError
 
-from conftest import torch_threads
+from conftest import streaming_tensors, torch_threads
 
 
 @pytest.fixture(scope="module")
@@ -46,17 +46,7 @@ def _stream(transformer, inputs, use_native, rows: int = 1, widen: bool = True):
             _widen_attention_caches(transformer, 8)
         outputs = [native.native_forward(transformer, x) if use_native(i) else type(transformer).forward(transformer, x)
                    for i, x in enumerate(inputs)]
-        return outputs, [t.clone() for t in _tensors(transformer.get_streaming_state())]
-
-
-def _tensors(tree) -> list[torch.Tensor]:
-    if isinstance(tree, torch.Tensor):
-        return [tree]
-    if isinstance(tree, dict):
-        return [t for key in sorted(tree) for t in _tensors(tree[key])]
-    if isinstance(tree, (list, tuple)):
-        return [t for item in tree for t in _tensors(item)]
-    return [t for value in vars(tree).values() for t in _tensors(value)] if hasattr(tree, "__dict__") else []
+        return outputs, [t.clone() for t in streaming_tensors(transformer.get_streaming_state())]
 
 
 def _inputs(dim, tokens, calls, rows=1, seed=0):
@@ -229,7 +219,7 @@ def test_a_row_masked_out_takes_the_lean_step_and_does_not_advance(small_transfo
                 small_transformer.set_exec_mask(torch.tensor([not 3 <= i <= 5]))
                 step = native.native_forward if use_native else type(small_transformer).forward
                 outputs.append(step(small_transformer, x))
-            return outputs, [t.clone() for t in _tensors(small_transformer.get_streaming_state())]
+            return outputs, [t.clone() for t in streaming_tensors(small_transformer.get_streaming_state())]
 
     (outputs, state), (reference, reference_state) = run(True), run(False)
     assert all(_close(a, b) for a, b in zip(outputs, reference))
