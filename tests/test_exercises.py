@@ -152,6 +152,14 @@ def test_a_solution_shows_no_answer_and_carries_its_digests():
                                                                                      "4.4 kbit/s", "4.4"}
 
 
+def test_an_output_leaks_an_answer_in_any_form_but_a_measured_duration():
+    answer = ex.answer_forms("2.5 frames per second")
+    assert ex.printed_forms("| 2.5 |") & answer and ex.printed_forms("drops 2.5 frames/s") & answer
+    assert not ex.printed_forms("cascade p95 2.5 ms per 80 ms step") & answer  # this machine's time, not the answer
+    assert ex.printed_forms("2.5 ms") & ex.answer_forms("2.5 ms")  # a duration still leaks a duration
+    assert ex.printed_forms("42% of 4.4 kbit/s, 1.88x, 7.5") == {"42 %", "4.4 kbit/s", "4.4", "1.88 x", "7.5"}
+
+
 # 04: the jitter buffer, Moshi's latency from a report, the cascade's hang-over as a trade-off.
 def test_jitter_and_latency_checks():
     assert ex.jitter_counts(...).status == "unanswered"

@@ -63,7 +63,7 @@ def test_no_output_above_an_exercise_prints_its_answer(path):
         for j in range(i):
             # a stamp's load average is the machine's, not a figure to derive (03's read "load 1.1", the
             # answer of its bitrate exercise, and failed this test)
-            leaked = [f for f in ex.answer_forms(_text(cells[j], stamps=False)) if ex.digest(f) in answers]
+            leaked = [f for f in ex.printed_forms(_text(cells[j], stamps=False)) if ex.digest(f) in answers]
             assert not leaked, f"{path.name}: cell {j} prints {leaked}, the answer of the exercise solved in cell {i}"
 
 
