@@ -2,6 +2,7 @@
 state moshi's would (so the two can take turns), follows new weights, gives the same bits on 1 and 2
 threads, falls back where it does not apply, and says why when it cannot be built."""
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -293,3 +294,15 @@ def test_the_threaded_build_joins_pytorchs_openmp_runtime_and_starts_no_other():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["[]", "True"]  # none added; PyTorch's own was there before
+
+
+def test_a_compiler_given_with_arguments_builds_and_a_silent_failure_says_so(rebuilt, monkeypatch):
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.skip("no cc here")
+    monkeypatch.setenv("CC", f"{cc} -DCSMLAB_TEST_ARGUMENT=1")  # as "ccache gcc" or "gcc -m64" would be
+    assert native.compiler() == (f"{cc} -DCSMLAB_TEST_ARGUMENT=1", cc)
+    assert native.available(), native.unavailable_reason()
+    native._library.cache_clear()
+    monkeypatch.setenv("CC", shutil.which("false") or "/bin/false")
+    assert not native.available() and native.unavailable_reason().endswith("exited 1: it printed nothing")

@@ -7,8 +7,9 @@ product streams megabytes through the caches, and the next small op finds its co
 (a GELU on 2 tokens: 48 us in a frame, 8 us warm; DEVELOPERS.md, "Where a Mimi CPU frame goes").
 `native_forward` runs the norms, products, rotations, cache writes, attention, GELU and residuals of
 all layers in `native.c`, one call per transformer call; `rvq_encode` runs the quantizer's residual
-loop, 8 nearest-centroid searches, in one call. Frames taking turns with `by-shape` (Intel Xeon,
-full-size Mimi): 1 thread 52.4 -> 42.4 ms a frame, 2 threads 32.0 -> 26.4. On 2 threads the
+loop, 8 nearest-centroid searches, in one call. Measured while developing it, frames of the two
+kernel sets taking turns in one process (Intel Xeon, full-size Mimi): 1 thread 52.4 -> 42.4 ms a
+frame, 2 threads 32.0 -> 26.4 (the quiet benches' figures: the README's hardware table). On 2 threads the
 products, attention heads and centroid blocks split across PyTorch's own OpenMP threads (the
 library binds to PyTorch's libgomp; where PyTorch runs another runtime it is built single-threaded
 rather than start a second pool), each output computed whole by one thread: the same bits on 1 and 2.
@@ -35,6 +36,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -238,9 +240,16 @@ def rvq_encode(vq, x: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
 
 
 def compiler() -> tuple[str, str | None]:
-    """The C compiler the library is built with (`CC`, else `cc`), and its path (None: not found)."""
+    """The C compiler the library is built with (`CC`, else `cc`; `CC` may carry arguments, as in
+    "ccache gcc"), and its program's path (None: not found)."""
     name = os.environ.get("CC") or "cc"
-    return name, shutil.which(name)
+    words = shlex.split(name) or ["cc"]
+    return name, shutil.which(words[0])
+
+
+def _command(path: str) -> list[str]:
+    """The compiler's command line: its program, then any arguments `CC` carries."""
+    return [path, *shlex.split(os.environ.get("CC") or "cc")[1:]]
 
 
 @functools.cache
@@ -311,21 +320,24 @@ def _maps() -> list[str]:
 
 def _built(compiler: str, flags: list[str]) -> Path:
     """The library for this source, compiler, flags and processor: built once, then reused."""
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), compiler, version, *flags, cpu_model(), *cpu_flags(),
+    command = _command(compiler)
+    version = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), *command, version, *flags, cpu_model(), *cpu_flags(),
                                     platform.machine()]).encode()).hexdigest()[:16]
     folder = _folder()
     path = folder / f"native-{key}.so"
     if path.exists():
         return path
+    print(f"[csmlab] building Mimi's native CPU kernels with {' '.join(command)} (once per machine) ...", flush=True)
     began = time.perf_counter()
     with tempfile.NamedTemporaryFile(dir=folder, suffix=".so", delete=False) as tmp:
         pass
     try:
-        done = subprocess.run([compiler, *flags, str(SOURCE), "-o", tmp.name, "-lm"], capture_output=True,
+        done = subprocess.run([*command, *flags, str(SOURCE), "-o", tmp.name, "-lm"], capture_output=True,
                               text=True, timeout=300)
         if done.returncode:
-            raise OSError(f"{compiler} exited {done.returncode}: {done.stderr.strip()[-800:]}")
+            said = (done.stderr.strip() or done.stdout.strip())[-800:] or "it printed nothing"
+            raise OSError(f"{' '.join(command)} exited {done.returncode}: {said}")
         os.replace(tmp.name, path)  # whole or not at all, should two processes build at once
     finally:
         Path(tmp.name).unlink(missing_ok=True)

@@ -134,15 +134,18 @@ def _folder() -> Path:
 
 
 def _cached_or_measured(key: str, threads: int, trial, folder: Path, timer) -> str:
-    return cached_choice("mimi-stream", "kernels", key, runnable(), trial, folder, timer, {"threads": threads}, ENV)[0]
+    return cached_choice("mimi-stream", "kernels", key, runnable(), trial, folder, timer, {"threads": threads}, ENV,
+                         f"ms per 80 ms frame, encoded and decoded, on {threads} thread(s)")[0]
 
 
 def cached_choice(what: str, field: str, key: str, options: tuple[str, ...], trial, folder: Path, timer,
-                  extra: dict, env: str) -> tuple[str, dict]:
+                  extra: dict, env: str, unit: str = "ms per frame") -> tuple[str, dict]:
     """The option (one of `options`) recorded for `key` in `folder/<what>-<key>.json`, else the one that
     `choose` finds fastest with `trial(option)` now, written there unless the machine is busy (the
     load average above the cores: others' work decided it, so it holds for this process only).
     Shared by the Mimi stream's kernels and the duplex step's threads (`csmlab.pipeline.threads`).
+    `unit` names what each trial's milliseconds are, in the log. The first measurement on a machine
+    says so on stdout (it takes seconds, once): a learner's first call would otherwise sit silent.
     Returns (the option, its record, with "how": "cached", "measured" or "measured busy, not cached")."""
     path = folder / f"{what}-{key}.json"
     try:
@@ -152,6 +155,8 @@ def cached_choice(what: str, field: str, key: str, options: tuple[str, ...], tri
             return record[field], {**record, "how": "cached", "path": str(path)}
     except (OSError, ValueError):
         pass  # not measured yet on this host, or an unreadable record: measure
+    print(f"[csmlab] timing {len(options)} {field} choices for {what} on this machine (once; then cached) ...",
+          flush=True)
     trials = {option: trial(option) for option in options}
     cpu, began = _cpu_seconds(), timer()
     best, medians = choose(trials, timer=timer)
@@ -170,6 +175,6 @@ def cached_choice(what: str, field: str, key: str, options: tuple[str, ...], tri
         path.write_text(json.dumps(record, indent=1))
     except OSError as err:  # a read-only cache: the choice still holds for this process
         log.warning("could not cache the %s %s in %s: %s", what, field, path, err)
-    log.info("%s %s %r, measured now on %s: %s ms per frame (override: %s=...)", what, field, best,
-             record["cpu_model"], {k: round(v, 1) for k, v in medians.items()}, env)
+    log.info("%s %s %r, measured now on %s: %s %s (override: %s=...)", what, field, best,
+             record["cpu_model"], {k: round(v, 1) for k, v in medians.items()}, unit, env)
     return best, {**record, "how": "measured", "path": str(path)}

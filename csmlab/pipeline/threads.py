@@ -90,7 +90,8 @@ def step_threads(brain, codec, threads: int | None = None, folder=None, timer=ti
     if key not in _chosen:  # once per process: a choice measured busy (not cached) is not measured again
         best, record = tuning.cached_choice("duplex-threads", "threads", key, options,
                                             lambda n: brain.threads_trial(codec, int(n)), folder or tuning._folder(),
-                                            timer, {"brain": brain.name, "codec": getattr(codec, "name", None)}, ENV)
+                                            timer, {"brain": brain.name, "codec": getattr(codec, "name", None)}, ENV,
+                                            "ms per 80 ms step (encode, brain, decode)")
         medians = {k: round(v, 2) for k, v in record.get("median_ms_per_frame", {}).items()}
         _chosen.setdefault(key, StepThreads(int(best), record["how"], medians))
     return _chosen[key]
