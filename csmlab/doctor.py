@@ -102,11 +102,11 @@ def _c_compiler() -> str:
     """Whether Mimi's native CPU kernels (`csmlab.codec.native`) can be built here: named, not built."""
     from csmlab.codec import native
 
-    name, path = native.compiler()
-    if path is None:
+    name, command = native.compiler()
+    if command is None:
         return (f"  c compiler   none ({name!r} not found): Mimi's CPU stream runs PyTorch's kernels only, "
                 "not csmlab's native ones (install one, e.g. gcc, or set CC)")
-    return f"  c compiler   {path}: csmlab builds Mimi's native CPU kernels with it on first use"
+    return f"  c compiler   {' '.join(command)}: csmlab builds Mimi's native CPU kernels with it on first use"
 
 
 def _one_banner(stand_ins) -> str:

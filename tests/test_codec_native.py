@@ -301,7 +301,7 @@ def test_a_compiler_given_with_arguments_builds_and_a_silent_failure_says_so(reb
     if cc is None:
         pytest.skip("no cc here")
     monkeypatch.setenv("CC", f"{cc} -DCSMLAB_TEST_ARGUMENT=1")  # as "ccache gcc" or "gcc -m64" would be
-    assert native.compiler() == (f"{cc} -DCSMLAB_TEST_ARGUMENT=1", cc)
+    assert native.compiler() == (f"{cc} -DCSMLAB_TEST_ARGUMENT=1", [cc, "-DCSMLAB_TEST_ARGUMENT=1"])
     assert native.available(), native.unavailable_reason()
     native._library.cache_clear()
     monkeypatch.setenv("CC", shutil.which("false") or "/bin/false")

@@ -113,8 +113,9 @@ def native_forward(transformer, x: torch.Tensor) -> torch.Tensor:
     """`transformer(x)` while streaming one row, [1, T, C] -> [1, T, C]; `lean_forward` otherwise
     (not streaming, several rows or a row masked out, more than `MAX_STEPS` tokens, a cache too large,
     not fp32 on the CPU, a layer swapped for a kind `supports` refuses: checked at every call)."""
-    library, state, plan = _library(), transformer._streaming_state, _plan(transformer)
-    if library.step is None or plan is None or state is None or not _one_row(state, x, plan.dim):
+    library, state = _library(), transformer._streaming_state
+    plan = None if library.step is None or state is None else _plan(transformer)
+    if plan is None or not _one_row(state, x, plan.dim):
         return lean.lean_forward(transformer, x)
     attn, steps = transformer.layers[0].self_attn, x.shape[1]
     cache = attn._streaming_state.kv_cache
@@ -144,17 +145,16 @@ def _one_row(state, x: torch.Tensor, dim: int) -> bool:
 
 class _Plan:
     """Where one transformer's tensors live, found once (walking the modules' attributes took 120 us a
-    call): each parameter as (its module's parameter dict, its name, the floats native.c reads), the
-    attention modules (whose ring caches are the session's own), and every module on the way with its
-    parent's module dict, to notice a layer swapped for another."""
+    call): for each layer, its parameters as (its module's parameter dict, its name, the floats native.c
+    reads) and its attention module (whose ring cache is the session's own); and every module on the
+    way with its parent's module dict, to notice a layer swapped for another."""
 
     def __init__(self, transformer):
         layers = transformer.layers
         first = layers[0]
         self.dim, self.heads = first.self_attn.embed_dim, first.self_attn.num_heads
         self.hidden, self.eps = first.linear1.out_features, first.norm1.eps
-        self.attentions = [layer.self_attn for layer in layers]
-        self.parameters, self.path = [], [(transformer._modules, "layers", layers)]
+        self.layers, self.path = [], [(transformer._modules, "layers", layers)]
         for i, layer in enumerate(layers):
             attn = layer.self_attn
             self.path += [(layers._modules, str(i), layer), (attn._modules, "in_projs", attn.in_projs),
@@ -165,11 +165,12 @@ class _Plan:
         self.supported = supports(transformer)
         for layer in layers if self.supported else ():
             attn, d, h = layer.self_attn, self.dim, self.hidden
-            self.parameters += [(m._parameters, name, size) for m, name, size in (
+            parameters = [(m._parameters, name, size) for m, name, size in (
                 (layer.norm1, "weight", d), (layer.norm1, "bias", d), (attn.in_projs[0], "weight", 3 * d * d),
                 (attn.out_projs[0], "weight", d * d), (layer.layer_scale_1, "scale", d), (layer.norm2, "weight", d),
                 (layer.norm2, "bias", d), (layer.linear1, "weight", h * d), (layer.linear2, "weight", d * h),
                 (layer.layer_scale_2, "scale", d))]
+            self.layers.append((parameters, attn))
 
     def current(self) -> bool:
         """No module on the way was swapped since the plan was made."""
@@ -178,10 +179,9 @@ class _Plan:
     def tensors(self, capacity: int) -> list[torch.Tensor]:
         """Each layer's parameters then its ring cache, in native.c's order, checked: C reads raw memory,
         so a tensor of another size, type, layout or place is an error here, not a crash there."""
-        per_layer = PARAMS - 1
         found = []
-        for i, attn in enumerate(self.attentions):
-            found += [(modules[name], size) for modules, name, size in self.parameters[i * per_layer: (i + 1) * per_layer]]
+        for parameters, attn in self.layers:
+            found += [(modules[name], size) for modules, name, size in parameters]
             found.append((vars(attn)["_streaming_state"].kv_cache.cache, 2 * capacity * self.dim))
         if not all(t.numel() == n and t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu"
                    for t, n in found):
@@ -239,36 +239,33 @@ def rvq_encode(vq, x: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
     return codes.view(len(layers), x.shape[0], x.shape[2])
 
 
-def compiler() -> tuple[str, str | None]:
-    """The C compiler the library is built with (`CC`, else `cc`; `CC` may carry arguments, as in
-    "ccache gcc"), and its program's path (None: not found)."""
+def compiler() -> tuple[str, list[str] | None]:
+    """The C compiler the library is built with, as set (`CC`, else `cc`; `CC` may carry arguments, as
+    in "ccache gcc"), and its command line with the program's path (None: the program is not found)."""
     name = os.environ.get("CC") or "cc"
     words = shlex.split(name) or ["cc"]
-    return name, shutil.which(words[0])
-
-
-def _command(path: str) -> list[str]:
-    """The compiler's command line: its program, then any arguments `CC` carries."""
-    return [path, *shlex.split(os.environ.get("CC") or "cc")[1:]]
+    path = shutil.which(words[0])
+    return name, None if path is None else [path, *words[1:]]
 
 
 @functools.cache
 def _library() -> _Library:
     """Built (or found built) and loaded once per process: with OpenMP where it joins PyTorch's own
     runtime, else, or where that build fails or brings a second runtime, without."""
-    name, path = compiler()
-    if path is None:
+    name, command = compiler()
+    if command is None:
         return _unavailable(f"no C compiler ({name!r} not found; set CC to one)")
     failures = []
     for threaded in (True, False) if _torch_runs_libgomp() else (False,):
         before = _openmp_runtimes()
         try:
-            library = ctypes.CDLL(str(_built(path, _flags(threaded))))
+            library = ctypes.CDLL(str(_built(command, _flags(threaded))))
         except (OSError, subprocess.SubprocessError) as err:
             failures.append(str(err))
             continue
-        if threaded and _openmp_runtimes() - before:  # a second pool beside PyTorch's: the build without OpenMP
-            failures.append(f"it loaded another OpenMP runtime ({', '.join(sorted(_openmp_runtimes() - before))})")
+        added = _openmp_runtimes() - before if threaded else set()
+        if added:  # a second pool beside PyTorch's: the build without OpenMP
+            failures.append(f"it loaded another OpenMP runtime ({', '.join(sorted(added))})")
             continue
         if [library.limits(i) for i in range(3)] != [MAX_STEPS, PARAMS, MAX_CAPACITY]:
             return _unavailable("native.c and native.py disagree on its sizes (MAX_STEPS, PARAMS, MAX_CAPACITY)")
@@ -318,9 +315,8 @@ def _maps() -> list[str]:
         return []
 
 
-def _built(compiler: str, flags: list[str]) -> Path:
+def _built(command: list[str], flags: list[str]) -> Path:
     """The library for this source, compiler, flags and processor: built once, then reused."""
-    command = _command(compiler)
     version = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256("\n".join([SOURCE.read_text(), *command, version, *flags, cpu_model(), *cpu_flags(),
                                     platform.machine()]).encode()).hexdigest()[:16]

@@ -139,7 +139,7 @@ def _cached_or_measured(key: str, threads: int, trial, folder: Path, timer) -> s
 
 
 def cached_choice(what: str, field: str, key: str, options: tuple[str, ...], trial, folder: Path, timer,
-                  extra: dict, env: str, unit: str = "ms per frame") -> tuple[str, dict]:
+                  extra: dict, env: str, unit: str) -> tuple[str, dict]:
     """The option (one of `options`) recorded for `key` in `folder/<what>-<key>.json`, else the one that
     `choose` finds fastest with `trial(option)` now, written there unless the machine is busy (the
     load average above the cores: others' work decided it, so it holds for this process only).

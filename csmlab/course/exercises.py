@@ -68,7 +68,7 @@ def answer_forms(text: str) -> set[str]:
     return _phrases(text) | set(_DECIMAL.findall(text))
 
 
-_UNTIMED_DECIMAL = re.compile(r"(?<![\w.])(\d+\.\d+)(?![\w.])(?!\s*(?:ms|s|us)\b)")
+_UNTIMED_DECIMAL = re.compile(_DECIMAL.pattern + r"(?!\s*(?:ms|s|us)\b)")  # not a duration
 
 
 def printed_forms(text: str) -> set[str]:
