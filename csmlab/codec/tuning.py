@@ -155,7 +155,7 @@ def cached_choice(what: str, field: str, key: str, options: tuple[str, ...], tri
             return record[field], {**record, "how": "cached", "path": str(path)}
     except (OSError, ValueError):
         pass  # not measured yet on this host, or an unreadable record: measure
-    print(f"[csmlab] timing {len(options)} {field} choices for {what} on this machine (once; then cached) ...",
+    print(f"[csmlab] timing {len(options)} choices of {field} for {what} on this machine (once; then cached) ...",
           flush=True)
     trials = {option: trial(option) for option in options}
     cpu, began = _cpu_seconds(), timer()
